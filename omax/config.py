@@ -1,0 +1,190 @@
+"""omax configuration: dask.config under the namespace ``omax``.
+
+Defaults live in ``omax.yaml`` beside this file and are registered with dask.config
+on import, so Dask's usual YAML locations and ``DASK_OMAX__...`` environment
+variables override them. ``settings()`` reads and validates the whole namespace into
+a frozen ``Settings``; an invalid value raises ``ConfigError`` naming the key, the
+value and what is allowed, so start-up stops with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.config
+import yaml
+
+from omax.errors import ConfigError
+
+_DEFAULTS_FILE = Path(__file__).with_name("omax.yaml")
+
+with _DEFAULTS_FILE.open() as _f:
+    _DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
+
+dask.config.update_defaults(_DEFAULTS)
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+
+
+def parse_size(value: Any) -> int:
+    """Return a byte count for ``8 GiB``, ``512MB``, ``1024`` or an int. ValueError if not."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(value)
+        return int(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(value)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """Return seconds for a Go-style duration (``5m``, ``1h30m``, ``-1``) or a number.
+
+    Negative means forever; the caller decides what that means.
+    """
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = _DURATION_PART.findall(body)
+    if not parts or "".join(n + u for n, u in parts) != body:
+        raise ValueError(value)
+    return sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class Settings:
+    store_url: str
+    worker_store: str
+    slot_memory: int
+    device: str
+    engine_dtype: str
+    host: str
+    port: int
+    keep_alive: float
+    max_queue: int
+    max_body: int
+    replication_target: int
+    log_format: str
+    log_level: str
+    log_file: str
+    log_max_bytes: int
+    log_backups: int
+
+
+def _get(key: str) -> Any:
+    return dask.config.get(f"omax.{key}")
+
+
+def _check(key: str, parse: Any, allowed: str) -> Any:
+    value = _get(key)
+    try:
+        return parse(value)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"invalid configuration omax.{key}={value!r}: expected {allowed}"
+        ) from None
+
+
+def _choice(*options: str) -> Any:
+    def parse(value: Any) -> str:
+        if str(value) not in options:
+            raise ValueError(value)
+        return str(value)
+
+    return parse
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or int(value) != float(value) or int(value) < low:
+            raise ValueError(value)
+        return int(value)
+
+    return parse
+
+
+def _port(value: Any) -> int:
+    port = _int_at_least(0)(value)
+    if port > 65535:
+        raise ValueError(value)
+    return port
+
+
+def _nonempty(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(value)
+    return value
+
+
+def _level(value: Any) -> str:
+    level = str(value).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError(value)
+    return level
+
+
+def expand_path(url: str) -> str:
+    """Expand ``~`` and environment variables in a local path; leave URLs alone."""
+    if "://" in url:
+        return url
+    return os.path.expanduser(os.path.expandvars(url))
+
+
+def settings() -> Settings:
+    """Read and validate the ``omax`` namespace. Raises ConfigError on a bad value."""
+    return Settings(
+        store_url=expand_path(_check("store.url", _nonempty, "an fsspec URL or path")),
+        worker_store=_check("worker.store", _nonempty, "a path"),
+        slot_memory=_check("worker.slot-memory", parse_size, "a size such as '8 GiB'"),
+        device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+        engine_dtype=_check(
+            "engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"
+        ),
+        host=_check("serve.host", _nonempty, "a host name or address"),
+        port=_check("serve.port", _port, "a port number 0-65535"),
+        keep_alive=_check(
+            "serve.keep-alive", parse_duration, "a duration such as '5m', '30s' or -1"
+        ),
+        max_queue=_check("serve.max-queue", _int_at_least(1), "an integer >= 1"),
+        max_body=_check("serve.max-body", parse_size, "a size such as '64 MiB'"),
+        replication_target=_check("replication.target", _int_at_least(1), "an integer >= 1"),
+        log_format=_check("log.format", _choice("text", "json"), "text or json"),
+        log_level=_check("log.level", _level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        log_file=str(_get("log.file") or ""),
+        log_max_bytes=_check("log.max-bytes", parse_size, "a size such as '10 MiB'"),
+        log_backups=_check("log.backups", _int_at_least(0), "an integer >= 0"),
+    )
+
+
+def worker_store_path(template: str, worker_address: str) -> str:
+    """The worker-local store folder for one worker, ``{name}`` filled in safely."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", worker_address).strip("_") or "worker"
+    return expand_path(template.replace("{name}", safe))

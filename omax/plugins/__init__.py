@@ -1,0 +1,1 @@
+"""Dask plugins: the scheduler's registry and placement, the workers' slots and stores."""

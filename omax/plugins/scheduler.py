@@ -1,0 +1,303 @@
+"""The omax scheduler plugin: the registry, placement and model actor lifecycle.
+
+Load it with ``dask scheduler --preload omax.plugins.scheduler``. It keeps
+
+- every worker's inference slots and replicas (pulled with ``omax_state`` when a
+  worker joins, pushed by the worker with ``omax_report`` when they change),
+- replication progress per (model, worker),
+- every loaded model: its ModelActor's key, worker, slot, memory, last use and
+  requests in flight; the actor lives as long as the plugin holds its future.
+
+Front doors and the CLI call the ``omax_*`` RPC handlers. ``omax_ensure`` returns a
+ready actor for a model, loading it when none is: placement is the pure
+``placement.place``; the plumbing here only executes its decision. Hooks stay O(1)
+in the number of tasks. Idle models unload after their keep_alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from distributed import Client, SchedulerPlugin
+from distributed.scheduler import Scheduler
+
+from omax.config import settings
+from omax.errors import OmaxError, PlacementRefused
+from omax.plugins import placement
+from omax.plugins.state import Loaded, Replica, Slot, WorkerInfo
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "omax"
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+class OmaxSchedulerPlugin(SchedulerPlugin):
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        cfg = settings()
+        self.cfg = cfg
+        self.scheduler: Scheduler | None = None
+        self.workers: dict[str, WorkerInfo] = {}
+        self.loaded: dict[str, Loaded] = {}  # actor key -> Loaded
+        self.futures: dict[str, Any] = {}  # actor key -> Future keeping the actor alive
+        self.progress: dict[tuple[str, str], tuple[int, int]] = {}  # (digest, worker)
+        self.loading: dict[str, asyncio.Future] = {}  # digest -> load in progress
+        self._client: Client | None = None
+        self._reaper: asyncio.Task | None = None
+
+    async def start(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        for name in (
+            "omax_info",
+            "omax_report",
+            "omax_progress",
+            "omax_cluster",
+            "omax_ps",
+            "omax_ensure",
+            "omax_touch",
+            "omax_unload",
+        ):
+            scheduler.handlers[name] = getattr(self, name)
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def before_close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        self.futures.clear()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # ---- worker membership ------------------------------------------------
+
+    def add_worker(self, scheduler: Scheduler, worker: str) -> None:
+        asyncio.ensure_future(self._pull_state(worker))
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        self.workers = {a: w for a, w in self.workers.items() if a != worker}
+        gone = [k for k, m in self.loaded.items() if m.worker == worker]
+        self.loaded = {k: m for k, m in self.loaded.items() if m.worker != worker}
+        for key in gone:
+            self.futures.pop(key, None)
+        self.progress = {k: v for k, v in self.progress.items() if k[1] != worker}
+        if gone:
+            logger.warning("worker %s left; %d loaded model(s) dropped", worker, len(gone))
+
+    async def _pull_state(self, worker: str) -> None:
+        assert self.scheduler is not None
+        for attempt in range(5):
+            if worker not in self.scheduler.workers:
+                return
+            try:
+                state = await self.scheduler.rpc(worker).omax_state()
+                self.omax_report(worker=worker, **state)
+                return
+            except Exception as e:  # the worker may lack the plugin, or be starting
+                logger.debug("omax_state from %s failed (%s), attempt %d", worker, e, attempt)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        logger.warning("worker %s reports no omax state: started without the preload?", worker)
+
+    def omax_report(
+        self, worker: str, host: str = "", slots: Any = (), replicas: Any = None
+    ) -> None:
+        """A worker's slots and replicas, replacing what was known."""
+        if self.scheduler is not None and worker not in self.scheduler.workers:
+            return
+        info = WorkerInfo(
+            address=worker,
+            host=host,
+            slots=tuple(Slot.from_dict(s) for s in slots),
+            replicas={d: Replica.from_dict(r) for d, r in (replicas or {}).items()},
+        )
+        self.workers = {**self.workers, worker: info}
+        for digest, r in info.replicas.items():
+            if r.complete:
+                self.progress.pop((digest, worker), None)
+
+    def omax_progress(self, worker: str, digest: str, done: int, total: int) -> None:
+        self.progress[(digest, worker)] = (int(done), int(total))
+
+    # ---- queries ------------------------------------------------------------
+
+    def omax_info(self) -> dict[str, Any]:
+        import omax
+
+        return {"store_url": self.cfg.store_url, "version": omax.__version__}
+
+    def omax_ps(self) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.loaded.values() if m.ready]
+
+    def omax_cluster(self) -> dict[str, Any]:
+        workers = []
+        for w in self.workers.values():
+            d = w.to_dict()
+            d["loaded"] = [m.to_dict() for m in self.loaded.values() if m.worker == w.address]
+            d["replicating"] = [
+                {"digest": dg, "completed": done, "total": total}
+                for (dg, wk), (done, total) in self.progress.items()
+                if wk == w.address
+            ]
+            workers.append(d)
+        return {"workers": workers}
+
+    # ---- loading and unloading ------------------------------------------------
+
+    async def omax_ensure(
+        self,
+        name: str,
+        digest: str,
+        num_ctx: int = 4096,
+        keep_alive: float | None = None,
+    ) -> dict[str, Any]:
+        """Return the ready actors serving ``digest``, loading one when there is none.
+
+        Answers ``{"actors": [{"worker", "key"}...]}`` or ``{"error", "status"}``.
+        """
+        try:
+            ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
+            if not ready:
+                pending = self.loading.get(digest)
+                if pending is None:
+                    pending = asyncio.ensure_future(self._load(name, digest, num_ctx, keep_alive))
+                    self.loading[digest] = pending
+                    pending.add_done_callback(lambda _: self.loading.pop(digest, None))
+                await asyncio.shield(pending)
+                ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
+            now = time.time()
+            for m in ready:
+                if keep_alive is not None:
+                    self.loaded[m.key] = m.touched(now, keep_alive)
+            return {"actors": [{"worker": m.worker, "key": m.key} for m in ready]}
+        except OmaxError as e:
+            return {"error": str(e), "status": e.status}
+        except Exception as e:
+            logger.exception("loading %s failed", name)
+            return {"error": f"failed to load model '{name}': {e}", "status": 500}
+
+    async def _load(self, name: str, digest: str, num_ctx: int, keep_alive: float | None) -> None:
+        from omax.sharding.blobs import BlobStore
+        from omax.sharding.manifest import Manifest
+
+        manifest = Manifest.from_json(
+            await asyncio.to_thread(BlobStore(self.cfg.store_url).get, digest)
+        )
+        need = placement.Need(
+            digest=digest,
+            name=name,
+            memory=model_memory(manifest, num_ctx, self.cfg.engine_dtype),
+        )
+        decision = placement.place(self.workers.values(), list(self.loaded.values()), need)
+        if isinstance(decision, placement.Refuse):
+            raise PlacementRefused(decision.reason)
+        for key in decision.evict:
+            await self._unload(key)
+        assert self.scheduler is not None
+        await self.scheduler.rpc(decision.worker).omax_replicate(
+            digest=digest, origin=self.cfg.store_url
+        )
+        client = await self._get_client()
+        from omax.engine.actor import ModelActor
+
+        key = f"omax-model-{uuid.uuid4().hex[:12]}"
+        entry = Loaded(
+            key=key,
+            name=name,
+            digest=digest,
+            worker=decision.worker,
+            slot=decision.slot,
+            memory=need.memory,
+            num_ctx=num_ctx,
+            last_used=time.time(),
+            keep_alive=self.cfg.keep_alive if keep_alive is None else keep_alive,
+        )
+        self.loaded = {**self.loaded, key: entry}
+        try:
+            future = client.submit(
+                ModelActor,
+                digest,
+                decision.slot,
+                self.cfg.engine_dtype,
+                actor=True,
+                workers=[decision.worker],
+                allow_other_workers=False,
+                pure=False,
+                key=key,
+            )
+            self.futures[key] = future
+            actor = await future
+            await actor.load()
+        except BaseException:
+            self.loaded = {k: m for k, m in self.loaded.items() if k != key}
+            self.futures.pop(key, None)
+            raise
+        if key in self.loaded:
+            self.loaded[key] = replace(self.loaded[key], ready=True, last_used=time.time())
+            logger.info("loaded %s on %s (%s)", name, decision.worker, decision.slot)
+
+    def omax_touch(self, key: str, delta: int = 0, keep_alive: float | None = None) -> bool:
+        """Note a request starting (delta=1) or ending (delta=-1) on an actor."""
+        m = self.loaded.get(key)
+        if m is None:
+            return False
+        self.loaded[key] = m.touched(time.time(), keep_alive, delta)
+        return True
+
+    async def omax_unload(self, digest: str = "", key: str = "") -> int:
+        keys = [k for k, m in self.loaded.items() if (key and k == key) or m.digest == digest]
+        for k in keys:
+            await self._unload(k)
+        return len(keys)
+
+    async def _unload(self, key: str) -> None:
+        m = self.loaded.get(key)
+        self.loaded = {k: v for k, v in self.loaded.items() if k != key}
+        future = self.futures.pop(key, None)
+        if future is not None:
+            try:
+                await future.cancel()  # releases the actor on its worker
+            except Exception:
+                pass
+        if m is not None:
+            logger.info("unloaded %s from %s", m.name, m.worker)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for m in placement.expired(self.loaded.values(), time.time()):
+                await self._unload(m.key)
+
+    async def _get_client(self) -> Client:
+        if self._client is None:
+            assert self.scheduler is not None
+            self._client = await Client(
+                self.scheduler.address, asynchronous=True, name="omax-scheduler-plugin"
+            )
+        return self._client
+
+
+def model_memory(manifest: Any, num_ctx: int, dtype: str) -> int:
+    """Bytes a model needs on a slot: weights as loaded plus the KV cache for num_ctx."""
+    per = _DTYPE_BYTES.get(dtype, 4)
+    weights = 0
+    for t in manifest.tensors:
+        n = math.prod(t.shape) if t.shape else 1
+        weights += n * (per if t.ggml_type or t.dtype in ("float32", "float16", "bfloat16") else 8)
+    return placement.estimate_memory(manifest.config, weights, num_ctx, per)
+
+
+def plugin_of(scheduler: Scheduler) -> OmaxSchedulerPlugin:
+    return scheduler.plugins[PLUGIN_NAME]  # type: ignore[return-value]
+
+
+def dask_setup(scheduler: Scheduler) -> None:
+    """Preload entry point: ``dask scheduler --preload omax.plugins.scheduler``."""
+    scheduler.add_plugin(OmaxSchedulerPlugin(), name=PLUGIN_NAME)

@@ -1,0 +1,237 @@
+"""ClusterRuntime: the real Runtime, over a Dask cluster with the omax plugins.
+
+A request travels: resolve the name in the catalog -> ask the scheduler plugin for
+the model's ready actors (``omax_ensure`` loads one when none is) -> pick the least
+busy replica -> ``submit`` on the actor -> the actor's Poller brings chunks back in
+one call per step -> the caller's async iterator. Closing the iterator before the
+last chunk cancels the generation on the actor.
+
+Model-store operations (tags, show, create, copy, delete, blobs) run against the
+origin store the scheduler names, in threads so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from distributed import Client
+
+from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
+from omax.errors import EngineDead, ModelNotFound, OmaxError, ServerBusy
+from omax.serve import catalog_view
+from omax.serve.actors import ActorHandle
+from omax.serve.router import Poller, pick
+from omax.serve.runtime import CreateRequest, LoadedModel, ModelInfo, Progress, ShowInfo
+
+logger = logging.getLogger(__name__)
+
+_RETRIES = 2
+
+
+class ClusterRuntime:
+    def __init__(self, client: Client, store_url: str, max_queue: int = 512) -> None:
+        from omax.sharding.modelstore import ModelStore
+
+        self.client = client
+        self.store = ModelStore(store_url)
+        self.max_queue = max_queue
+        self._pollers: dict[str, Poller] = {}
+        self._outstanding: dict[str, int] = defaultdict(int)  # actor key -> requests
+        self._pending: dict[str, int] = defaultdict(int)  # digest -> requests
+
+    @classmethod
+    async def connect(cls, scheduler: str | Client, max_queue: int = 512) -> ClusterRuntime:
+        client = (
+            scheduler
+            if isinstance(scheduler, Client)
+            else await Client(scheduler, asynchronous=True, direct_to_workers=True)
+        )
+        info = await client.scheduler.omax_info()
+        return cls(client, info["store_url"], max_queue)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ---- generation -------------------------------------------------------------
+
+    async def _actors(self, name: str, digest: str, num_ctx: int, keep_alive: float | None):
+        reply = await self.client.scheduler.omax_ensure(
+            name=name, digest=digest, num_ctx=num_ctx, keep_alive=keep_alive
+        )
+        if "error" in reply:
+            err = OmaxError(reply["error"])
+            err.status = reply.get("status", 500)
+            raise err
+        return [ActorHandle(self.client, a["worker"], a["key"]) for a in reply["actors"]]
+
+    async def _choose(self, name: str, digest: str, num_ctx: int, keep_alive: float | None):
+        actors = await self._actors(name, digest, num_ctx, keep_alive)
+        if not actors:
+            raise EngineDead(f"no replica of model '{name}' is loaded")
+        return actors[pick([self._outstanding[a.key] for a in actors])]
+
+    async def _resolve(self, name: str) -> tuple[str, Any]:
+        return await asyncio.to_thread(self.store.resolve, name)
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        digest, _ = await self._resolve(request.model)
+        if self._pending[digest] >= self.max_queue:
+            raise ServerBusy()
+        self._pending[digest] += 1
+        try:
+            async for chunk in self._generate(request, digest):
+                yield chunk
+        finally:
+            self._pending[digest] -= 1
+
+    async def _generate(self, request: GenerateRequest, digest: str):
+        rid = request.request_id or uuid.uuid4().hex
+        num_ctx = request.options.num_ctx
+        for attempt in range(_RETRIES + 1):
+            actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
+            poller = self._pollers.get(actor.key)
+            if poller is None:
+                poller = self._pollers[actor.key] = Poller(
+                    lambda ids, a=actor: a.call("poll", ids, 0.05), actor.key
+                )
+            self._outstanding[actor.key] += 1
+            await self.client.scheduler.omax_touch(key=actor.key, delta=1)
+            started = False
+            done = False
+            try:
+                queue = poller.register(rid)
+                await actor.call("submit", _with_id(request, rid))
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, Exception):
+                        raise item
+                    started = True
+                    yield item
+                    if item.done:
+                        done = True
+                        return
+            except EngineDead:
+                if started or attempt == _RETRIES:
+                    raise
+                logger.warning("actor %s died before the first token; retrying", actor.key)
+                await self.client.scheduler.omax_unload(key=actor.key)
+            finally:
+                poller.forget(rid)
+                self._outstanding[actor.key] -= 1
+                if not done:
+                    try:
+                        await actor.call("cancel", rid)
+                    except Exception:
+                        pass
+                try:
+                    await self.client.scheduler.omax_touch(
+                        key=actor.key, delta=-1, keep_alive=request.keep_alive
+                    )
+                except Exception:
+                    pass
+
+    async def embed(self, request: EmbedRequest) -> EmbedResult:
+        digest, _ = await self._resolve(request.model)
+        for attempt in range(_RETRIES + 1):
+            actor = await self._choose(request.model, digest, 512, request.keep_alive)
+            try:
+                return await actor.call("embed", request)
+            except EngineDead:
+                if attempt == _RETRIES:
+                    raise
+                await self.client.scheduler.omax_unload(key=actor.key)
+        raise AssertionError("unreachable")
+
+    async def load(self, model: str, keep_alive: float | None) -> None:
+        digest, _ = await self._resolve(model)
+        if keep_alive is not None and keep_alive == 0:
+            await self.client.scheduler.omax_unload(digest=digest)
+            return
+        await self._actors(model, digest, 4096, keep_alive)
+
+    # ---- the model store ------------------------------------------------------
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await asyncio.to_thread(catalog_view.list_models, self.store)
+
+    async def show(self, model: str) -> ShowInfo:
+        return await asyncio.to_thread(catalog_view.show, self.store, model)
+
+    async def copy(self, source: str, destination: str) -> None:
+        await asyncio.to_thread(self.store.copy, source, destination)
+
+    async def delete(self, model: str) -> None:
+        digest, _ = await self._resolve(model)
+        await asyncio.to_thread(self.store.delete, model)
+        await self.client.scheduler.omax_unload(digest=digest)
+
+    async def create(self, request: CreateRequest) -> AsyncIterator[Progress]:
+        async for p in catalog_view.create(self.store, request):
+            yield p
+
+    async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]:
+        async for p in catalog_view.pull(self.store, model):
+            yield p
+
+    async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:
+        async for p in catalog_view.push(self.store, model, destination):
+            yield p
+
+    async def has_blob(self, digest: str) -> bool:
+        return await asyncio.to_thread(self.store.blobs.has, digest)
+
+    async def put_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
+        fd, path = tempfile.mkstemp(prefix="omax-upload-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    await asyncio.to_thread(f.write, chunk)
+            _, created = await asyncio.to_thread(self.store.blobs.put_file, path, digest)
+            return created
+        finally:
+            os.unlink(path)
+
+    # ---- the cluster -------------------------------------------------------------
+
+    async def ps(self) -> list[LoadedModel]:
+        rows = await self.client.scheduler.omax_ps()
+        out = []
+        for r in rows:
+            try:
+                info = await asyncio.to_thread(catalog_view.model_info, self.store, r["name"])
+            except ModelNotFound:
+                continue
+            expires = r["expires_at"]
+            out.append(
+                LoadedModel(
+                    info=info,
+                    expires_at=_rfc3339(expires if expires >= 0 else time.time() + 10 * 365 * 86400),
+                    size_vram=r["memory"] if not r["slot"].startswith("cpu") else 0,
+                    context_length=r["num_ctx"],
+                    worker=r["worker"],
+                    device=r["slot"],
+                )
+            )
+        return out
+
+    async def cluster(self) -> dict[str, Any]:
+        return await self.client.scheduler.omax_cluster()
+
+
+def _with_id(request: GenerateRequest, rid: str) -> GenerateRequest:
+    from dataclasses import replace
+
+    return replace(request, request_id=rid)
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat()
