@@ -1,0 +1,62 @@
+"""Configuration: defaults, overrides through dask.config and the environment, errors."""
+
+import subprocess
+import sys
+
+import dask.config
+import pytest
+
+from omax.config import parse_duration, parse_size, settings
+from omax.errors import ConfigError
+
+
+def test_defaults_are_registered():
+    cfg = settings()
+    assert cfg.port == 11434
+    assert cfg.host == "127.0.0.1"
+    assert cfg.keep_alive == 300.0
+    assert cfg.slot_memory == 8 * 2**30
+    assert cfg.store_url.endswith(".omax/store") and "~" not in cfg.store_url
+
+
+def test_override_with_dask_config():
+    with dask.config.set({"omax.serve.max-queue": 7, "omax.worker.slot-memory": "2 GiB"}):
+        cfg = settings()
+    assert cfg.max_queue == 7
+    assert cfg.slot_memory == 2 * 2**30
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("omax.serve.max-queue", "many", "an integer >= 1"),
+        ("omax.serve.keep-alive", "soon", "a duration"),
+        ("omax.worker.slot-memory", "lots", "a size"),
+        ("omax.serve.port", 70000, "a port number"),
+        ("omax.engine.dtype", "int3", "float32 or bfloat16"),
+    ],
+)
+def test_invalid_value_names_key_value_and_allowed(key, value, words):
+    with dask.config.set({key: value}), pytest.raises(ConfigError) as err:
+        settings()
+    message = str(err.value)
+    assert key in message and repr(value) in message and words in message
+
+
+def test_environment_variable_override():
+    code = "from omax.config import settings; print(settings().max_queue)"
+    env = {"DASK_OMAX__SERVE__MAX_QUEUE": "33", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "33", out.stderr
+
+
+def test_parsers():
+    assert parse_duration("5m") == 300
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("-1") == -1
+    assert parse_duration(0) == 0
+    assert parse_size("512MB") == 512 * 10**6
+    assert parse_size("1 KiB") == 1024
+    for bad in ("5x", "", "m5"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
