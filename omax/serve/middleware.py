@@ -1,0 +1,115 @@
+"""Small ASGI middlewares: request body limit and bearer-token auth.
+
+Both answer with the error shape of the path's API family (``omax.serve.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from omax.errors import OmaxError
+from omax.serve.errors import error_response
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+class BodyTooLarge(OmaxError):
+    """Raised from ``receive`` mid-body; the exception handlers answer it as a 413."""
+
+    status = 413
+
+    def __init__(self) -> None:
+        super().__init__("request body too large")
+
+
+class BodyLimitMiddleware:
+    """Answer 413 when a body passes ``max_bytes``; blob uploads are exempt (they stream)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = DEFAULT_MAX_BODY,
+        exempt: tuple[str, ...] = ("/api/blobs/",),
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(path, 413, "request body too large")(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await error_response(path, 413, "request body too large")(scope, receive, send)
+
+
+class BearerAuthMiddleware:
+    """Require ``Authorization: Bearer <token>`` where the token is a known API key or a
+    JWT signed with ``jwt_secret`` (HS256). ``GET /`` stays open for health probes."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Iterable[str] = (),
+        jwt_secret: str | None = None,
+        open_paths: tuple[str, ...] = ("/",),
+    ) -> None:
+        self.app = app
+        self.api_keys = frozenset(api_keys)
+        self.jwt_secret = jwt_secret
+        self.open_paths = open_paths
+
+    def _valid(self, token: str) -> bool:
+        if token in self.api_keys:
+            return True
+        if self.jwt_secret:
+            import jwt
+
+            try:
+                jwt.decode(token, self.jwt_secret, algorithms=["HS256"])
+                return True
+            except jwt.PyJWTError:
+                return False
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not self._valid(token.strip()):
+            response = error_response(
+                scope["path"], 401, "unauthorized", headers={"WWW-Authenticate": "Bearer"}
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

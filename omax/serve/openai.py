@@ -1,0 +1,210 @@
+"""OpenAI-compatible ``/v1/*`` routes over the same runtime and internal request type.
+
+Streams are SSE and off by default; they end with ``data: [DONE]``. Tool-call
+arguments are JSON strings here (objects on ``/api/chat``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from omax.engine.request import GenerateChunk, Metrics, ToolCall
+from omax.errors import EngineError, ModelNotFound
+from omax.serve import convert
+from omax.serve.schemas import OpenAIChatBody, OpenAICompletionBody, OpenAIEmbeddingsBody
+from omax.serve.service import count_tokens, finish_reason, read, runtime_of, start
+from omax.serve.streaming import collect, sse_response
+
+FINGERPRINT = "fp_omax"
+
+
+def _usage(m: Metrics | None) -> dict[str, int]:
+    m = m or Metrics()
+    return {
+        "prompt_tokens": m.prompt_eval_count,
+        "completion_tokens": m.eval_count,
+        "total_tokens": m.prompt_eval_count + m.eval_count,
+    }
+
+
+def _tool_calls(calls: tuple[ToolCall, ...], offset: int = 0) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": offset + i,
+            "id": call.id or f"call_{uuid.uuid4().hex[:8]}",
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+        }
+        for i, call in enumerate(calls)
+    ]
+
+
+def _envelope(
+    kind: str, ident: str, created: int, model: str, choices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": choices,
+    }
+
+
+async def chat_completions(request: Request) -> Response:
+    body = await read(request, OpenAIChatBody)
+    req = convert.from_openai_chat(body)
+    primed = await start(request, req)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    if body.stream:
+        seen_tools = 0
+
+        def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
+            nonlocal seen_tools
+            if chunk.error:
+                raise EngineError(chunk.error)
+            count_tokens(request, req.model, chunk)
+            delta: dict[str, Any] = {"role": "assistant", "content": chunk.text}
+            if chunk.thinking:
+                delta["reasoning"] = chunk.thinking
+            if chunk.tool_calls:
+                delta["tool_calls"] = _tool_calls(chunk.tool_calls, seen_tools)
+                seen_tools += len(chunk.tool_calls)
+            if not chunk.done:
+                choice = {"index": 0, "delta": delta, "finish_reason": None}
+                return [_envelope("chat.completion.chunk", ident, created, req.model, [choice])]
+            choice = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish_reason(chunk, seen_tools > 0),
+            }
+            events = [_envelope("chat.completion.chunk", ident, created, req.model, [choice])]
+            if include_usage:
+                usage = _envelope("chat.completion.chunk", ident, created, req.model, [])
+                usage["usage"] = _usage(chunk.metrics)
+                events.append(usage)
+            return events
+
+        return sse_response(primed, render)
+
+    chunks = await collect(primed)
+    if any(c.error for c in chunks):
+        raise EngineError(next(c.error for c in chunks if c.error))
+    last = chunks[-1] if chunks else GenerateChunk(done=True)
+    count_tokens(request, req.model, last)
+    calls = tuple(t for c in chunks for t in c.tool_calls)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text for c in chunks)}
+    thinking = "".join(c.thinking for c in chunks)
+    if thinking:
+        message["reasoning"] = thinking
+    if calls:
+        message["tool_calls"] = _tool_calls(calls)
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason(last, bool(calls))}
+    out = _envelope("chat.completion", ident, created, req.model, [choice])
+    out["usage"] = _usage(last.metrics)
+    return JSONResponse(out)
+
+
+async def completions(request: Request) -> Response:
+    body = await read(request, OpenAICompletionBody)
+    req = convert.from_openai_completion(body)
+    primed = await start(request, req)
+    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    if body.stream:
+
+        def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
+            if chunk.error:
+                raise EngineError(chunk.error)
+            count_tokens(request, req.model, chunk)
+            reason = finish_reason(chunk, False) if chunk.done else None
+            choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": reason}
+            events = [_envelope("text_completion", ident, created, req.model, [choice])]
+            if chunk.done and include_usage:
+                usage = _envelope("text_completion", ident, created, req.model, [])
+                usage["usage"] = _usage(chunk.metrics)
+                events.append(usage)
+            return events
+
+        return sse_response(primed, render)
+
+    chunks = await collect(primed)
+    if any(c.error for c in chunks):
+        raise EngineError(next(c.error for c in chunks if c.error))
+    last = chunks[-1] if chunks else GenerateChunk(done=True)
+    count_tokens(request, req.model, last)
+    choice = {
+        "text": "".join(c.text for c in chunks),
+        "index": 0,
+        "logprobs": None,
+        "finish_reason": finish_reason(last, False),
+    }
+    out = _envelope("text_completion", ident, created, req.model, [choice])
+    out["usage"] = _usage(last.metrics)
+    return JSONResponse(out)
+
+
+def _encode(vector: tuple[float, ...], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return list(vector)
+
+
+async def embeddings(request: Request) -> Response:
+    body = await read(request, OpenAIEmbeddingsBody)
+    req = convert.from_openai_embeddings(body)
+    result = await runtime_of(request).embed(req)
+    data = [
+        {"object": "embedding", "embedding": _encode(v, body.encoding_format), "index": i}
+        for i, v in enumerate(result.embeddings)
+    ]
+    usage = {"prompt_tokens": result.prompt_eval_count, "total_tokens": result.prompt_eval_count}
+    return JSONResponse({"object": "list", "data": data, "model": req.model, "usage": usage})
+
+
+def _model_entry(name: str, modified_at: str) -> dict[str, Any]:
+    try:
+        created = int(datetime.fromisoformat(modified_at.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        created = 0
+    owner = name.rsplit("/", 1)[0].split("/")[-1] if "/" in name else "library"
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
+async def models(request: Request) -> Response:
+    listed = await runtime_of(request).list_models()
+    return JSONResponse(
+        {"object": "list", "data": [_model_entry(m.name, m.modified_at) for m in listed]}
+    )
+
+
+async def model(request: Request) -> Response:
+    name = request.path_params["model"]
+    try:
+        info = (await runtime_of(request).show(name)).info
+    except ModelNotFound:
+        raise ModelNotFound(name) from None
+    return JSONResponse(_model_entry(name, info.modified_at))
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model:path}", model, methods=["GET"]),
+]

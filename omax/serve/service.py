@@ -1,0 +1,103 @@
+"""The service layer both API adapters share: capability checks and starting streams.
+
+Routes parse and shape; this module decides what a request may do and calls the
+``Runtime``. ``runtime.show`` is consulted only when a request needs a capability
+(think, images, tools) and only once per request; nothing is cached across requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+
+from omax.engine.request import GenerateChunk, GenerateRequest
+from omax.errors import InvalidRequest
+from omax.serve.metrics import ServeMetrics
+from omax.serve.runtime import ModelDetails, Runtime
+from omax.serve.schemas import B, parse_body
+from omax.serve.streaming import Primed, prime
+
+
+def runtime_of(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def metrics_of(request: Request) -> ServeMetrics:
+    return request.app.state.metrics
+
+
+async def read(request: Request, model: type[B]) -> B:
+    """Read and validate a JSON body (the size limit is enforced by middleware)."""
+    return parse_body(model, await request.body())
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def details(d: ModelDetails) -> dict[str, Any]:
+    out = asdict(d)
+    out["families"] = list(d.families)
+    return out
+
+
+def needed_capabilities(req: GenerateRequest) -> list[str]:
+    needs = []
+    if req.think and req.think != "none":
+        needs.append("thinking")
+    if req.images or any(m.images for m in req.messages or ()):
+        needs.append("vision")
+    if req.tools:
+        needs.append("tools")
+    return needs
+
+
+async def check_capabilities(runtime: Runtime, req: GenerateRequest) -> None:
+    """400 when the model lacks a capability the request needs (think, images, tools)."""
+    needs = needed_capabilities(req)
+    if not needs:
+        return
+    caps = (await runtime.show(req.model)).capabilities
+    if "completion" not in caps:
+        raise InvalidRequest(f'"{req.model}" does not support generate')
+    for need in needs:
+        if need not in caps:
+            what = {"thinking": "thinking", "vision": "images", "tools": "tools"}[need]
+            raise InvalidRequest(f'"{req.model}" does not support {what}')
+
+
+async def start(request: Request, req: GenerateRequest) -> Primed[GenerateChunk]:
+    """Check, start the generation and wait for its first chunk (timed as TTFT)."""
+    started = time.perf_counter()
+    runtime = runtime_of(request)
+    await check_capabilities(runtime, req)
+    primed = await prime(runtime.generate(req))
+    metrics_of(request).first_token(req.model, started)
+    return primed
+
+
+def count_tokens(request: Request, model: str, chunk: GenerateChunk) -> None:
+    if chunk.done and chunk.metrics is not None:
+        metrics_of(request).generated(model, chunk.metrics.eval_count)
+
+
+def finish_reason(chunk: GenerateChunk, saw_tools: bool) -> str:
+    if saw_tools:
+        return "tool_calls"
+    return "length" if chunk.done_reason == "length" else "stop"
+
+
+async def progress_stream(call: Any) -> Primed[Any]:
+    return await prime(call)
+
+
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
+    """The raw request body as it arrives, never buffered whole."""
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk

@@ -1,0 +1,155 @@
+"""NDJSON and SSE responses over a runtime's async iterator.
+
+``prime`` pulls the first item before any byte is sent, so an error the runtime
+raises up front (unknown model, queue full) still becomes a proper HTTP status.
+After that the status is 200 and a failure is one more line: ``{"error": ...}`` on
+NDJSON, ``data: {"error": {...}}`` on SSE.
+
+Invariant: the runtime's iterator is always closed, whether the stream ends, fails
+or the client disconnects; closing it is what cancels the generation on the actor.
+Starlette cancels the body iterator when it sees ``http.disconnect``; the close
+runs shielded from that cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from omax.serve.errors import error_body, stream_error_message
+
+T = TypeVar("T")
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+class Primed(Generic[T]):
+    """An async iterator whose first item has already been fetched."""
+
+    def __init__(self, source: AsyncIterator[T], first: T | None, empty: bool) -> None:
+        self.source = source
+        self.first = first
+        self.empty = empty
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        if self.empty:
+            return
+        assert self.first is not None
+        yield self.first
+        async for item in self.source:
+            yield item
+
+    async def aclose(self) -> None:
+        await close_quietly(self.source)
+
+
+async def prime(call: Awaitable[AsyncIterator[T]] | AsyncIterator[T]) -> Primed[T]:
+    """Start a runtime stream and fetch its first item; errors raise here.
+
+    Accepts both shapes a ``Runtime`` may use: a coroutine returning an async
+    iterator, or an async generator.
+    """
+    source = await call if inspect.isawaitable(call) else call
+    assert not inspect.isawaitable(source)
+    try:
+        first = await source.__anext__()
+    except StopAsyncIteration:
+        return Primed(source, None, empty=True)
+    except BaseException:
+        await close_quietly(source)
+        raise
+    return Primed(source, first, empty=False)
+
+
+async def close_quietly(source: Any) -> None:
+    close = getattr(source, "aclose", None)
+    if close is None:
+        return
+    # closing must never mask the original outcome
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await close()
+
+
+async def collect(primed: Primed[T]) -> list[T]:
+    try:
+        return [item async for item in primed]
+    finally:
+        await primed.aclose()
+
+
+class DisconnectAwareStreamingResponse(StreamingResponse):
+    """Always watch for ``http.disconnect`` and cancel the body, whatever the ASGI version."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):
+                    await self.stream_response(send)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+
+async def _lines(
+    primed: Primed[T],
+    render: Callable[[T], list[dict[str, Any]]],
+    encode: Callable[[dict[str, Any]], bytes],
+    on_error: Callable[[BaseException], dict[str, Any]],
+    trailer: bytes,
+) -> AsyncIterator[bytes]:
+    try:
+        async for item in primed:
+            for obj in render(item):
+                yield encode(obj)
+        if trailer:
+            yield trailer
+    except Exception as exc:
+        yield encode(on_error(exc))
+    finally:
+        await primed.aclose()
+
+
+def _ndjson(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def ndjson_response(
+    primed: Primed[T], render: Callable[[T], list[dict[str, Any]]]
+) -> StreamingResponse:
+    """One JSON object per line, no blank lines; a late failure is an error line."""
+    body = _lines(primed, render, _ndjson, lambda e: {"error": stream_error_message(e)}, b"")
+    return DisconnectAwareStreamingResponse(body, media_type=NDJSON)
+
+
+def sse_response(
+    primed: Primed[T], render: Callable[[T], list[dict[str, Any]]]
+) -> StreamingResponse:
+    """``data: {...}`` events ending ``data: [DONE]``; a late failure is an error event."""
+    body = _lines(
+        primed,
+        render,
+        _sse,
+        lambda e: error_body("/v1/", 500, stream_error_message(e)),
+        b"data: [DONE]\n\n",
+    )
+    return DisconnectAwareStreamingResponse(
+        body, media_type=SSE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+def render_json(obj: dict[str, Any]) -> bytes:
+    return _ndjson(obj)[:-1]
