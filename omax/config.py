@@ -165,9 +165,7 @@ def settings() -> Settings:
         worker_store=_check("worker.store", _nonempty, "a path"),
         slot_memory=_check("worker.slot-memory", parse_size, "a size such as '8 GiB'"),
         device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-        engine_dtype=_check(
-            "engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"
-        ),
+        engine_dtype=_check("engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"),
         host=_check("serve.host", _nonempty, "a host name or address"),
         port=_check("serve.port", _port, "a port number 0-65535"),
         keep_alive=_check(

@@ -1,19 +1,19 @@
 """The omax exception tree. Every edge (HTTP, CLI) translates these once.
 
-    OmaxError                      base; message is safe to show to a user
-    ├── InvalidRequest             bad input from a client (HTTP 400)
-    ├── ModelNotFound              unknown model name (HTTP 404)
-    ├── BlobNotFound               unknown blob digest (HTTP 404)
-    ├── DigestMismatch             bytes do not hash to their name (HTTP 400)
-    ├── ServerBusy                 a bounded queue is full (HTTP 503)
-    ├── Cancelled                  the client went away (HTTP 499)
-    ├── PlacementRefused           no slot can hold the model (HTTP 503), says why
-    ├── ImportFailed               a model file cannot be imported; names file and reason
-    ├── StoreError                 the blob store or catalog failed (HTTP 500)
-    │   └── CatalogConflict        a compare-and-swap lost; retry with fresh state
-    ├── EngineError                a recoverable failure inside one request (HTTP 500)
-    │   └── EngineDead             the actor or its worker is gone; retry elsewhere
-    └── ConfigError                an invalid configuration value; names key and value
+OmaxError                      base; message is safe to show to a user
+├── InvalidRequest             bad input from a client (HTTP 400)
+├── ModelNotFound              unknown model name (HTTP 404)
+├── BlobNotFound               unknown blob digest (HTTP 404)
+├── DigestMismatch             bytes do not hash to their name (HTTP 400)
+├── ServerBusy                 a bounded queue is full (HTTP 503)
+├── Cancelled                  the client went away (HTTP 499)
+├── PlacementRefused           no slot can hold the model (HTTP 503), says why
+├── ImportFailed               a model file cannot be imported; names file and reason
+├── StoreError                 the blob store or catalog failed (HTTP 500)
+│   └── CatalogConflict        a compare-and-swap lost; retry with fresh state
+├── EngineError                a recoverable failure inside one request (HTTP 500)
+│   └── EngineDead             the actor or its worker is gone; retry elsewhere
+└── ConfigError                an invalid configuration value; names key and value
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class DigestMismatch(OmaxError):
 class ServerBusy(OmaxError):
     status = 503
 
-    def __init__(self, message: str = "server busy, please try again.  maximum pending requests exceeded") -> None:
+    def __init__(
+        self, message: str = "server busy, please try again.  maximum pending requests exceeded"
+    ) -> None:
         super().__init__(message)
 
 

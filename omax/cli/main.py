@@ -31,7 +31,12 @@ class OmaxGroup(click.Group):
     default=None,
     help="Log lines as text (default) or one JSON object per line.",
 )
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="Also log to this file, rotated.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also log to this file, rotated.",
+)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
 def cli(log_format: str | None, log_file: str | None, log_level: str | None) -> None:
     """omax: serve large language models from a Dask cluster behind an Ollama-compatible API."""

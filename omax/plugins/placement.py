@@ -52,9 +52,7 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def place(
-    workers: Iterable[WorkerInfo], loaded: Sequence[Loaded], need: Need
-) -> Place | Refuse:
+def place(workers: Iterable[WorkerInfo], loaded: Sequence[Loaded], need: Need) -> Place | Refuse:
     """Decide where ``need`` loads. Pure: reads its arguments, changes nothing."""
     by_slot: dict[tuple[str, str], list[Loaded]] = defaultdict(list)
     hosts_running: set[str] = set()

@@ -13,6 +13,7 @@ origin store the scheduler names, in threads so the event loop never blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -128,16 +129,12 @@ class ClusterRuntime:
                 poller.forget(rid)
                 self._outstanding[actor.key] -= 1
                 if not done:
-                    try:
+                    with contextlib.suppress(Exception):
                         await actor.call("cancel", rid)
-                    except Exception:
-                        pass
-                try:
+                with contextlib.suppress(Exception):
                     await self.client.scheduler.omax_touch(
                         key=actor.key, delta=-1, keep_alive=request.keep_alive
                     )
-                except Exception:
-                    pass
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         digest, _ = await self._resolve(request.model)
@@ -214,7 +211,9 @@ class ClusterRuntime:
             out.append(
                 LoadedModel(
                     info=info,
-                    expires_at=_rfc3339(expires if expires >= 0 else time.time() + 10 * 365 * 86400),
+                    expires_at=_rfc3339(
+                        expires if expires >= 0 else time.time() + 10 * 365 * 86400
+                    ),
                     size_vram=r["memory"] if not r["slot"].startswith("cpu") else 0,
                     context_length=r["num_ctx"],
                     worker=r["worker"],

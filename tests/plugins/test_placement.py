@@ -19,7 +19,9 @@ def worker(addr, host, mem, replicas=()):
 
 
 def loaded(key, digest, addr, mem, last_used, in_flight=0, keep_alive=300.0):
-    return Loaded(key, digest, digest, addr, "cpu", mem, 4096, last_used, keep_alive, in_flight, True)
+    return Loaded(
+        key, digest, digest, addr, "cpu", mem, 4096, last_used, keep_alive, in_flight, True
+    )
 
 
 def test_fits_by_memory():
@@ -92,7 +94,12 @@ def test_expiry():
 
 
 def test_memory_estimate_includes_kv_cache():
-    cfg = {"num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3}
+    cfg = {
+        "num_hidden_layers": 30,
+        "hidden_size": 576,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+    }
     weights = 500 * 2**20
     assert estimate_memory(cfg, weights, 8192) - estimate_memory(cfg, weights, 4096) == (
         2 * 30 * 3 * 64 * 4096 * 4
@@ -102,13 +109,22 @@ def test_memory_estimate_includes_kv_cache():
 def test_a_thousand_slots_and_five_hundred_models_decide_fast():
     rng = random.Random(0)
     ws = [
-        worker(f"tcp://w{i}:1", f"h{i // 4}", rng.choice([8, 16, 24, 80]) * GiB,
-               [(f"m{rng.randrange(500)}", True) for _ in range(3)])
+        worker(
+            f"tcp://w{i}:1",
+            f"h{i // 4}",
+            rng.choice([8, 16, 24, 80]) * GiB,
+            [(f"m{rng.randrange(500)}", True) for _ in range(3)],
+        )
         for i in range(1000)
     ]
     models = [
-        loaded(f"k{j}", f"m{j}", f"tcp://w{rng.randrange(1000)}:1", rng.choice([1, 4, 7]) * GiB,
-               rng.random() * 1000)
+        loaded(
+            f"k{j}",
+            f"m{j}",
+            f"tcp://w{rng.randrange(1000)}:1",
+            rng.choice([1, 4, 7]) * GiB,
+            rng.random() * 1000,
+        )
         for j in range(500)
     ]
     place(ws, models, Need("m7", "m7", 6 * GiB))

@@ -40,18 +40,39 @@ def dask_processes(tmp_path):
     }
     procs = []
     sched = subprocess.Popen(
-        [DASK, "scheduler", "--port", "0", "--dashboard-address", ":0",
-         "--preload", "omax.plugins.scheduler"],
-        stderr=subprocess.PIPE, text=True, env=env,
+        [
+            DASK,
+            "scheduler",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--preload",
+            "omax.plugins.scheduler",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     procs.append(sched)
     try:
         addr = _wait_for(r"Scheduler at:\s+(tcp://\S+)", sched).group(1)
         for mem in ("3 GiB", "5 GiB"):
             w = subprocess.Popen(
-                [DASK, "worker", addr, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1",
-                 "--preload", "omax.plugins.worker"],
-                stderr=subprocess.PIPE, text=True,
+                [
+                    DASK,
+                    "worker",
+                    addr,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--resources",
+                    "GPU=1",
+                    "--preload",
+                    "omax.plugins.worker",
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
                 env={**env, "DASK_OMAX__WORKER__SLOT_MEMORY": mem},
             )
             procs.append(w)

@@ -1,0 +1,90 @@
+"""The end-to-end path: official clients -> omax serve -> Dask actor -> zarr replica."""
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import DEMO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_root_and_version(server):
+    r = httpx.get(server + "/")
+    assert r.status_code == 200 and r.text == "Ollama is running"
+    assert httpx.head(server + "/").status_code == 200
+    v = httpx.get(server + "/api/version").json()
+    assert isinstance(v["version"], str) and v["version"]
+
+
+def test_demo_model_is_listed(server, monkeypatch):
+    import ollama
+
+    monkeypatch.setenv("OLLAMA_HOST", server)
+    models = ollama.Client().list().models
+    names = [m.model for m in models]
+    assert DEMO in names
+    demo = models[names.index(DEMO)]
+    assert demo.digest and demo.size > 50_000_000
+    assert demo.details.format == "gguf" and demo.details.quantization_level == "Q4_1"
+
+
+def test_chat_through_the_official_client(server, monkeypatch):
+    import ollama
+
+    monkeypatch.setenv("OLLAMA_HOST", server)
+    client = ollama.Client(timeout=300)
+    reply = client.chat(
+        model=DEMO,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        options={"temperature": 0, "num_predict": 24},
+    )
+    assert reply.done and reply.done_reason in ("stop", "length")
+    assert "Paris" in reply.message.content
+    assert reply.eval_count and reply.eval_count <= 24
+    assert reply.prompt_eval_count and reply.prompt_eval_count > 5
+    assert reply.total_duration and reply.total_duration > reply.eval_duration > 0
+
+    pieces = list(
+        client.chat(
+            model=DEMO,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            options={"temperature": 0, "num_predict": 24},
+            stream=True,
+        )
+    )
+    assert len(pieces) > 3 and pieces[-1].done
+    assert "".join(p.message.content for p in pieces) == reply.message.content
+
+
+def test_generate_and_ps(server, monkeypatch):
+    import ollama
+
+    monkeypatch.setenv("OLLAMA_HOST", server)
+    client = ollama.Client(timeout=300)
+    out = client.generate(
+        model=DEMO, prompt="Count: one, two,", options={"num_predict": 8, "seed": 1}
+    )
+    assert out.done and out.response and out.context
+    loaded = client.ps().models
+    assert [m.model for m in loaded] == [DEMO]
+    assert loaded[0].expires_at is not None
+
+
+def test_openai_chat(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    completion = client.chat.completions.create(
+        model=DEMO,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=12,
+        temperature=0,
+    )
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens <= 12
+
+
+def test_unknown_model_is_404(server):
+    r = httpx.post(server + "/api/chat", json={"model": "nope:1", "messages": []})
+    assert r.status_code == 404
+    assert r.json() == {"error": "model 'nope:1' not found"}
