@@ -1,0 +1,297 @@
+"""The continuous-batching loop: one thread per engine, schedule -> execute -> update.
+
+Between steps new requests join and finished or cancelled ones leave. Each step
+prefills at most one prompt chunk (in the runner's staging slot) and decodes every
+live sequence together in one forward pass. Output chunks are appended to per-request
+outboxes that ``take`` drains for several requests at once.
+
+Invariant (the runner's cache depends on it): ``self.decoding[i].slot == i``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from omax.engine import scheduler
+from omax.engine.request import GenerateChunk, GenerateRequest, Metrics
+from omax.engine.runner import Runner
+from omax.engine.sampling import SamplerState, sample
+from omax.engine.stops import Detokenizer, StopMatcher
+from omax.engine.templates import parse_tool_calls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sequence:
+    rid: str
+    req: GenerateRequest
+    prompt: list[int]
+    limit: int  # the KV length this sequence may reach (num_ctx, capped by the cache)
+    sampler: SamplerState
+    detok: Detokenizer
+    stops: StopMatcher
+    load_duration: int = 0
+    submitted: int = field(default_factory=time.perf_counter_ns)
+    generated: list[int] = field(default_factory=list)
+    slot: int = -1
+    pos: int = 0  # tokens in the cache
+    last: int = -1  # sampled, not yet in the cache
+    prefill_ns: int = 0
+    eval_ns: int = 0
+    buffered: list[str] = field(default_factory=list)
+
+    @property
+    def reserve(self) -> int:
+        n = self.req.options.num_predict
+        want = len(self.prompt) + (n if n > 0 else self.limit)
+        return min(want, self.limit)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runner: Runner,
+        decode,
+        eos_ids: set[int],
+        *,
+        kv_budget: int,
+        chunk: int = 256,
+    ) -> None:
+        self.runner = runner
+        self.decode_text = decode
+        self.eos_ids = eos_ids
+        self.kv_budget = kv_budget
+        self.chunk = chunk
+        self.waiting: deque[Sequence] = deque()
+        self.prefilling: Sequence | None = None
+        self.decoding: list[Sequence] = []
+        self._inbox: deque[Sequence] = deque()
+        self._cancels: deque[str] = deque()
+        self._outbox: dict[str, list[GenerateChunk]] = {}
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = False
+        self.dead: str | None = None
+        self._thread = threading.Thread(target=self._run, name="omax-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- called from other threads -------------------------------------------------
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            self._outbox[seq.rid] = []
+        self._inbox.append(seq)
+        self._wake.set()
+
+    def cancel(self, rid: str) -> None:
+        self._cancels.append(rid)
+        self._wake.set()
+
+    def take(self, rids, timeout: float = 0.0) -> dict[str, list[GenerateChunk]]:
+        """New chunks of ``rids`` (waits up to ``timeout`` s for at least one)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                out = {r: self._outbox[r] for r in rids if self._outbox.get(r)}
+                if out or timeout <= 0:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            for r, chunks in out.items():
+                if chunks[-1].done:
+                    del self._outbox[r]
+                else:
+                    self._outbox[r] = []
+        return out
+
+    def live(self) -> int:
+        return (
+            len(self._inbox)
+            + len(self.waiting)
+            + len(self.decoding)
+            + (1 if self.prefilling else 0)
+        )
+
+    def kv_tokens(self) -> int:
+        n = sum(s.pos for s in self.decoding)
+        return n + (self.prefilling.pos if self.prefilling else 0)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # ---- the loop thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop:
+            if not (
+                self._inbox or self._cancels or self.waiting or self.decoding or self.prefilling
+            ):
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # one bad step fails the live requests, not the loop
+                log.exception("batch step failed")
+                self._fail_all(f"engine step failed: {exc}")
+
+    def _emit(self, seq: Sequence, chunk: GenerateChunk) -> None:
+        with self._cond:
+            if seq.rid in self._outbox:
+                self._outbox[seq.rid].append(chunk)
+            self._cond.notify_all()
+
+    def _fail_all(self, msg: str) -> None:
+        seqs = list(self.waiting) + self.decoding + ([self.prefilling] if self.prefilling else [])
+        self.waiting.clear()
+        self.decoding = []
+        self.prefilling = None
+        for s in seqs:
+            self._emit(s, GenerateChunk(done=True, done_reason="error", error=msg))
+
+    def step(self) -> None:
+        while self._inbox:
+            self.waiting.append(self._inbox.popleft())
+        while self._cancels:
+            self._cancel(self._cancels.popleft())
+        d = scheduler.schedule(
+            [scheduler.Waiting(s.rid, len(s.prompt), s.reserve) for s in list(self.waiting)[:1]],
+            scheduler.Prefilling(
+                self.prefilling.rid,
+                self.prefilling.pos,
+                len(self.prefilling.prompt),
+                self.prefilling.reserve,
+            )
+            if self.prefilling
+            else None,
+            [scheduler.Decoding(s.rid, s.reserve) for s in self.decoding],
+            max_slots=self.runner.max_slots,
+            kv_budget=self.kv_budget,
+            chunk=self.chunk,
+        )
+        if d.admit is not None:
+            self.prefilling = self.waiting.popleft()
+        if d.prefill is not None:
+            self._prefill_chunk(self.prefilling, d.prefill[1], d.prefill[2])
+        if self.decoding:
+            self._decode_step()
+
+    def _prefill_chunk(self, seq: Sequence, start: int, n: int) -> None:
+        t0 = time.perf_counter_ns()
+        logits = self.runner.prefill(seq.prompt[start : start + n], start)
+        seq.pos = start + n
+        if seq.pos < len(seq.prompt):
+            seq.prefill_ns += time.perf_counter_ns() - t0
+            return
+        token = sample(logits.unsqueeze(0), [seq.sampler])[0]
+        seq.prefill_ns += time.perf_counter_ns() - t0
+        self.prefilling = None
+        seq.slot = len(self.decoding)
+        self.runner.copy_slot(self.runner.staging, seq.slot, seq.pos)
+        self.decoding.append(seq)
+        if self._accept(seq, token):
+            self._remove(seq)
+
+    def _decode_step(self) -> None:
+        seqs = self.decoding
+        t0 = time.perf_counter_ns()
+        logits = self.runner.decode([s.last for s in seqs], [s.pos for s in seqs])
+        tokens = sample(logits, [s.sampler for s in seqs])
+        dt = time.perf_counter_ns() - t0
+        finished = []
+        for s, tok in zip(seqs, tokens, strict=True):
+            s.pos += 1
+            s.eval_ns += dt
+            if self._accept(s, tok):
+                finished.append(s)
+        for s in finished:
+            self._remove(s)
+
+    def _accept(self, seq: Sequence, token: int) -> bool:
+        """Record a sampled token; emit its text; return True when the sequence ends."""
+        seq.generated.append(token)
+        seq.sampler.history.append(token)
+        seq.last = token
+        if token in self.eos_ids:
+            self._finish(seq, "stop", include_last=False)
+            return True
+        text = seq.stops.push(seq.detok.push(token))
+        if text:
+            if seq.req.tools:
+                seq.buffered.append(text)
+            else:
+                self._emit(seq, GenerateChunk(text=text))
+        if seq.stops.stopped:
+            self._finish(seq, "stop")
+            return True
+        n = seq.req.options.num_predict
+        if (n > 0 and len(seq.generated) >= n) or seq.pos + 1 >= seq.limit:
+            self._finish(seq, "length")
+            return True
+        return False
+
+    def _finish(self, seq: Sequence, reason: str, include_last: bool = True) -> None:
+        tail = "" if seq.stops.stopped else seq.stops.push(seq.detok.flush()) + seq.stops.flush()
+        calls = ()
+        if seq.req.tools:
+            content, calls = parse_tool_calls("".join(seq.buffered) + tail)
+            tail = content
+        if tail:
+            self._emit(seq, GenerateChunk(text=tail))
+        now = time.perf_counter_ns()
+        metrics = Metrics(
+            total_duration=now - seq.submitted + seq.load_duration,
+            load_duration=seq.load_duration,
+            prompt_eval_count=len(seq.prompt),
+            prompt_eval_duration=seq.prefill_ns,
+            eval_count=len(seq.generated),
+            eval_duration=seq.eval_ns,
+        )
+        context = None
+        if seq.req.messages is None:
+            gen = seq.generated if include_last else seq.generated[:-1]
+            context = tuple(seq.prompt) + tuple(gen)
+        self._emit(
+            seq,
+            GenerateChunk(
+                tool_calls=calls, done=True, done_reason=reason, metrics=metrics, context=context
+            ),
+        )
+
+    def _remove(self, seq: Sequence) -> None:
+        """Free ``seq``'s decode slot, moving the last sequence into it (compaction)."""
+        i = seq.slot
+        last = self.decoding.pop()
+        if last is not seq:
+            self.runner.copy_slot(last.slot, i, last.pos)
+            last.slot = i
+            self.decoding[i] = last
+        seq.slot = -1
+
+    def _cancel(self, rid: str) -> None:
+        for s in list(self.waiting):
+            if s.rid == rid:
+                self.waiting.remove(s)
+                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
+                return
+        if self.prefilling is not None and self.prefilling.rid == rid:
+            s, self.prefilling = self.prefilling, None
+            self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
+            return
+        for s in self.decoding:
+            if s.rid == rid:
+                self._remove(s)
+                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
+                return
+        for s in list(self._inbox):
+            if s.rid == rid:
+                self._inbox.remove(s)
+                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
+                return

@@ -1,0 +1,186 @@
+"""``Engine``: one loaded model with its batching loop, usable in-process.
+
+    eng = Engine.load(spec, tensors, device="cpu", dtype="float32")
+    rid = eng.submit(GenerateRequest(model="m", prompt="Hi"))
+    while True:
+        for chunk in eng.poll([rid], timeout=1.0).get(rid, []): ...
+
+``ModelActor`` (omax.engine.actor) wraps it for Dask; notebooks and benchmarks use it
+directly. Thread-safe: ``submit``/``poll``/``cancel`` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from omax.engine import embeddings, templates
+from omax.engine.batcher import Batcher, Sequence
+from omax.engine.loader import LoadedModel, load_model
+from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
+from omax.engine.runner import Runner
+from omax.engine.sampling import SamplerState
+from omax.engine.spec import ModelSpec
+from omax.engine.stops import Detokenizer, StopMatcher
+from omax.errors import EngineDead, EngineError, InvalidRequest
+from omax.sharding.tensors import RawTensor
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int = 16,
+        max_ctx: int = 4096,
+        kv_budget: int | None = None,
+        prefill_chunk: int = 256,
+    ) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.tokenizer = loaded.tokenizer
+        self._ids = itertools.count()
+        self._load_ns_pending = loaded.load_duration_ns
+        self.batcher: Batcher | None = None
+        self.max_ctx = min(max_ctx, self.spec.context_length)
+        if self.spec.is_generative:
+            runner = Runner(loaded.model, max_slots=max_batch, max_len=self.max_ctx)
+            self.batcher = Batcher(
+                runner,
+                self._decode,
+                loaded.eos_token_ids,
+                kv_budget=kv_budget or max_batch * self.max_ctx,
+                chunk=prefill_chunk,
+            )
+
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        tensors: Iterable[RawTensor],
+        device: str = "cpu",
+        dtype: str = "float32",
+        **kwargs,
+    ) -> Engine:
+        """Build the model from ``spec`` + ``tensors`` and start its batching loop."""
+        return cls(load_model(spec, tensors, device=device, dtype=dtype), **kwargs)
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    # ---- generation ----------------------------------------------------------------
+    def encode_prompt(self, req: GenerateRequest) -> tuple[list[int], int]:
+        """Return (prompt token ids, how many leading ids to keep when truncating)."""
+        text, system_prefix = templates.render(req, self.spec)
+        tok = self.tokenizer
+        ids = tok.encode(text, add_special_tokens=False)
+        keep = len(tok.encode(system_prefix, add_special_tokens=False)) if system_prefix else 0
+        bos = tok.bos_token_id
+        if (
+            self.spec.tokenizer_config.get("add_bos_token")
+            and bos is not None
+            and (not ids or ids[0] != bos)
+        ):
+            ids, keep = [bos, *ids], keep + 1
+        if req.context:
+            ids, keep = list(req.context) + ids, 0
+        return ids, max(keep, req.options.num_keep)
+
+    def _truncate(self, ids: list[int], keep: int, num_ctx: int, num_predict: int) -> list[int]:
+        room = max(1, min(num_predict, num_ctx // 2)) if num_predict > 0 else max(1, num_ctx // 4)
+        target = num_ctx - room
+        if len(ids) <= target:
+            return ids
+        keep = min(keep, target // 2)
+        return ids[:keep] + ids[len(ids) - (target - keep) :]
+
+    def submit(self, req: GenerateRequest) -> str:
+        """Queue ``req``; return its request id (``req.request_id`` if set)."""
+        if self.batcher is None:
+            raise InvalidRequest("this model does not support generate")
+        if self.batcher.dead:
+            raise EngineDead(self.batcher.dead)
+        if req.format is not None:
+            raise InvalidRequest("structured output (format) is not supported yet")
+        rid = req.request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:8]}"
+        ids, keep = self.encode_prompt(req)
+        o = req.options
+        num_ctx = min(o.num_ctx if o.num_ctx > 0 else self.max_ctx, self.max_ctx)
+        ids = self._truncate(ids, keep, num_ctx, o.num_predict)
+        if not ids:
+            raise InvalidRequest("empty prompt")
+        load_ns, self._load_ns_pending = self._load_ns_pending, 0
+        seq = Sequence(
+            rid=rid,
+            req=req,
+            prompt=ids,
+            limit=num_ctx,
+            sampler=SamplerState.create(o, ids),
+            detok=Detokenizer(self._decode, ids),
+            stops=StopMatcher(o.stop),
+            load_duration=load_ns,
+        )
+        self.batcher.submit(seq)
+        return rid
+
+    def poll(
+        self, request_ids: Iterable[str], timeout: float = 0.0
+    ) -> dict[str, list[GenerateChunk]]:
+        """All new chunks of these requests; waits up to ``timeout`` s for the first."""
+        if self.batcher is None:
+            return {}
+        return self.batcher.take(list(request_ids), timeout)
+
+    def cancel(self, request_id: str) -> None:
+        if self.batcher is not None:
+            self.batcher.cancel(request_id)
+
+    def generate(self, req: GenerateRequest) -> Iterator[GenerateChunk]:
+        """Convenience iterator over one request's chunks (for notebooks)."""
+        rid = self.submit(req)
+        try:
+            while True:
+                for chunk in self.poll([rid], timeout=1.0).get(rid, []):
+                    yield chunk
+                    if chunk.done:
+                        return
+        except GeneratorExit:
+            self.cancel(rid)
+            raise
+
+    # ---- embeddings ----------------------------------------------------------------
+    def embed(self, req: EmbedRequest) -> EmbedResult:
+        start = time.perf_counter_ns()
+        try:
+            vecs, n_tokens = embeddings.embed(self.loaded, req)
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"embedding failed: {exc}") from exc
+        return EmbedResult(
+            embeddings=tuple(tuple(v) for v in vecs),
+            prompt_eval_count=n_tokens,
+            total_duration=time.perf_counter_ns() - start,
+        )
+
+    # ---- housekeeping --------------------------------------------------------------
+    def stats(self) -> dict:
+        params = sum(p.numel() * p.element_size() for p in self.loaded.model.parameters())
+        out = {"live": 0, "kv_tokens": 0, "kv_bytes": 0, "param_bytes": params}
+        if self.batcher is not None:
+            kv = self.batcher.kv_tokens()
+            out.update(
+                live=self.batcher.live(),
+                kv_tokens=kv,
+                kv_bytes=kv * self.batcher.runner.bytes_per_token,
+            )
+        out["memory_bytes"] = out["param_bytes"] + out["kv_bytes"]
+        if torch.cuda.is_available() and self.loaded.device.type == "cuda":
+            out["cuda_allocated"] = torch.cuda.memory_allocated(self.loaded.device)
+        return out
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()

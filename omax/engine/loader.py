@@ -1,0 +1,143 @@
+"""Build a ready transformers model and tokenizer from a ModelSpec and RawTensors.
+
+The model is created on the meta device (accelerate's ``init_empty_weights``), the
+converted tensors are assigned (``load_state_dict(..., assign=True)``) so no second
+copy of the weights exists, embeddings are tied as the config says, and the model is
+put in eval mode on the requested device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from omax.engine import weights
+from omax.engine.spec import ModelSpec
+from omax.errors import EngineError
+from omax.sharding.tensors import RawTensor
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object  # transformers.PreTrainedTokenizerFast
+    spec: ModelSpec
+    load_duration_ns: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        eos = self.spec.config.get("eos_token_id")
+        for e in eos if isinstance(eos, list) else [eos]:
+            if isinstance(e, int):
+                ids.add(e)
+        tok = self.tokenizer
+        if tok.eos_token_id is not None:
+            ids.add(int(tok.eos_token_id))
+        for name in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
+            tid = tok.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None:
+                ids.add(tid)
+        return ids
+
+
+def build_tokenizer(spec: ModelSpec):
+    """A ``PreTrainedTokenizerFast`` from the spec's tokenizer.json content."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tc = spec.tokenizer_config
+    kwargs = {
+        k: v
+        for k, v in tc.items()
+        if k in ("bos_token", "eos_token", "unk_token", "pad_token", "model_max_length")
+        and isinstance(v, str | int)
+    }
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(spec.tokenizer_json), **kwargs
+    )
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _model_class(spec: ModelSpec):
+    import transformers
+
+    archs = spec.config.get("architectures") or []
+    for arch in archs:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    if spec.is_generative:
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModel
+
+
+def build_config(spec: ModelSpec):
+    from transformers import AutoConfig
+
+    cfg = dict(spec.config)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise EngineError("model config has no model_type")
+    for k in ("_model_name_or_path", "transformers_version"):
+        cfg.pop(k, None)
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def load_model(
+    spec: ModelSpec,
+    tensors: Iterable[RawTensor],
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Build, fill and return the model; ``load_duration_ns`` is measured here."""
+    from accelerate import init_empty_weights
+
+    start = time.perf_counter_ns()
+    tdtype = weights.torch_dtype(dtype)
+    dev = torch.device(device)
+    config = build_config(spec)
+    cls = _model_class(spec)
+    with init_empty_weights(include_buffers=False):
+        if hasattr(cls, "from_config"):
+            model = cls.from_config(config, dtype=tdtype, attn_implementation="sdpa")
+        else:
+            model = cls._from_config(config, dtype=tdtype, attn_implementation="sdpa")
+    state: dict[str, torch.Tensor] = {}
+    for name, t in weights.convert(
+        tensors, fmt=spec.format, config=spec.config, model=model, dtype=tdtype
+    ):
+        state[name] = t.to(dev) if dev.type != "cpu" else t
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if tied and out_emb is not None:
+        for k in [k for k in state if k.endswith("lm_head.weight")]:
+            del state[k]
+    missing, _unexpected = model.load_state_dict(state, strict=False, assign=True)
+    del state
+    if tied and out_emb is not None:
+        model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if still_meta:
+        raise EngineError(f"weights missing for {still_meta[:5]} (and {len(still_meta)} in all)")
+    # Buffers (rotary inv_freq, position ids) were created for real on the CPU.
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = build_tokenizer(spec)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        load_duration_ns=time.perf_counter_ns() - start,
+        device=dev,
+        dtype=tdtype,
+    )

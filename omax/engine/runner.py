@@ -1,0 +1,148 @@
+"""The model runner: llama-family forward passes over a slot-based static KV cache.
+
+The cache holds ``max_slots`` decode slots plus one staging slot (the last) where a
+prompt is prefilled, chunk by chunk. Decoding sequences always occupy slots
+``0..B-1`` so one decode step reads the cache through a view (no gather) and runs all
+of them in ONE forward pass, with a key mask for their different lengths.
+
+The runner reuses the transformers modules (embeddings, norms, projections, MLP,
+rotary embedding) and only replaces attention + cache, so numerics follow
+transformers' sdpa path: greedy output equals ``generate`` token for token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from omax.errors import EngineError
+
+
+class Runner:
+    def __init__(self, model: torch.nn.Module, *, max_slots: int, max_len: int) -> None:
+        if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+            raise EngineError(f"{type(model).__name__} is not a decoder-only model we can run")
+        self.model = model
+        self.base = model.model
+        self.layers = list(self.base.layers)
+        cfg = model.config
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.scale = self.head_dim**-0.5
+        self.max_slots = max_slots
+        self.max_len = max_len
+        self.staging = max_slots
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        shape = (max_slots + 1, self.n_kv, max_len, self.head_dim)
+        # torch.empty: pages are only committed once written, so memory follows use.
+        self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        # Positions below hw[slot] hold finite values. A masked key still multiplies its
+        # value by zero, and 0 * NaN from never-written memory would poison the row.
+        self.hw = [0] * (max_slots + 1)
+
+    def _ensure_init(self, b: int, length: int) -> None:
+        for s in range(b):
+            if self.hw[s] < length:
+                for k, v in zip(self.k, self.v, strict=True):
+                    k[s, :, self.hw[s] : length].zero_()
+                    v[s, :, self.hw[s] : length].zero_()
+                self.hw[s] = length
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * len(self.layers) * self.n_kv * self.head_dim * self.k[0].element_size()
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Move the first ``length`` cached positions of slot ``src`` into ``dst``."""
+        if src == dst or length <= 0:
+            return
+        self.hw[dst] = max(self.hw[dst], length)
+        for k, v in zip(self.k, self.v, strict=True):
+            k[dst, :, :length].copy_(k[src, :, :length])
+            v[dst, :, :length].copy_(v[src, :, :length])
+
+    def _layer(self, i, h, cos, sin, write, read_k, attn_mask, is_causal):
+        layer = self.layers[i]
+        attn = layer.self_attn
+        x = layer.input_layernorm(h)
+        b, t, _ = x.shape
+        q = attn.q_proj(x).view(b, t, -1, self.head_dim)
+        k = attn.k_proj(x).view(b, t, -1, self.head_dim)
+        v = attn.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        if hasattr(attn, "q_norm"):
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        write(self.k[i], k)
+        write(self.v[i], v)
+        kk, vv = read_k(self.k[i]), read_k(self.v[i])
+        o = F.scaled_dot_product_attention(
+            q,
+            kk,
+            vv,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            scale=self.scale,
+            enable_gqa=self.n_kv != self.n_heads,
+        )
+        h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
+        return h + layer.mlp(layer.post_attention_layernorm(h))
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.base.norm(h)).float()
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> torch.Tensor:
+        """Run ``token_ids`` at positions ``start..`` of ``slot``; return last logits [V]."""
+        slot = self.staging if slot is None else slot
+        t = len(token_ids)
+        end = start + t
+        if end > self.max_len:
+            raise EngineError(f"sequence of {end} tokens exceeds the cache ({self.max_len})")
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        pos = torch.arange(start, end, device=self.device).unsqueeze(0)
+        h = self.base.embed_tokens(ids)
+        cos, sin = self.base.rotary_emb(h, pos)
+
+        def write(cache, x):
+            cache[slot, :, start:end].copy_(x[0])
+
+        def read(cache):
+            return cache[slot : slot + 1, :, :end]
+
+        mask = None
+        if start:
+            q_pos = torch.arange(start, end, device=self.device).unsqueeze(1)
+            mask = torch.arange(end, device=self.device).unsqueeze(0) <= q_pos
+        for i in range(len(self.layers)):
+            h = self._layer(i, h, cos, sin, write, read, mask, start == 0)
+        return self._logits(h[:, -1])[0]
+
+    @torch.inference_mode()
+    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
+        b = len(token_ids)
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device).unsqueeze(1)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        length = int(max(positions)) + 1
+        h = self.base.embed_tokens(ids)
+        cos, sin = self.base.rotary_emb(h, pos.unsqueeze(1))
+        rows = torch.arange(b, device=self.device)
+        self._ensure_init(b, length)
+
+        def write(cache, x):
+            cache[rows, :, pos] = x[:, :, 0]
+
+        def read(cache):
+            return cache[:b, :, :length]
+
+        mask = None
+        if b > 1 and min(positions) + 1 != length:
+            mask = torch.arange(length, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
+            mask = mask[:, None, None, :]
+        for i in range(len(self.layers)):
+            h = self._layer(i, h, cos, sin, write, read, mask, False)
+        return self._logits(h[:, 0])

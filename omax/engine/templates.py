@@ -1,0 +1,140 @@
+"""Chat templates: messages (+ tools) -> prompt text, and tool calls back out.
+
+The model's jinja chat template comes from ``ModelSpec.template`` or the tokenizer
+config's ``chat_template`` (GGUF ``tokenizer.chat_template``). A request may override
+``system`` and ``template``; an override template may be jinja or the simple Ollama
+Go-template subset (``{{ .System }}``, ``{{ .Prompt }}``, ``{{ if .X }}…{{ end }}``).
+``raw`` sends the prompt untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from omax.engine.request import GenerateRequest, Message, ToolCall
+from omax.engine.spec import ModelSpec
+from omax.errors import InvalidRequest
+
+_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+_env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(InvalidRequest(msg))
+_env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+
+_FALLBACK = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _message_dict(m: Message) -> dict[str, Any]:
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        d["tool_calls"] = [
+            {"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_name:
+        d["name"] = m.tool_name
+    return d
+
+
+def _go_template(template: str, values: dict[str, str]) -> str:
+    """Render the common subset of Ollama's Go templates."""
+
+    def if_block(m: re.Match) -> str:
+        return m.group(2) if values.get(m.group(1)) else ""
+
+    out = re.sub(
+        r"\{\{-?\s*if\s+\.(\w+)\s*-?\}\}(.*?)\{\{-?\s*end\s*-?\}\}", if_block, template, flags=re.S
+    )
+    return re.sub(r"\{\{-?\s*\.(\w+)\s*-?\}\}", lambda m: values.get(m.group(1), ""), out)
+
+
+def chat_template(spec: ModelSpec) -> str:
+    return spec.template or spec.tokenizer_config.get("chat_template") or _FALLBACK
+
+
+def render(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str]:
+    """Return ``(prompt_text, system_prefix_text)`` for ``req``.
+
+    ``system_prefix_text`` is the rendered part that must survive front truncation.
+    """
+    if req.raw:
+        return req.prompt or "", ""
+    if req.messages is not None:
+        messages = [_message_dict(m) for m in req.messages]
+    else:
+        messages = [{"role": "user", "content": req.prompt or ""}]
+    system = req.system if req.system is not None else spec.system
+    if system and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    template = req.template if req.template else chat_template(spec)
+    if "{{ ." in template or "{{- ." in template or "{{ if ." in template:
+        sys_text = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        user = [m["content"] for m in messages if m["role"] == "user"]
+        text = _go_template(template, {"System": sys_text, "Prompt": user[-1] if user else ""})
+        return text, ""
+    tc = spec.tokenizer_config
+    kwargs = {
+        "messages": messages,
+        "add_generation_prompt": True,
+        "bos_token": tc.get("bos_token", ""),
+        "eos_token": tc.get("eos_token", ""),
+    }
+    if req.tools:
+        kwargs["tools"] = list(req.tools)
+    text = _env.from_string(template).render(**kwargs)
+    sys_msgs = [m for m in messages if m["role"] == "system"]
+    prefix = ""
+    if sys_msgs:
+        kwargs.update(messages=sys_msgs, add_generation_prompt=False)
+        prefix = _env.from_string(template).render(**kwargs)
+        if not text.startswith(prefix):
+            prefix = ""
+    return text, prefix
+
+
+_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+
+
+def _calls_from(obj: Any) -> list[ToolCall]:
+    items = obj if isinstance(obj, list) else [obj]
+    calls = []
+    for it in items:
+        if not isinstance(it, dict):
+            continue
+        fn = it.get("function", it)
+        name = fn.get("name")
+        args = fn.get("arguments", fn.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                continue
+        if isinstance(name, str) and isinstance(args, dict):
+            calls.append(ToolCall(name=name, arguments=args))
+    return calls
+
+
+def parse_tool_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
+    """Split generated text into (remaining content, tool calls)."""
+    calls: list[ToolCall] = []
+    for m in _TOOL_TAG.finditer(text):
+        try:
+            calls += _calls_from(json.loads(m.group(1)))
+        except json.JSONDecodeError:
+            pass
+    if calls:
+        return _TOOL_TAG.sub("", text).strip(), tuple(calls)
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            calls = _calls_from(json.loads(stripped))
+        except json.JSONDecodeError:
+            calls = []
+        if calls:
+            return "", tuple(calls)
+    return text, ()
