@@ -1,0 +1,126 @@
+"""``ModelActor``: a Dask actor holding one loaded ``Engine``.
+
+Dask runs every synchronous actor method of a worker on one shared thread and runs
+async methods on the worker's event loop, so every method here is ``async`` and never
+blocks: loading and embedding run in a thread (``asyncio.to_thread``), ``poll`` is a
+short long-poll that sleeps on the event loop between non-blocking checks.
+
+Where the weights come from is a hook: ``load_source`` is a callable returning
+``(ModelSpec, Iterable[RawTensor])``. The control plane passes one that reads the
+worker's local replica of ``model_digest`` (omax.sharding); tests pass files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omax.engine.engine import Engine
+from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
+from omax.engine.spec import ModelSpec
+from omax.errors import EngineDead, EngineError
+from omax.sharding.tensors import RawTensor
+
+LoadSource = Callable[[], tuple[ModelSpec, Iterable[RawTensor]]]
+
+POLL_INTERVAL = 0.002
+
+
+def store_load_source(model_digest: str, store_url: str) -> LoadSource:
+    """The default hook: read ``model_digest`` from the local replica at ``store_url``.
+
+    HOOK for the model store: wire omax.sharding's manifest + ``read_tensors`` here.
+    """
+
+    def load() -> tuple[ModelSpec, Iterable[RawTensor]]:
+        raise EngineError(
+            f"no load_source given for {model_digest} at {store_url}: "
+            "the store hook (omax.engine.actor.store_load_source) is not wired yet"
+        )
+
+    return load
+
+
+class ModelActor:
+    """One model on one device slot. ``__init__`` is cheap; call ``load()`` next."""
+
+    def __init__(
+        self,
+        model_digest: str,
+        store_url: str = "",
+        *,
+        load_source: LoadSource | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_digest = model_digest
+        self.store_url = store_url
+        self.device = device
+        self.dtype = dtype
+        self.engine_options = dict(engine_options or {})
+        self._load_source = load_source or store_load_source(model_digest, store_url)
+        self.engine: Engine | None = None
+        self._loading: asyncio.Task | None = None
+        self.load_duration_ns = 0
+
+    def _load_sync(self) -> Engine:
+        start = time.perf_counter_ns()
+        spec, tensors = self._load_source()
+        engine = Engine.load(
+            spec, tensors, device=self.device, dtype=self.dtype, **self.engine_options
+        )
+        self.load_duration_ns = time.perf_counter_ns() - start
+        return engine
+
+    async def load(self) -> dict:
+        """Load the weights off the event loop; concurrent calls share one load."""
+        if self.engine is None:
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(asyncio.to_thread(self._load_sync))
+            try:
+                self.engine = await asyncio.shield(self._loading)
+            except Exception:
+                self._loading = None
+                raise
+        return {"model": self.model_digest, "load_duration": self.load_duration_ns}
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise EngineDead(f"model {self.model_digest} is not loaded")
+        return self.engine
+
+    async def submit(self, req: GenerateRequest) -> str:
+        eng = self._engine()
+        return await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
+
+    async def poll(
+        self, request_ids: Iterable[str], timeout: float = 0.05
+    ) -> dict[str, list[GenerateChunk]]:
+        """New chunks of several requests; waits up to ``timeout`` s without blocking."""
+        eng = self._engine()
+        ids = list(request_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            out = eng.poll(ids, 0.0)
+            if out or time.monotonic() >= deadline:
+                return out
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def cancel(self, request_id: str) -> None:
+        self._engine().cancel(request_id)
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        return await asyncio.to_thread(self._engine().embed, req)
+
+    async def stats(self) -> dict:
+        if self.engine is None:
+            return {"loaded": False, "model": self.model_digest}
+        return {"loaded": True, "model": self.model_digest, **self.engine.stats()}
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
+            self.engine = None
