@@ -147,11 +147,12 @@ class Manifest:
         bad = set(changes) - set(CHANGEABLE)
         if bad:
             raise InvalidRequest(f"cannot change {sorted(bad)} of an existing model")
+        changes = {k: v for k, v in changes.items() if v is not None}
         if "messages" in changes:
-            changes["messages"] = tuple(dict(m) for m in changes["messages"] or ())
+            changes["messages"] = tuple(dict(m) for m in changes["messages"])
         if "parameters" in changes:
-            changes["parameters"] = dict(changes["parameters"] or {})
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+            changes["parameters"] = dict(changes["parameters"])
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
