@@ -9,6 +9,7 @@ URL). Streaming methods yield one dict per NDJSON line. Errors:
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Iterator
@@ -134,7 +135,7 @@ class OmaxClient:
     def show(self, model: str) -> dict[str, Any]:
         return self.request("POST", "/api/show", json={"model": model}).json()
 
-    def ps(self) -> list[dict[str, Any]]:
+    def ps(self) -> builtins.list[dict[str, Any]]:
         return self.request("GET", "/api/ps").json()["models"]
 
     def copy(self, source: str, destination: str) -> None:

@@ -12,6 +12,7 @@ the log, never to the client).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -52,7 +53,7 @@ def error_body(path: str, status: int, message: str) -> dict[str, Any]:
 
 
 def error_response(
-    path: str, status: int, message: str, headers: dict[str, str] | None = None
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     return JSONResponse(error_body(path, status, message), status_code=status, headers=headers)
 

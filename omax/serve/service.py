@@ -92,10 +92,6 @@ def finish_reason(chunk: GenerateChunk, saw_tools: bool) -> str:
     return "length" if chunk.done_reason == "length" else "stop"
 
 
-async def progress_stream(call: Any) -> Primed[Any]:
-    return await prime(call)
-
-
 async def body_chunks(request: Request) -> AsyncIterator[bytes]:
     """The raw request body as it arrives, never buffered whole."""
     async for chunk in request.stream():
