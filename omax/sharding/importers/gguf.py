@@ -15,7 +15,7 @@ one process parses it once.
 
 from __future__ import annotations
 
-import functools
+import copy
 import os
 from collections import Counter
 from pathlib import Path
@@ -140,9 +140,20 @@ def _file_key(path: Path) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=8)
+_METADATA_CACHE: dict[tuple, tuple[dict, bytes | None, dict]] = {}
+
+
 def _derived_metadata(path: Path, key: tuple) -> tuple[dict, bytes | None, dict]:
-    """(HF config, tokenizer.json bytes or None, tokenizer_config) via transformers."""
+    """(HF config, tokenizer.json bytes or None, tokenizer_config), cached by file identity."""
+    if key not in _METADATA_CACHE:
+        if len(_METADATA_CACHE) >= 8:
+            _METADATA_CACHE.pop(next(iter(_METADATA_CACHE)))
+        _METADATA_CACHE[key] = _parse_metadata(path)
+    config, tokenizer_json, tokenizer_config = _METADATA_CACHE[key]
+    return copy.deepcopy(config), tokenizer_json, copy.deepcopy(tokenizer_config)
+
+
+def _parse_metadata(path: Path) -> tuple[dict, bytes | None, dict]:
     try:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
