@@ -183,7 +183,10 @@ class FakeRuntime:
             context = tuple(range(prompt_tokens + count)) if request.prompt is not None else None
             self.completed.append(request.request_id)
             yield GenerateChunk(done=True, done_reason=reason, metrics=metrics, context=context)  # type: ignore[arg-type]
-        except (GeneratorExit, asyncio.CancelledError):
+        except (asyncio.CancelledError, GeneratorExit):
+            # like a real runtime, cleanup awaits (an RPC telling the actor to cancel)
+            # before the cancellation is recorded: the HTTP layer must let it finish
+            await asyncio.sleep(0.01)
             self.cancelled.append(request.request_id)
             raise
         finally:

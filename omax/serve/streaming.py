@@ -13,6 +13,7 @@ runs shielded from that cancellation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import json
@@ -43,8 +44,31 @@ class Primed(Generic[T]):
             return
         assert self.first is not None
         yield self.first
-        async for item in self.source:
+        while True:
+            try:
+                item = await self._next()
+            except StopAsyncIteration:
+                return
             yield item
+
+    async def _next(self) -> T:
+        """The next item, fetched in its own task.
+
+        A disconnect cancels the response's scope, and anyio re-delivers that
+        cancellation at every await inside it; run in the scope, the runtime's own
+        cleanup (telling the actor to cancel) would be cancelled too. So the fetch runs
+        in a separate task, which gets one plain cancellation and is awaited, shielded,
+        until the runtime has cleaned up.
+        """
+        task = asyncio.ensure_future(self.source.__anext__())
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await task
+            raise
 
     async def aclose(self) -> None:
         await close_quietly(self.source)

@@ -1,0 +1,73 @@
+"""Stream plumbing without HTTP: the runtime's iterator is always closed, cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+
+from omax.serve.streaming import ndjson_response, prime
+
+
+def _source(log: list[str], delay: float = 0.0):
+    async def gen():
+        try:
+            for i in range(100):
+                if delay:
+                    await asyncio.sleep(delay)
+                yield {"i": i}
+        finally:
+            await asyncio.sleep(0.01)  # cleanup that awaits, like an RPC to the actor
+            log.append("cleaned")
+
+    return gen()
+
+
+def test_closing_the_body_at_a_yield_closes_the_source():
+    async def main():
+        log: list[str] = []
+        primed = await prime(_source(log))
+        body = ndjson_response(primed, lambda x: [x]).body_iterator
+        assert await body.__anext__() == b'{"i":0}\n'
+        await body.aclose()
+        return log
+
+    assert asyncio.run(main()) == ["cleaned"]
+
+
+def test_cancelling_mid_fetch_lets_the_source_clean_up():
+    async def main():
+        log: list[str] = []
+        primed = await prime(_source(log, delay=0.05))
+        body = ndjson_response(primed, lambda x: [x]).body_iterator
+        with anyio.move_on_after(0.12):
+            async for _ in body:
+                pass
+        return log
+
+    assert asyncio.run(main()) == ["cleaned"]
+
+
+def test_error_before_first_item_raises_and_closes():
+    async def gen():
+        raise ValueError("up front")
+        yield  # pragma: no cover
+
+    async def main():
+        try:
+            await prime(gen())
+        except ValueError as err:
+            return str(err)
+
+    assert asyncio.run(main()) == "up front"
+
+
+def test_coroutine_returning_an_iterator_is_accepted():
+    async def start():
+        return _source([])
+
+    async def main():
+        primed = await prime(start())
+        return primed.first
+
+    assert asyncio.run(main()) == {"i": 0}
