@@ -65,3 +65,5 @@ def setup_logging(
             lg.removeHandler(h)
         lg.propagate = True
     logging.getLogger("distributed").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # Per-request lines of HTTP clients are noise on a terminal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -72,7 +72,7 @@ async def _serve(
         if demo:
             await _ensure_demo(runtime)
         app = build_app(runtime, max_body_bytes=cfg.max_body)
-        config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on")
+        config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

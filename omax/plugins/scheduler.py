@@ -17,6 +17,7 @@ in the number of tasks. Idle models unload after their keep_alive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -206,6 +207,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         )
         client = await self._get_client()
         from omax.engine.actor import ModelActor
+        from omax.plugins.source import local_source
 
         key = f"omax-model-{uuid.uuid4().hex[:12]}"
         entry = Loaded(
@@ -224,8 +226,9 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             future = client.submit(
                 ModelActor,
                 digest,
-                decision.slot,
-                self.cfg.engine_dtype,
+                load_source=functools.partial(local_source, digest),
+                device=decision.slot,
+                dtype=self.cfg.engine_dtype,
                 actor=True,
                 workers=[decision.worker],
                 allow_other_workers=False,
@@ -261,6 +264,16 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         m = self.loaded.get(key)
         self.loaded = {k: v for k, v in self.loaded.items() if k != key}
         future = self.futures.pop(key, None)
+        if m is not None and self.scheduler is not None:
+            try:  # stop its batching thread and free its memory before releasing it
+                await asyncio.wait_for(
+                    self.scheduler.rpc(m.worker).actor_execute(
+                        actor=key, function="close", args=(), kwargs={}
+                    ),
+                    10,
+                )
+            except Exception as e:
+                logger.debug("closing actor %s: %s", key, e)
         if future is not None:
             try:
                 await future.cancel()  # releases the actor on its worker

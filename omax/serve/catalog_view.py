@@ -127,7 +127,8 @@ def _forward(report: Callable[..., None]) -> Callable[[str, int, int], None]:
     """Adapt the store's ``progress(status, done, total)`` to Ollama's progress lines."""
 
     def progress(status: str, done: int, total: int) -> None:
-        report(status, None, total or None, done if total else None)
+        if status != "success":  # the stream's own last line says success
+            report(status, None, total or None, done if total else None)
 
     return progress
 
@@ -146,7 +147,6 @@ async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
             license=request.license,
             progress=_forward(report),
         )
-        report("writing manifest")
 
     async for p in _progress_of(work):
         yield p

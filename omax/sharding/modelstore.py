@@ -149,6 +149,24 @@ class ModelStore:
         )
         return self._commit(name, manifest, writer, start, source=from_ or "files")
 
+    def pull(self, ref: str, progress: Progress | None = None) -> ImportReport:
+        """Import ``ollama://name[:tag]`` from the user's Ollama models folder as ``name``.
+
+        ``hf.co/...`` needs the Hugging Face hub, which this version does not reach yet.
+        """
+        from omax.sharding.importers.ollama import import_ollama
+
+        if ref.startswith(("hf.co/", "huggingface.co/")):
+            raise ImportFailed(f"{ref}: pulling from the Hugging Face hub is not supported yet")
+        if not ref.startswith("ollama://"):
+            raise InvalidRequest(f"cannot pull {ref!r}: use ollama://NAME[:TAG]")
+        name = ref.removeprefix("ollama://")
+        normalize_name(name)
+        start = time.monotonic()
+        writer = BlobWriter(self.blobs, progress)
+        manifest = import_ollama(writer, name)
+        return self._commit(name, manifest, writer, start, source=ref)
+
     def create_from_modelfile(
         self, name: str, text: str, base_dir: str | Path = ".", progress: Progress | None = None
     ) -> ImportReport:

@@ -56,7 +56,7 @@ def start_server(tmp: Path, *args: str, env: dict | None = None):
 
 
 def stop_server(proc) -> int:
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     try:
         return proc.wait(60)
     except subprocess.TimeoutExpired:
