@@ -160,3 +160,22 @@ def test_openapi_describes_routes(http):
         assert path in doc["paths"]
     assert "GenerateBody" in doc["components"]["schemas"]
     assert "from" in doc["components"]["schemas"]["CreateBody"]["properties"]
+
+
+def test_concurrent_streams_do_not_mix(served):
+    import asyncio
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, str]:
+        body = {"model": "fake-chat", "prompt": f"p{i}", "options": {"num_predict": i % 6 + 1}}
+        text = ""
+        async with client.stream("POST", "/api/generate", json=body) as r:
+            async for line in r.aiter_lines():
+                text += json.loads(line)["response"]
+        return i, text
+
+    async def main():
+        async with httpx.AsyncClient(base_url=served.url, timeout=10) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    for i, text in asyncio.run(main()):
+        assert text == "".join(DEFAULT_SCRIPT[: i % 6 + 1])

@@ -197,3 +197,14 @@ def test_async_client_streams(served):
         return "".join(p.message.content for p in parts)
 
     assert asyncio.run(main()) == "".join(DEFAULT_SCRIPT)
+
+
+def test_images_reach_a_vision_model(client, runtime):
+    client.chat(
+        model="fake-chat",
+        messages=[{"role": "user", "content": "see", "images": [b"\x89PNG fake"]}],
+    )
+    assert runtime.requests[-1].messages[0].images
+    with pytest.raises(ollama.ResponseError) as err:
+        client.generate(model="fake-tiny", prompt="see", images=[b"\x89PNG fake"])
+    assert err.value.status_code == 400 and "images" in err.value.error
