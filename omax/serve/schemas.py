@@ -243,9 +243,18 @@ def describe(err: ValidationError) -> str:
     where = _clean_loc(where)
     if first["type"] == "model_type" and not where:
         return "request body must be a JSON object"
+    if where in _HINTS:
+        return f"invalid {where}: {_HINTS[where]}"
     if first["type"] == "missing":
         return f"{where} is required"
     return f"invalid value for '{where}': {first['msg']}" if where else first["msg"]
+
+
+_HINTS = {
+    "think": 'must be true, false, "low", "medium" or "high"',
+    "format": 'must be "json" or a JSON schema object',
+    "keep_alive": 'must be a number of seconds or a duration such as "5m"',
+}
 
 
 def _clean_loc(where: str) -> str:
