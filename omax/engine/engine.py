@@ -39,8 +39,15 @@ class Engine:
         max_ctx: int = 4096,
         kv_budget: int | None = None,
         prefill_chunk: int = 256,
+        quant: str = "none",
     ) -> None:
         self.loaded = loaded
+        if quant == "int8" and loaded.spec.is_generative:
+            from omax.engine.quant import quantize_int8
+
+            quantize_int8(loaded.model)
+        elif quant not in ("none", "int8"):
+            raise InvalidRequest(f"unknown quant {quant!r}; use none or int8")
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self._ids = itertools.count()
@@ -167,7 +174,9 @@ class Engine:
 
     # ---- housekeeping --------------------------------------------------------------
     def stats(self) -> dict:
-        params = sum(p.numel() * p.element_size() for p in self.loaded.model.parameters())
+        model = self.loaded.model
+        params = sum(t.numel() * t.element_size() for t in model.parameters())
+        params += sum(t.numel() * t.element_size() for t in model.buffers())
         out = {"live": 0, "kv_tokens": 0, "kv_bytes": 0, "param_bytes": params}
         if self.batcher is not None:
             kv = self.batcher.kv_tokens()
