@@ -29,6 +29,7 @@ from omax.serve.errors import error_body, stream_error_message
 T = TypeVar("T")
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
+CLEANUP_TIMEOUT = 10.0  # seconds a runtime may take to clean up a cancelled stream
 
 
 class Primed(Generic[T]):
@@ -66,8 +67,8 @@ class Primed(Generic[T]):
         except BaseException:
             if not task.done():
                 task.cancel()
-            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
-                await task
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                await asyncio.wait([task])
             raise
 
     async def aclose(self) -> None:
@@ -97,7 +98,11 @@ async def close_quietly(source: Any) -> None:
     if close is None:
         return
     # closing must never mask the original outcome
-    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(CLEANUP_TIMEOUT),
+        contextlib.suppress(Exception),
+    ):
         await close()
 
 
