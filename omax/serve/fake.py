@@ -4,7 +4,9 @@ It is a fake and is named as one. Generation yields scripted tokens (the default
 script, or whatever ``enqueue`` queued), honours ``num_predict`` and ``stop``, and
 records every request, completion and cancellation. Models: ``fake-chat`` (completion,
 tools, thinking, vision), ``fake-tiny`` (completion only) and ``fake-embed``
-(embedding). Blobs live in memory and are verified against their digest.
+(embedding). Blobs live in memory and are verified against their digest. Streaming methods are
+async generators, so their up-front errors raise at the first item, as a real
+runtime's do.
 """
 
 from __future__ import annotations
@@ -139,9 +141,6 @@ class FakeRuntime:
         self.requests.append(request)
         script = self.scripts.popleft() if self.scripts else Script()
         self._touch(request.model, request.keep_alive)
-        return self._run(request, script)
-
-    async def _run(self, request: GenerateRequest, script: Script) -> AsyncIterator[GenerateChunk]:
         started = time.perf_counter_ns()
         opts = request.options
         prompt = request.prompt or " ".join(m.content for m in request.messages or ())
@@ -246,9 +245,6 @@ class FakeRuntime:
                 raise BlobNotFound(f"blob {digest} not found; upload it first")
         if base is None and not request.files:
             raise InvalidRequest("neither 'from' or 'files' was specified")
-        return self._create(request, base)
-
-    async def _create(self, request: CreateRequest, base: _Model | None) -> AsyncIterator[Progress]:
         for digest in request.files.values():
             yield Progress(status=f"using existing layer {digest}")
         yield Progress(status="writing manifest")
@@ -266,9 +262,6 @@ class FakeRuntime:
     async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]:
         if not model.startswith("fake-"):
             raise ModelNotFound(model)
-        return self._pull(model)
-
-    async def _pull(self, model: str) -> AsyncIterator[Progress]:
         yield Progress(status="pulling manifest")
         digest = _digest(model.encode())
         for done in (0, 512, 1024):
@@ -282,9 +275,6 @@ class FakeRuntime:
 
     async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:
         m = self._get(model)
-        return self._push(m)
-
-    async def _push(self, m: _Model) -> AsyncIterator[Progress]:
         yield Progress(status="retrieving manifest")
         yield Progress(
             status=f"pushing {m.info.digest[7:19]}",
