@@ -83,7 +83,7 @@ async def _serve(
         logger.info("shutting down")
         await runtime.close()
         if cluster is not None:
-            await cluster.close()
+            await cluster.close()  # type: ignore[misc]
 
 
 async def _ensure_demo(runtime) -> None:

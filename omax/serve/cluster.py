@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,9 +101,7 @@ class ClusterRuntime:
             actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
             poller = self._pollers.get(actor.key)
             if poller is None:
-                poller = self._pollers[actor.key] = Poller(
-                    lambda ids, a=actor: a.call("poll", ids, 0.05), actor.key
-                )
+                poller = self._pollers[actor.key] = Poller(_poll_fn(actor), actor.key)
             self._outstanding[actor.key] += 1
             await self.client.scheduler.omax_touch(key=actor.key, delta=1)
             started = False
@@ -224,6 +222,15 @@ class ClusterRuntime:
 
     async def cluster(self) -> dict[str, Any]:
         return await self.client.scheduler.omax_cluster()
+
+
+def _poll_fn(actor: ActorHandle) -> Callable[[list[str]], Awaitable[Any]]:
+    """One call for every live request on ``actor``: waits up to 50 ms for new chunks."""
+
+    def poll(ids: list[str]) -> Awaitable[Any]:
+        return actor.call("poll", ids, 0.05)
+
+    return poll
 
 
 def _with_id(request: GenerateRequest, rid: str) -> GenerateRequest:

@@ -70,10 +70,10 @@ class Poller:
                 self._queues.clear()
                 return
             for rid, chunks in result.items():
-                q = self._queues.get(rid)
-                if q is None:
+                queue = self._queues.get(rid)
+                if queue is None:
                     continue
                 for c in chunks:
-                    q.put_nowait(c)
+                    queue.put_nowait(c)
                     if c.done:
                         self._queues.pop(rid, None)

@@ -89,7 +89,10 @@ class CreateRequest:
 
 
 class Runtime(Protocol):
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+    """Streaming methods are async generators: call them without await, iterate with
+    ``async for``."""
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         """Yield chunks; the last has done=True. Raise before the first chunk on
         ModelNotFound / ServerBusy / InvalidRequest. Closing the iterator early
         cancels the generation on the actor."""
@@ -109,11 +112,11 @@ class Runtime(Protocol):
 
     async def delete(self, model: str) -> None: ...
 
-    async def create(self, request: CreateRequest) -> AsyncIterator[Progress]: ...
+    def create(self, request: CreateRequest) -> AsyncIterator[Progress]: ...
 
-    async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]: ...
+    def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]: ...
 
-    async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]: ...
+    def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]: ...
 
     async def has_blob(self, digest: str) -> bool: ...
 

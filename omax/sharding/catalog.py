@@ -21,6 +21,7 @@ Old generations beyond ``KEEP`` are pruned after a successful write.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -163,7 +164,7 @@ class Catalog:
             raise ModelNotFound(name)
         return CatalogEntry(name=found, **models[found])
 
-    def list(self) -> list[CatalogEntry]:
+    def list(self) -> builtins.list[CatalogEntry]:
         _, models = self.read()
         return [CatalogEntry(name=k, **v) for k, v in sorted(models.items())]
 
@@ -201,7 +202,7 @@ class Catalog:
 
     def delete(self, name: str) -> CatalogEntry:
         key = normalize_name(name)
-        removed: list[CatalogEntry] = []
+        removed: builtins.list[CatalogEntry] = []
 
         def change(models: dict[str, dict[str, Any]]) -> None:
             removed.clear()
@@ -216,7 +217,7 @@ class Catalog:
     def _path(self, gen: int) -> str:
         return f"{self.dir}/gen-{gen:012d}.json"
 
-    def _generations(self) -> list[int]:
+    def _generations(self) -> builtins.list[int]:
         try:
             names = (
                 self.fs.ls(self.dir, detail=False, refresh=True)

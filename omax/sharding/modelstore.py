@@ -9,6 +9,7 @@ import or create therefore leaves every existing model and the catalog untouched
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import shutil
@@ -73,7 +74,7 @@ class ModelStore:
         except BlobNotFound:
             raise ModelNotFound(name) from None
 
-    def list(self) -> list[CatalogEntry]:
+    def list(self) -> builtins.list[CatalogEntry]:
         return self.catalog.list()
 
     def modelfile(self, name: str) -> str:
@@ -115,8 +116,8 @@ class ModelStore:
         template: str | None = None,
         system: str | None = None,
         parameters: Mapping[str, Any] | None = None,
-        messages: list[dict[str, Any]] | None = None,
-        license: str | list[str] | None = None,
+        messages: builtins.list[dict[str, Any]] | None = None,
+        license: str | builtins.list[str] | None = None,
         progress: Progress | None = None,
     ) -> ImportReport:
         """Ollama's ``/api/create``: base on ``from_`` (a model name, or a local file or
@@ -133,7 +134,7 @@ class ModelStore:
             base = self._from(writer, from_)
         if isinstance(license, list):
             license = "\n".join(license)
-        params = None
+        params: dict[str, Any] | None = None
         if parameters is not None:
             params = {}
             for key, value in parameters.items():
@@ -194,7 +195,7 @@ class ModelStore:
 
     # maintenance
 
-    def verify(self) -> list[str]:
+    def verify(self) -> builtins.list[str]:
         """Re-hash every blob; return the damaged digests."""
         return self.blobs.verify_all()
 
@@ -206,13 +207,15 @@ class ModelStore:
                 out |= self.manifest(entry.digest).blob_digests()
         return out
 
-    def gc(self, dry_run: bool = True, grace_s: float = GC_GRACE_S) -> tuple[list[str], int]:
+    def gc(
+        self, dry_run: bool = True, grace_s: float = GC_GRACE_S
+    ) -> tuple[builtins.list[str], int]:
         """Blobs no cataloged model references: ``(digests, bytes)``; removed unless
         ``dry_run``. Blobs younger than ``grace_s`` are kept, since an import in flight
         writes its blobs before its catalog entry."""
         keep = self.referenced()
         now = time.time()
-        victims: list[str] = []
+        victims: builtins.list[str] = []
         total = 0
         for digest in self.blobs.iter_digests():
             if digest in keep or self._younger(digest, now, grace_s):

@@ -131,7 +131,7 @@ class ManifestStore(Store):
         if key in self._meta:
             data = self._meta[key]
         elif key in self._chunks:
-            data = await asyncio.to_thread(self._bytes, key)
+            data = await asyncio.to_thread(self._bytes, key)  # type: ignore[arg-type]
         else:
             return None
         if data is None:
@@ -234,7 +234,7 @@ def write_tensor(
     zstd = Zstd(level=ZSTD_LEVEL) if codec == "zstd" else None
     chunks: dict[str, tuple[str, int]] = {}
     for coords, block in _row_chunks(stored, rows):
-        data = memoryview(np.ascontiguousarray(block)).cast("B")
+        data = memoryview(np.ascontiguousarray(block)).cast("B")  # type: ignore[arg-type]
         if zstd is not None:
             data = memoryview(zstd.encode(data))
         digest, created = blobs.put_stream([data])
@@ -283,7 +283,7 @@ def read_tensor(
     """Read one tensor through zarr as the engine receives it."""
     entry = manifest.tensor(name)
     group = group if group is not None else open_group(blobs, manifest)
-    data = np.asarray(group[name][...])
+    data = np.asarray(group[name][...])  # type: ignore[index]
     return RawTensor(
         name=name, data=data, dtype=entry.dtype, shape=entry.shape, ggml_type=entry.ggml_type
     )

@@ -183,7 +183,9 @@ def _tokenizer(path: Path) -> tuple[bytes | None, dict]:
             get_gguf_tokenizer,
         )
     except ImportError:  # older transformers
-        from transformers.integrations.ggml import convert_gguf_tokenizer
+        from transformers.integrations.ggml import (  # type: ignore[attr-defined,no-redef]
+            convert_gguf_tokenizer,
+        )
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         parsed = load_gguf_checkpoint(os.fspath(path), return_tensors=False)

@@ -133,7 +133,7 @@ def import_safetensors(writer: BlobWriter, path: str | Path) -> Manifest:
     if (folder / "chat_template.jinja").exists() and path.is_dir():
         template = (folder / "chat_template.jinja").read_text()
     family = str(config.get("model_type") or "unknown")
-    quant = max(dtypes, key=dtypes.get) if dtypes else "unknown"
+    quant = max(dtypes, key=lambda k: dtypes[k]) if dtypes else "unknown"
     return Manifest(
         format="safetensors",
         family=family,

@@ -1,0 +1,150 @@
+"""Cluster control with three real `dask worker` processes declaring different slot
+memory: placement by fit, refusal with the reason, LRU eviction, and recovery after
+a worker process is killed."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from distributed import Client
+
+from omax.engine.request import GenerateRequest, SamplingOptions
+from omax.serve.cluster import ClusterRuntime
+from omax.sharding.modelstore import ModelStore
+from tests.plugins.test_processes import DASK, _wait_for
+from tests.tiny import tiny_llama
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SLOTS = {"w16": "16 MiB", "w24": "24 MiB", "w64": "64 MiB"}
+
+
+@pytest.fixture(scope="module")
+def cluster3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("control")
+    store = ModelStore(str(tmp / "origin"))
+    store.import_path(tiny_llama(tmp / "small", hidden=64), "small")
+    store.import_path(tiny_llama(tmp / "big", hidden=256, seed=1), "big")
+    store.create("big2", from_="big", system="a different model, sharing every tensor blob")
+    store.import_path(tiny_llama(tmp / "huge", hidden=512, seed=2), "huge")
+    env = {
+        **os.environ,
+        "DASK_OMAX__STORE__URL": str(tmp / "origin"),
+        "DASK_OMAX__WORKER__STORE": str(tmp / "workers" / "{name}"),
+        "DASK_OMAX__SERVE__KEEP_ALIVE": "-1",
+    }
+    sched = subprocess.Popen(
+        [
+            DASK,
+            "scheduler",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--preload",
+            "omax.plugins.scheduler",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    workers = {}
+    try:
+        addr = _wait_for(r"Scheduler at:\s+(tcp://\S+)", sched).group(1)
+        for name, memory in SLOTS.items():
+            workers[name] = subprocess.Popen(
+                [
+                    DASK,
+                    "worker",
+                    addr,
+                    "--name",
+                    name,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--preload",
+                    "omax.plugins.worker",
+                ],
+                stderr=subprocess.DEVNULL,
+                env={**env, "DASK_OMAX__WORKER__SLOT_MEMORY": memory},
+            )
+        with Client(addr, timeout=30) as client:
+            client.wait_for_workers(3, timeout=60)
+            _wait_registry(client, 3)
+            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            yield addr, store, workers, names
+    finally:
+        for p in [*workers.values(), sched]:
+            p.terminate()
+        for p in [*workers.values(), sched]:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_registry(client, n, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        workers = client.sync(client.scheduler.omax_cluster)["workers"]
+        if len(workers) == n and all(w["slots"] for w in workers):
+            return workers
+        time.sleep(0.2)
+    raise AssertionError(f"registry never showed {n} workers")
+
+
+def _ensure(client, store, name):
+    digest, _ = store.resolve(name)
+    return client.sync(client.scheduler.omax_ensure, name=name, digest=digest, num_ctx=512)
+
+
+def _where(client, names):
+    return {m["name"]: names[m["worker"]] for m in client.sync(client.scheduler.omax_ps)}
+
+
+def test_place_refuse_evict_and_recover(cluster3):
+    addr, store, workers, names = cluster3
+    with Client(addr, timeout=30) as client:
+        # only the 64 MiB slot holds the big model
+        assert "actors" in _ensure(client, store, "big")
+        assert _where(client, names) == {"big:latest": "w64"}
+
+        # nothing holds the huge one: refused, with the numbers
+        refused = _ensure(client, store, "huge")
+        assert refused["status"] == 503
+        assert "needs" in refused["error"] and "largest free slot has" in refused["error"]
+        assert "MiB" in refused["error"]
+
+        # a second big model evicts the least recently used idle one
+        assert "actors" in _ensure(client, store, "big2")
+        assert _where(client, names) == {"big2:latest": "w64"}
+
+        # the small model goes to the emptiest slot that fits
+        assert "actors" in _ensure(client, store, "small")
+        placed = _where(client, names)
+        assert placed["small:latest"] == "w24"
+
+        # kill the worker serving it: it leaves the registry, and the next request
+        # for the model is served from another slot
+        workers["w24"].send_signal(signal.SIGKILL)
+        workers["w24"].wait(10)
+        _wait_registry(client, 2, timeout=40)
+        assert "small:latest" not in _where(client, names)
+
+    async def generate_once():
+        runtime = await ClusterRuntime.connect(addr)
+        try:
+            request = GenerateRequest(
+                model="small", prompt="hello", raw=True, options=SamplingOptions(num_predict=4)
+            )
+            return [c async for c in runtime.generate(request)]
+        finally:
+            await runtime.close()
+
+    chunks = asyncio.run(generate_once())
+    assert chunks[-1].done and chunks[-1].metrics.eval_count == 4
+    with Client(addr, timeout=30) as client:
+        assert _where(client, names)["small:latest"] == "w16"
