@@ -3,23 +3,29 @@
 A replica is complete only when every blob of its manifest is in the local store
 (each verified as it was written) and the marker ``replicas/<hex>.complete`` was
 written last. A fetch interrupted by a crash leaves a ``.partial`` marker and the
-blobs it already verified, so the next fetch resumes without refetching them.
+blobs it already verified, so the next fetch resumes without refetching them (the
+``.partial`` marker's byte count is a hint for reports; what counts is the blobs).
+Fetching itself is ``omax.sharding.replication``: peers first, the origin last.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from omax.plugins.state import Replica
+from omax.sharding import replication
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+MARKER_EVERY_S = 0.25
 
 
 class LocalReplicas:
@@ -55,29 +61,114 @@ class LocalReplicas:
     def manifest(self, digest: str) -> Manifest:
         return Manifest.from_json(self.store.get(digest))
 
-    def fetch(self, digest: str, origin_url: str, progress: Progress | None = None) -> Replica:
-        """Copy every blob of manifest ``digest`` from the origin store, verifying each."""
+    def read(self, digest: str, offset: int = 0, length: int = -1) -> bytes:
+        """Raw bytes of a local blob (unverified: the reader verifies)."""
+        with open(self.store.path(digest), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    async def fetch(
+        self,
+        digest: str,
+        origin_url: str,
+        peers: Sequence[str] = (),
+        read_peer: replication.ReadPeer | None = None,
+        progress: Progress | None = None,
+        on_bad: Callable[[replication.BadSource], None] | None = None,
+        rate: float = 0.0,
+        concurrency: int = 8,
+    ) -> tuple[Replica, replication.FetchResult]:
+        """Make this store hold a complete, verified replica of manifest ``digest``.
+
+        Blobs come from ``peers`` (through ``read_peer``) and fall back to the origin
+        store at ``origin_url`` (none when empty).
+        """
         if self.is_complete(digest):
             total = json.loads(self._marker(digest, "complete").read_text())["total"]
-            return Replica(digest, True, total, total)
-        origin = BlobStore(origin_url)
-        raw = origin.get(digest)  # verified against its name
-        manifest = Manifest.from_json(raw)
-        sizes = manifest.blob_sizes()
-        total = sum(sizes.values()) + len(raw)
+            return Replica(digest, True, total, total), replication.FetchResult(total, total)
+        origin = BlobStore(origin_url) if origin_url else None
+        raw = await replication.fetch_one(self.store, digest, peers, read_peer, origin)
+        sizes = Manifest.from_json(raw).blob_sizes()
+        sizes[digest] = len(raw)
+        total = sum(sizes.values())
         partial = self._marker(digest, "partial")
-        done = len(raw)
-        partial.write_text(json.dumps({"total": total, "done": done}))
-        self.store.put_bytes(raw)
-        for i, (blob, size) in enumerate(sorted(sizes.items())):
-            if not self.store.has(blob):
-                with origin.open(blob) as src:
-                    self.store.put_stream(iter(lambda src=src: src.read(1 << 22), b""), blob)
-            done += size
-            if progress is not None and (i % 8 == 0 or done == total):
-                progress(digest, done, total)
+        last = [0.0]
+
+        def note(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= MARKER_EVERY_S or done == total:
+                last[0] = now
                 partial.write_text(json.dumps({"total": total, "done": done}))
+                if progress is not None:
+                    progress(digest, done, total)
+
+        partial.write_text(json.dumps({"total": total, "done": 0}))
+        result = await replication.fetch_blobs(
+            self.store,
+            sizes,
+            peers,
+            read_peer,
+            origin,
+            concurrency=concurrency,
+            rate=rate,
+            on_progress=note,
+            on_bad=on_bad,
+        )
+        # every blob verified as it landed; the marker goes last
         self._marker(digest, "complete").write_text(json.dumps({"total": total}))
         partial.unlink(missing_ok=True)
-        logger.info("replica %s complete (%d bytes)", digest[:19], total)
-        return Replica(digest, True, total, total)
+        logger.info(
+            "replica %s complete (%d bytes, %d fetched: %s)",
+            digest[:19],
+            total,
+            result.fetched_bytes,
+            result.fetched,
+        )
+        return Replica(digest, True, total, total), result
+
+    def verify(self, digest: str) -> list[str]:
+        """Re-hash a replica's blobs; drop bad ones and its complete marker. Return them."""
+        try:
+            sizes = self.manifest(digest).blob_sizes()
+        except Exception:
+            sizes = {}
+        bad = [b for b in sizes if self.store.has(b) and not self.store.verify(b)]
+        if bad:
+            for b in bad:
+                self.store.delete(b)
+            self.drop_marker(digest, partial=True)
+        return bad
+
+    def drop_marker(self, digest: str, partial: bool = False) -> None:
+        """Forget a replica is complete (``partial``: keep it as a partial one)."""
+        complete = self._marker(digest, "complete")
+        if partial and complete.exists():
+            info: dict[str, Any] = json.loads(complete.read_text())
+            self._marker(digest, "partial").write_text(json.dumps({**info, "done": 0}))
+        complete.unlink(missing_ok=True)
+        if not partial:
+            self._marker(digest, "partial").unlink(missing_ok=True)
+
+    def drop(self, digest: str) -> int:
+        """Remove a replica and the blobs no other replica here needs; return bytes freed."""
+        try:
+            mine = self.manifest(digest).blob_sizes()
+        except Exception:
+            mine = {}
+        mine[digest] = 0
+        self.drop_marker(digest)
+        keep: set[str] = set()
+        for other in self.scan():
+            try:
+                keep |= self.manifest(other).blob_digests() | {other}
+            except Exception:
+                continue
+        freed = 0
+        for blob in mine:
+            if blob not in keep:
+                try:
+                    freed += self.store.size(blob)
+                except Exception:
+                    continue
+                self.store.delete(blob)
+        return freed

@@ -5,23 +5,31 @@ Load it with ``dask worker ADDR --preload omax.plugins.worker``. The plugin
 - detects the worker's slots (GPUs, or one CPU slot of ``omax.worker.slot-memory``),
 - opens the worker-local blob store (``omax.worker.store``) and knows which replicas
   in it are complete (a marker written after every blob verified) or partial,
-- answers ``omax_state`` (slots + replicas) and ``omax_replicate`` (fetch a model's
-  blobs into the local store) for the scheduler, and pushes ``omax_report`` to the
-  scheduler whenever its replicas change.
+- answers the scheduler: ``omax_state`` (slots + replicas), ``omax_replicate`` (fetch
+  a model's blobs into the local store, from peers first and the origin last),
+  ``omax_verify_replica`` (re-hash a replica, dropping bad blobs) and
+  ``omax_drop_replica``; and its peers: ``omax_blob_read`` (a byte range of a local
+  blob, unverified: the reader verifies),
+- pushes ``omax_report`` to the scheduler whenever its replicas change,
+  ``omax_progress`` as blobs land and ``omax_bad_source`` when a peer's bytes do not
+  verify.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from distributed import WorkerPlugin
+from distributed.protocol import to_serialize
 from distributed.worker import Worker
 
 from omax.config import settings, worker_store_path
 from omax.plugins.replicas import LocalReplicas
 from omax.plugins.slots import detect_slots
+from omax.sharding.replication import BadSource
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,9 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.replicas: LocalReplicas | None = None
         self.slots: tuple = ()
         self.origin_url = ""
+        self.served_bytes = 0  # blob bytes sent to peers, for tests and benchmarks
+        self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
+        self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
 
     def setup(self, worker: Worker) -> None:
         cfg = settings()
@@ -47,6 +58,9 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.replicas = LocalReplicas(path)
         worker.handlers["omax_state"] = self.state
         worker.handlers["omax_replicate"] = self.replicate
+        worker.handlers["omax_blob_read"] = self.blob_read
+        worker.handlers["omax_verify_replica"] = self.verify_replica
+        worker.handlers["omax_drop_replica"] = self.drop_replica
         logger.info(
             "omax worker plugin: %d slot(s) %s, store %s",
             len(self.slots),
@@ -63,22 +77,108 @@ class OmaxWorkerPlugin(WorkerPlugin):
             "replicas": {d: r.to_dict() for d, r in self.replicas.scan().items()},
         }
 
-    async def replicate(self, digest: str, origin: str = "") -> dict[str, Any]:
-        """Make this worker hold a complete, verified replica of manifest ``digest``."""
+    async def blob_read(self, digest: str, offset: int = 0, length: int = -1) -> Any:
+        """``length`` bytes of a local blob from ``offset`` (-1: to its end)."""
         assert self.replicas is not None
-        source = origin or self.origin_url
-        replica = await asyncio.to_thread(self.replicas.fetch, digest, source, self._progress)
+        data = await asyncio.to_thread(self.replicas.read, digest, offset, length)
+        self.served_bytes += len(data)
+        return to_serialize(data)  # its own frame: no copy into the msgpack header
+
+    async def replicate(
+        self,
+        digest: str,
+        origin: str = "",
+        peers: Sequence[str] = (),
+        rate: float = 0.0,
+    ) -> dict[str, Any]:
+        """Make this worker hold a complete, verified replica of manifest ``digest``.
+
+        Blobs come from ``peers`` (workers holding the replica) and the origin store
+        (``origin`` or ``omax.store.url``). ``rate`` caps bytes per second (0: no cap).
+        Answers the replica's dict plus ``fetched`` (bytes per source), ``present``
+        and ``bad_sources``. Concurrent calls for one digest share one fetch.
+        """
+        job = self.jobs.get(digest)
+        if job is None:
+            job = asyncio.ensure_future(self._replicate(digest, origin, tuple(peers), rate))
+            self.jobs[digest] = job
+            job.add_done_callback(lambda _: self.jobs.pop(digest, None))
+        return await asyncio.shield(job)
+
+    async def _replicate(
+        self, digest: str, origin: str, peers: tuple[str, ...], rate: float
+    ) -> dict[str, Any]:
+        assert self.replicas is not None and self.worker is not None
+        me = self.worker.address
+        try:
+            replica, result = await self.replicas.fetch(
+                digest,
+                origin or self.origin_url,
+                [p for p in peers if p != me],
+                self._read_peer,
+                progress=self._progress,
+                on_bad=lambda bad: self._report_bad(digest, bad),
+                rate=rate,
+            )
+        finally:
+            # a late progress report must not arrive after the final replica report
+            await asyncio.gather(*self.pushes, return_exceptions=True)
+            await self._push()
+        return {**replica.to_dict(), **result.to_dict()}
+
+    async def _read_peer(self, peer: str, digest: str, offset: int, length: int) -> bytes:
+        assert self.worker is not None
+        data = await self.worker.rpc(peer).omax_blob_read(
+            digest=digest, offset=offset, length=length
+        )
+        return bytes(data) if not isinstance(data, bytes) else data
+
+    async def verify_replica(self, digest: str) -> list[str]:
+        """Re-hash a replica; bad blobs are deleted and it becomes partial. Return them."""
+        assert self.replicas is not None
+        bad = await asyncio.to_thread(self.replicas.verify, digest)
+        if bad:
+            logger.warning("replica %s had %d bad blob(s), dropped them", digest[:19], len(bad))
+            await self._push()
+        return bad
+
+    async def drop_replica(self, digest: str) -> int:
+        """Remove a replica and the blobs only it needed; return the bytes freed."""
+        assert self.replicas is not None
+        if digest in self.jobs:
+            return 0
+        freed = await asyncio.to_thread(self.replicas.drop, digest)
         await self._push()
-        return replica.to_dict()
+        return freed
 
     def _progress(self, digest: str, done: int, total: int) -> None:
-        if self.worker is not None:
-            self.worker.loop.add_callback(self._push_progress, digest, done, total)
+        self._spawn(self._push_progress(digest, done, total))
+
+    def _report_bad(self, digest: str, bad: BadSource) -> None:
+        self._spawn(self._push_bad(digest, bad))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.pushes.add(task)
+        task.add_done_callback(self.pushes.discard)
+
+    async def _push_bad(self, digest: str, bad: BadSource) -> None:
+        try:
+            await self.worker.scheduler.omax_bad_source(  # type: ignore[union-attr]
+                worker=self.worker.address,  # type: ignore[union-attr]
+                digest=digest,
+                **bad.to_dict(),
+            )
+        except Exception as e:
+            logger.warning("could not report bad source %s: %s", bad.source, e)
 
     async def _push_progress(self, digest: str, done: int, total: int) -> None:
         try:
             await self.worker.scheduler.omax_progress(  # type: ignore[union-attr]
-                worker=self.worker.address, digest=digest, done=done, total=total
+                worker=self.worker.address,  # type: ignore[union-attr]
+                digest=digest,
+                done=done,
+                total=total,
             )
         except Exception:  # progress is best effort
             pass
@@ -86,7 +186,8 @@ class OmaxWorkerPlugin(WorkerPlugin):
     async def _push(self) -> None:
         try:
             await self.worker.scheduler.omax_report(  # type: ignore[union-attr]
-                worker=self.worker.address, **self.state()
+                worker=self.worker.address,  # type: ignore[union-attr]
+                **self.state(),
             )
         except Exception as e:
             logger.warning("could not report replicas to the scheduler: %s", e)

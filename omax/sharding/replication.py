@@ -1,0 +1,259 @@
+"""Copying one manifest's blobs into a local store, from peers and the origin.
+
+Two layers:
+
+- ``plan_sources`` is the policy, a pure function of plain data: for every blob the
+  local store lacks, the sources to try in order. Blobs are spread over the peers
+  that hold them so each serves about the same number of bytes (largest blob first
+  to the least loaded peer); the other peers follow, and the origin store comes last.
+  A (blob, source) pair that already delivered bad bytes is never planned again.
+- ``fetch_blobs`` is the plumbing: an asyncio loop with at most ``concurrency`` blobs
+  in flight and at most ``per_peer`` of them on any one peer. Peer bytes arrive
+  through a ``ReadPeer`` callable (Dask RPC in the worker plugin); origin bytes are
+  read in a thread. Every blob is written with ``BlobStore.put_stream(...,
+  expected_digest=...)``, so it lands under its name only after it verified; bytes
+  that do not verify are fetched again from the next source and the bad source is
+  reported through ``on_bad``.
+
+Resuming is free: a blob already in the local store verified when it was written,
+so a fetch after a crash or restart skips it. ``fetch_blobs`` never marks anything
+complete; the caller writes its completion marker after it returns.
+
+Errors: ``StoreError`` when some blob could be fetched from no source (the message
+names it and what each source answered). Everything else is caught per source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from omax.errors import DigestMismatch, StoreError
+from omax.sharding.blobs import BlobStore
+
+logger = logging.getLogger(__name__)
+
+ORIGIN = "origin"
+PIECE = 16 << 20  # bytes per peer read; a blob larger than this takes several reads
+
+ReadPeer = Callable[[str, str, int, int], Awaitable[bytes]]  # (peer, digest, offset, length)
+
+
+@dataclass(frozen=True)
+class BadSource:
+    """A source that delivered bytes that do not hash to the blob's name."""
+
+    source: str
+    blob: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FetchResult:
+    """What one ``fetch_blobs`` call did: bytes per source, bytes skipped, bad sources."""
+
+    total: int = 0  # bytes of every distinct blob the manifest needs
+    present: int = 0  # of those, bytes already in the local store at the start
+    fetched: dict[str, int] = field(default_factory=dict)  # source -> verified bytes
+    bad: list[BadSource] = field(default_factory=list)
+
+    @property
+    def fetched_bytes(self) -> int:
+        return sum(self.fetched.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "present": self.present,
+            "fetched": dict(self.fetched),
+            "fetched_bytes": self.fetched_bytes,
+            "bad_sources": [b.to_dict() for b in self.bad],
+        }
+
+
+def plan_sources(
+    sizes: Mapping[str, int],
+    present: Collection[str],
+    peers: Sequence[str],
+    bad: Collection[tuple[str, str]] = (),
+    origin: bool = True,
+) -> dict[str, tuple[str, ...]]:
+    """For each blob of ``sizes`` not in ``present``: the sources to try, in order.
+
+    ``peers`` hold every blob (complete replicas); ``bad`` holds (blob, source) pairs
+    never to try again. The result is ordered largest blob first, the order in which
+    to start fetches so the last one to finish is small.
+    """
+    rank = {p: i for i, p in enumerate(peers)}
+    load = dict.fromkeys(peers, 0)
+    bad_set = set(bad)
+    missing = sorted(((b, s) for b, s in sizes.items() if b not in present), key=_largest)
+    out: dict[str, tuple[str, ...]] = {}
+    for blob, size in missing:
+        ok = sorted((p for p in rank if (blob, p) not in bad_set), key=lambda p: (load[p], rank[p]))
+        if ok:
+            load[ok[0]] += size
+        tail = (ORIGIN,) if origin and (blob, ORIGIN) not in bad_set else ()
+        out[blob] = (*ok, *tail)
+    return out
+
+
+def _largest(item: tuple[str, int]) -> tuple[int, str]:
+    return (-item[1], item[0])
+
+
+class _Rate:
+    """A byte-rate limit shared by every fetch of one call (0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.next = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self.next)
+        self.next = start + n / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+async def fetch_blobs(
+    store: BlobStore,
+    sizes: Mapping[str, int],
+    peers: Sequence[str],
+    read_peer: ReadPeer | None,
+    origin: BlobStore | None,
+    *,
+    concurrency: int = 8,
+    per_peer: int = 4,
+    rate: float = 0.0,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_bad: Callable[[BadSource], None] | None = None,
+) -> FetchResult:
+    """Make ``store`` hold every blob of ``sizes``; return what moved from where.
+
+    ``on_progress(done, total)`` runs on the event loop after each blob verified;
+    ``on_bad`` after a source delivered bytes that did not verify.
+    """
+    present = {b for b in sizes if await asyncio.to_thread(store.has, b)}
+    result = FetchResult(
+        total=sum(sizes.values()), present=sum(s for b, s in sizes.items() if b in present)
+    )
+    done = result.present
+    if on_progress is not None:
+        on_progress(done, result.total)
+    bad: set[tuple[str, str]] = set()
+    plan = plan_sources(sizes, present, peers if read_peer else (), (), origin is not None)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for blob in plan:
+        queue.put_nowait(blob)
+    peer_slots = {p: asyncio.Semaphore(per_peer) for p in peers}
+    limit = _Rate(rate)
+    failed: dict[str, list[str]] = {}
+
+    async def one(blob: str) -> None:
+        nonlocal done
+        errors = []
+        for source in plan[blob]:
+            if (blob, source) in bad:
+                continue
+            try:
+                if source == ORIGIN:
+                    assert origin is not None
+                    await limit.take(sizes[blob])
+                    await asyncio.to_thread(_copy_blob, origin, store, blob)
+                else:
+                    assert read_peer is not None
+                    async with peer_slots[source]:
+                        pieces = await _read_pieces(read_peer, source, blob, sizes[blob], limit)
+                    await asyncio.to_thread(store.put_stream, pieces, blob)
+            except DigestMismatch as err:
+                bad.add((blob, source))
+                report = BadSource(source, blob, str(err))
+                result.bad.append(report)
+                logger.warning("blob %s from %s did not verify: %s", blob[:19], source, err)
+                if on_bad is not None:
+                    on_bad(report)
+                errors.append(f"{source}: {err}")
+                continue
+            except Exception as err:  # a peer that left or lacks it, a store error: next source
+                logger.debug("blob %s from %s failed: %r", blob[:19], source, err)
+                errors.append(f"{source}: {err!r}")
+                continue
+            result.fetched[source] = result.fetched.get(source, 0) + sizes[blob]
+            done += sizes[blob]
+            if on_progress is not None:
+                on_progress(done, result.total)
+            return
+        failed[blob] = errors
+
+    async def worker() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(plan))))))
+    if failed:
+        blob, errors = next(iter(failed.items()))
+        raise StoreError(
+            f"{len(failed)} blob(s) could not be fetched from any source; "
+            f"{blob}: {'; '.join(errors) or 'no source holds it'}"
+        )
+    return result
+
+
+async def fetch_one(
+    store: BlobStore,
+    digest: str,
+    peers: Sequence[str],
+    read_peer: ReadPeer | None,
+    origin: BlobStore | None,
+) -> bytes:
+    """The verified bytes of one blob of unknown size (a manifest), stored locally too."""
+    if await asyncio.to_thread(store.has, digest):
+        return await asyncio.to_thread(store.get, digest)
+    errors = []
+    for source in [*(peers if read_peer else ()), *([ORIGIN] if origin else [])]:
+        try:
+            if source == ORIGIN:
+                assert origin is not None
+                data = await asyncio.to_thread(origin.get, digest, False)
+            else:
+                assert read_peer is not None
+                data = await read_peer(source, digest, 0, -1)
+            await asyncio.to_thread(store.put_stream, [data], digest)
+            return data
+        except Exception as err:
+            errors.append(f"{source}: {err!r}")
+    raise StoreError(f"blob {digest} could not be fetched: {'; '.join(errors) or 'no source'}")
+
+
+async def _read_pieces(
+    read_peer: ReadPeer, peer: str, blob: str, size: int, limit: _Rate
+) -> list[bytes]:
+    pieces = []
+    offset = 0
+    while offset < size or size == 0:
+        n = min(PIECE, size - offset)
+        await limit.take(n)
+        data = await read_peer(peer, blob, offset, n)
+        if len(data) != n:
+            raise DigestMismatch(f"peer sent {len(data)} bytes at offset {offset}, not {n}")
+        pieces.append(data)
+        offset += n
+        if size == 0:
+            break
+    return pieces
+
+
+def _copy_blob(origin: BlobStore, store: BlobStore, blob: str) -> None:
+    with origin.open(blob) as src:
+        store.put_stream(iter(lambda: src.read(PIECE), b""), blob)
