@@ -30,8 +30,9 @@ from distributed.scheduler import Scheduler
 
 from omax.config import settings
 from omax.errors import OmaxError, PlacementRefused
-from omax.plugins import placement
+from omax.plugins import placement, replication_plan
 from omax.plugins.state import Loaded, Replica, Slot, WorkerInfo
+from omax.sharding.catalog import normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.loading: dict[str, asyncio.Future] = {}  # digest -> load in progress
         self._client: Client | None = None
         self._reaper: asyncio.Task | None = None
+        # replication: model -> wanted count of complete replicas, fetches running,
+        # (model, worker) replicas that served bad bytes, and the damage reports
+        self.wanted: dict[str, int] = {}
+        self.replicating: dict[tuple[str, str], asyncio.Task] = {}
+        self.retry_after: dict[tuple[str, str], float] = {}
+        self.suspect: frozenset[tuple[str, str]] = frozenset()
+        self.damage: tuple[dict[str, Any], ...] = ()
+        self._maintainer: asyncio.Task | None = None
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -66,13 +75,18 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             "omax_ensure",
             "omax_touch",
             "omax_unload",
+            "omax_replicate_model",
+            "omax_bad_source",
         ):
             scheduler.handlers[name] = getattr(self, name)
         self._reaper = asyncio.create_task(self._reap_forever())
+        self._maintainer = asyncio.create_task(self._replicate_forever())
 
     async def before_close(self) -> None:
         if self._reaper:
             self._reaper.cancel()
+        if self._maintainer:
+            self._maintainer.cancel()
         self.futures.clear()
         if self._client is not None:
             await self._client.close()
@@ -84,6 +98,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         asyncio.ensure_future(self._pull_state(worker))
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        lost = self._lost_replicas(worker)
         self.workers = {a: w for a, w in self.workers.items() if a != worker}
         gone = [k for k, m in self.loaded.items() if m.worker == worker]
         self.loaded = {k: m for k, m in self.loaded.items() if m.worker != worker}
@@ -92,6 +107,9 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.progress = {k: v for k, v in self.progress.items() if k[1] != worker}
         if gone:
             logger.warning("worker %s left; %d loaded model(s) dropped", worker, len(gone))
+        if lost:
+            self.wanted = {**lost, **self.wanted}
+            asyncio.ensure_future(self._maintain())
 
     async def _pull_state(self, worker: str) -> None:
         assert self.scheduler is not None
@@ -148,7 +166,11 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
                 if wk == w.address
             ]
             workers.append(d)
-        return {"workers": workers}
+        return {
+            "workers": workers,
+            "wanted": dict(self.wanted),
+            "bad_sources": list(self.damage),
+        }
 
     # ---- loading and unloading ------------------------------------------------
 
@@ -164,6 +186,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         Answers ``{"actors": [{"worker", "key"}...]}`` or ``{"error", "status"}``.
         """
         try:
+            name = normalize_name(name)
             ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
             if not ready:
                 pending = self.loading.get(digest)
@@ -202,8 +225,11 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         for key in decision.evict:
             await self._unload(key)
         assert self.scheduler is not None
+        peers = replication_plan.sources_for(
+            self.workers.values(), digest, decision.worker, self.suspect
+        )
         await self.scheduler.rpc(decision.worker).omax_replicate(
-            digest=digest, origin=self.cfg.store_url
+            digest=digest, origin=self.cfg.store_url, peers=list(peers)
         )
         client = await self._get_client()
         from omax.engine.actor import ModelActor
@@ -287,6 +313,110 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             await asyncio.sleep(0.5)
             for m in placement.expired(self.loaded.values(), time.time()):
                 await self._unload(m.key)
+
+    # ---- replication ----------------------------------------------------------
+
+    async def omax_replicate_model(self, digest: str, target: int = 0) -> dict[str, Any]:
+        """Bring ``digest`` to ``target`` complete replicas (``omax.replication.target``
+        when 0) and keep it there; return when done.
+
+        Answers ``{"digest", "target", "workers": [holders], "complete": bool}`` or
+        ``{"error", "status"}``. Progress flows meanwhile into ``omax_cluster``.
+        """
+        n = max(target or self.cfg.replication_target, self.wanted.get(digest, 0))
+        self.wanted = {**self.wanted, digest: n}
+        errors: list[str] = []
+        for _ in range(4):  # a failed fetch is planned again elsewhere, a few times
+            self.retry_after = {k: t for k, t in self.retry_after.items() if k[0] != digest}
+            self._start_replication()
+            mine = [t for (d, _), t in self.replicating.items() if d == digest]
+            if not mine:
+                break
+            results = await asyncio.gather(*map(asyncio.shield, mine), return_exceptions=True)
+            errors = [str(r) for r in results if isinstance(r, BaseException)]
+        have = replication_plan.holders(self.workers.values(), digest)
+        out: dict[str, Any] = {
+            "digest": digest,
+            "target": n,
+            "workers": have,
+            "complete": len(have) >= min(n, len(self.workers)) and bool(have),
+        }
+        if not out["complete"]:
+            return {**out, "error": "; ".join(errors) or "no worker could fetch it", "status": 500}
+        return out
+
+    def omax_bad_source(
+        self, worker: str, digest: str, source: str, blob: str, reason: str = ""
+    ) -> None:
+        """``worker`` got bytes of ``blob`` (model ``digest``) from ``source`` that did
+        not verify. The source stops serving that model until it re-verified."""
+        logger.warning(
+            "damaged blob %s of %s from %s (seen by %s)", blob[:19], digest[:19], source, worker
+        )
+        entry = {"digest": digest, "source": source, "blob": blob, "worker": worker}
+        self.damage = (*self.damage[-99:], {**entry, "reason": reason, "time": time.time()})
+        if source in self.workers:
+            self.suspect = self.suspect | {(digest, source)}
+            asyncio.ensure_future(self._reverify(digest, source))
+
+    async def _reverify(self, digest: str, source: str) -> None:
+        assert self.scheduler is not None
+        try:
+            bad = await self.scheduler.rpc(source).omax_verify_replica(digest=digest)
+        except Exception as e:
+            logger.warning("could not verify %s on %s: %s", digest[:19], source, e)
+            return
+        # the bad blobs are gone from the source; what it still holds verified
+        logger.info("%s dropped %d bad blob(s) of %s", source, len(bad), digest[:19])
+        self.suspect = self.suspect - {(digest, source)}
+        await self._maintain()
+
+    def _lost_replicas(self, worker: str) -> dict[str, int]:
+        """Models whose complete replica leaves with ``worker``, at their target."""
+        info = self.workers.get(worker)
+        if info is None:
+            return {}
+        target = self.cfg.replication_target
+        return {d: target for d, r in info.replicas.items() if r.complete}
+
+    def _start_replication(self) -> None:
+        """Plan against the registry and start every job not already running."""
+        now = time.time()
+        self.retry_after = {k: t for k, t in self.retry_after.items() if t > now}
+        busy = set(self.replicating) | set(self.retry_after)
+        jobs = replication_plan.plan(self.workers.values(), self.wanted, busy, self.suspect)
+        for job in jobs:
+            key = (job.digest, job.worker)
+            task = asyncio.ensure_future(self._run_job(job))
+            self.replicating = {**self.replicating, key: task}
+            task.add_done_callback(functools.partial(self._job_done, key))
+
+    def _job_done(self, key: tuple[str, str], task: asyncio.Task) -> None:
+        self.replicating = {k: t for k, t in self.replicating.items() if k != key}
+        if task.cancelled() or task.exception() is not None:
+            self.retry_after = {**self.retry_after, key: time.time() + 10}
+
+    async def _run_job(self, job: replication_plan.Job) -> dict[str, Any]:
+        assert self.scheduler is not None
+        logger.info("replicating %s to %s from %s", job.digest[:19], job.worker, job.sources)
+        try:
+            return await self.scheduler.rpc(job.worker).omax_replicate(
+                digest=job.digest, origin=self.cfg.store_url, peers=list(job.sources)
+            )
+        except Exception as e:
+            logger.warning("replicating %s to %s failed: %s", job.digest[:19], job.worker, e)
+            raise
+
+    async def _maintain(self) -> None:
+        try:
+            self._start_replication()
+        except Exception:
+            logger.exception("replication planning failed")
+
+    async def _replicate_forever(self) -> None:
+        while True:
+            await asyncio.sleep(2)
+            await self._maintain()
 
     async def _get_client(self) -> Client:
         if self._client is None:
