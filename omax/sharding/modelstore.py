@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from omax.errors import BlobNotFound, ImportFailed, InvalidRequest, ModelNotFound
+from omax.errors import BlobNotFound, ImportFailed, InvalidRequest, ModelNotFound, StoreError
 from omax.sharding import modelfile as mf
 from omax.sharding.blobs import BlobStore, check_digest
 from omax.sharding.catalog import Catalog, CatalogEntry, normalize_name
@@ -27,6 +27,7 @@ from omax.sharding.importers.common import BlobWriter, ImportReport, Progress
 from omax.sharding.importers.gguf import import_gguf, is_gguf
 from omax.sharding.importers.hf import import_safetensors
 from omax.sharding.manifest import Manifest
+from omax.sharding.zarrstore import CHUNK_BYTES
 
 GC_GRACE_S = 3600.0
 
@@ -48,9 +49,23 @@ def import_file(writer: BlobWriter, path: Path) -> Manifest:
     raise ImportFailed(f"{path}: not a GGUF file, safetensors file or model folder")
 
 
+@contextlib.contextmanager
+def _naming(source: str | Path) -> Iterator[None]:
+    """Name the import's source in a store failure (disk full, permissions), which the
+    blob store reports only with the store's URL."""
+    try:
+        yield
+    except StoreError as err:
+        raise StoreError(f"{source}: {err}") from err
+
+
 class ModelStore:
-    def __init__(self, url: str | None = None) -> None:
+    """``chunk_bytes`` is the zarr chunk size new tensors are cut into (tests and
+    benchmarks vary it; the default is the measured ``CHUNK_BYTES``)."""
+
+    def __init__(self, url: str | None = None, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.url = url or default_url()
+        self.chunk_bytes = chunk_bytes
         self.blobs = BlobStore(self.url)
         self.catalog = Catalog(self.url)
         self._manifests: dict[str, Manifest] = {}
@@ -98,8 +113,9 @@ class ModelStore:
         """Import a file or folder as ``name``."""
         normalize_name(name)
         start = time.monotonic()
-        writer = BlobWriter(self.blobs, progress)
-        manifest = import_file(writer, Path(path).expanduser())
+        writer = self._writer(progress)
+        with _naming(path):
+            manifest = import_file(writer, Path(path).expanduser())
         return self._commit(name, manifest, writer, start, source=str(path))
 
     def import_manifest(
@@ -126,12 +142,13 @@ class ModelStore:
         if (from_ is None) == (not files):
             raise InvalidRequest("create needs exactly one of 'from' or 'files'")
         start = time.monotonic()
-        writer = BlobWriter(self.blobs, progress)
-        if files:
-            base = self._from_files(writer, files)
-        else:
-            assert from_ is not None
-            base = self._from(writer, from_)
+        writer = self._writer(progress)
+        with _naming(from_ or "uploaded files"):
+            if files:
+                base = self._from_files(writer, files)
+            else:
+                assert from_ is not None
+                base = self._from(writer, from_)
         if isinstance(license, list):
             license = "\n".join(license)
         params: dict[str, Any] | None = None
@@ -151,21 +168,30 @@ class ModelStore:
         return self._commit(name, manifest, writer, start, source=from_ or "files")
 
     def pull(self, ref: str, progress: Progress | None = None) -> ImportReport:
-        """Import ``ollama://name[:tag]`` from the user's Ollama models folder as ``name``.
-
-        ``hf.co/...`` needs the Hugging Face hub, which this version does not reach yet.
-        """
+        """Import ``ollama://name[:tag]`` from the user's Ollama models folder as
+        ``name``, or ``hf.co/user/repo[:quant]`` from the Hugging Face hub (through its
+        cache) under that reference as the name."""
+        from omax.sharding.importers.hfhub import import_hub, is_hub_ref
         from omax.sharding.importers.ollama import import_ollama
 
-        if ref.startswith(("hf.co/", "huggingface.co/")):
-            raise ImportFailed(f"{ref}: pulling from the Hugging Face hub is not supported yet")
+        if is_hub_ref(ref):
+            name = ref
+            normalize_name(name)
+            start = time.monotonic()
+            writer = self._writer(progress)
+            with _naming(ref):
+                manifest = import_hub(writer, ref)
+            return self._commit(name, manifest, writer, start, source=ref)
         if not ref.startswith("ollama://"):
-            raise InvalidRequest(f"cannot pull {ref!r}: use ollama://NAME[:TAG]")
+            raise InvalidRequest(
+                f"cannot pull {ref!r}: use ollama://NAME[:TAG] or hf.co/USER/REPO[:QUANT]"
+            )
         name = ref.removeprefix("ollama://")
         normalize_name(name)
         start = time.monotonic()
-        writer = BlobWriter(self.blobs, progress)
-        manifest = import_ollama(writer, name)
+        writer = self._writer(progress)
+        with _naming(ref):
+            manifest = import_ollama(writer, name)
         return self._commit(name, manifest, writer, start, source=ref)
 
     def create_from_modelfile(
@@ -297,6 +323,9 @@ class ModelStore:
             yield tmp
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _writer(self, progress: Progress | None) -> BlobWriter:
+        return BlobWriter(self.blobs, progress, chunk_bytes=self.chunk_bytes)
 
     def _younger(self, digest: str, now: float, grace_s: float) -> bool:
         if grace_s <= 0:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from omax.errors import StoreError
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import TensorEntry
-from omax.sharding.zarrstore import write_tensor
+from omax.sharding.zarrstore import CHUNK_BYTES, write_tensor
 
 # progress(status, completed, total): Ollama's progress triple (bytes, or 0/0 for a stage).
 Progress = Callable[[str, int, int], None]
@@ -36,8 +37,15 @@ class ImportReport:
 class BlobWriter:
     """Writes blobs for one import, counting what was new and what was shared."""
 
-    def __init__(self, blobs: BlobStore, progress: Progress | None = None, total: int = 0) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        progress: Progress | None = None,
+        total: int = 0,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
         self.blobs = blobs
+        self.chunk_bytes = chunk_bytes
         self.progress = progress
         self.total = total
         self.done = 0
@@ -71,12 +79,19 @@ class BlobWriter:
         return digest, len(data)
 
     def put_file(self, path: Path) -> tuple[str, int]:
-        digest, created = self.blobs.put_file(path)
+        try:
+            digest, created = self.blobs.put_file(path)
+        except StoreError as err:
+            raise StoreError(f"{path.name}: {err}") from err
         size = path.stat().st_size
         self.count(size, created)
         return digest, size
 
     def tensor(self, name: str, array: np.ndarray, **kwargs) -> TensorEntry:
-        entry = write_tensor(self.blobs, name, array, on_chunk=self.count, **kwargs)
+        kwargs.setdefault("chunk_bytes", self.chunk_bytes)
+        try:
+            entry = write_tensor(self.blobs, name, array, on_chunk=self.count, **kwargs)
+        except StoreError as err:
+            raise StoreError(f"tensor {name}: {err}") from err
         self.advance(int(array.nbytes))
         return entry
