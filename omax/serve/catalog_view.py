@@ -136,7 +136,7 @@ def _forward(report: Callable[..., None]) -> Callable[[str, int, int], None]:
 async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
     def work(report: Callable[..., None]) -> None:
         report("gathering model components")
-        store.create(
+        result = store.create(
             request.model,
             from_=request.from_,
             files=request.files or None,
@@ -147,10 +147,20 @@ async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
             license=request.license,
             progress=_forward(report),
         )
+        report(dedup_status(result))
 
     async for p in _progress_of(work):
         yield p
     yield Progress("success")
+
+
+def dedup_status(result: Any) -> str:
+    """The line an import ends with: new bytes against bytes the store already held
+    (blobs shared with other models, including a ``from`` model's whole weights)."""
+    from omax.plugins.placement import fmt_bytes
+
+    shared = max(result.size - result.bytes_written, result.bytes_deduplicated)
+    return f"wrote {fmt_bytes(result.bytes_written)} of new blobs, {fmt_bytes(shared)} deduplicated"
 
 
 async def pull(store: Any, name: str) -> AsyncIterator[Progress]:
@@ -161,7 +171,8 @@ async def pull(store: Any, name: str) -> AsyncIterator[Progress]:
 
     def work(report: Callable[..., None]) -> None:
         if name.startswith(("ollama://", "hf.co/", "huggingface.co/")):
-            store.pull(name, progress=_forward(report))
+            result = store.pull(name, progress=_forward(report))
+            report(dedup_status(result))
             return
         try:
             digest, manifest = store.resolve(name)

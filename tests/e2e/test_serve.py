@@ -65,9 +65,9 @@ def test_generate_and_ps(server, monkeypatch):
         model=DEMO, prompt="Count: one, two,", options={"num_predict": 8, "seed": 1}
     )
     assert out.done and out.response and out.context
-    loaded = client.ps().models
-    assert [m.model for m in loaded] == [DEMO]
-    assert loaded[0].expires_at is not None
+    loaded = {m.model: m for m in client.ps().models}
+    assert DEMO in loaded
+    assert loaded[DEMO].expires_at is not None and loaded[DEMO].context_length > 0
 
 
 def test_openai_chat(server):

@@ -1,0 +1,106 @@
+"""The omax command line as a user meets it: help, version, errors, logging."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import omax
+from omax.cli.main import cli
+from omax.cli.main import main as _main  # noqa: F401  (registers every command)
+
+OMAX = str(Path(sys.executable).with_name("omax"))
+COMMANDS = [
+    "serve",
+    "run",
+    "list",
+    "show",
+    "pull",
+    "push",
+    "create",
+    "cp",
+    "rm",
+    "ps",
+    "cluster",
+    "verify",
+    "gc",
+]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_version():
+    out = subprocess.run([OMAX, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert omax.__version__ in out.stdout
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_on_every_command(command):
+    from omax.cli import models, serve  # noqa: F401
+
+    args = [command, "--help"] if command else ["--help"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    if command is None:
+        for name in COMMANDS:
+            assert name in result.output
+
+
+@pytest.mark.parametrize(
+    "args", [["list"], ["ps"], ["show", "x"], ["run", "x", "hi"], ["cp", "a", "b"]]
+)
+def test_client_commands_without_a_server_say_so_in_one_line(args):
+    env = {**os.environ, "OMAX_HOST": f"127.0.0.1:{_closed_port()}"}
+    out = subprocess.run([OMAX, *args], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "127.0.0.1" in lines[0]
+
+
+def test_invalid_configuration_stops_start_up_with_one_line():
+    env = {**os.environ, "DASK_OMAX__SERVE__MAX_QUEUE": "lots"}
+    out = subprocess.run(
+        [OMAX, "serve", "--port", "0"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert "omax.serve.max-queue" in out.stderr and "'lots'" in out.stderr
+
+
+def test_json_logs_to_a_rotating_file(tmp_path):
+    log = tmp_path / "omax.log"
+    env = {
+        **os.environ,
+        "OMAX_HOST": f"127.0.0.1:{_closed_port()}",
+        "DASK_OMAX__LOG__LEVEL": "DEBUG",
+    }
+    code = (
+        "import logging, sys\n"
+        "from omax.cli.main import cli\n"
+        "@cli.command()\n"
+        "def hello():\n"
+        "    logging.getLogger('omax.test').info('hello %s', 'there')\n"
+        "cli(['--log-format', 'json', '--log-file', sys.argv[1], 'hello'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(log)], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    hello = [r for r in records if r["logger"] == "omax.test"]
+    assert hello and hello[0]["message"] == "hello there" and hello[0]["level"] == "INFO"
+    stderr_records = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    assert any(r["message"] == "hello there" for r in stderr_records)
