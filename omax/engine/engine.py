@@ -12,6 +12,7 @@ directly. Thread-safe: ``submit``/``poll``/``cancel`` may be called from any thr
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ import torch
 
 from omax.engine import embeddings, templates
 from omax.engine.batcher import Batcher, Sequence
+from omax.engine.grammar import Grammars, Matcher
 from omax.engine.loader import LoadedModel, load_model
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.engine.runner import Runner
@@ -53,6 +55,8 @@ class Engine:
         self._ids = itertools.count()
         self._load_ns_pending = loaded.load_duration_ns
         self.batcher: Batcher | None = None
+        self._grammars: Grammars | None = None
+        self._grammars_lock = threading.Lock()
         self.max_ctx = min(max_ctx, self.spec.context_length)
         if self.spec.is_generative:
             runner = Runner(loaded.model, max_slots=max_batch, max_len=self.max_ctx)
@@ -111,8 +115,7 @@ class Engine:
             raise InvalidRequest("this model does not support generate")
         if self.batcher.dead:
             raise EngineDead(self.batcher.dead)
-        if req.format is not None:
-            raise InvalidRequest("structured output (format) is not supported yet")
+        grammar = self.grammar(req.format) if req.format not in (None, "") else None
         rid = req.request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:8]}"
         ids, keep = self.encode_prompt(req)
         o = req.options
@@ -126,13 +129,25 @@ class Engine:
             req=req,
             prompt=ids,
             limit=num_ctx,
-            sampler=SamplerState.create(o, ids),
+            sampler=SamplerState.create(o, ids, grammar),
             detok=Detokenizer(self._decode, ids),
             stops=StopMatcher(o.stop),
             load_duration=load_ns,
         )
         self.batcher.submit(seq)
         return rid
+
+    def grammar(self, fmt) -> Matcher:
+        """A fresh structured-output matcher for ``fmt``; InvalidRequest if unusable."""
+        Grammars.key(fmt)  # reject a bad format before building the grammar tokenizer
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(
+                    self.tokenizer,
+                    int(self.spec.config["vocab_size"]),
+                    self.loaded.eos_token_ids,
+                )
+        return self._grammars.matcher(fmt)
 
     def poll(
         self, request_ids: Iterable[str], timeout: float = 0.0

@@ -5,8 +5,9 @@ depends only on its logits, its options, its history and its generator, never on
 other rows, so a seeded request gives the same text alone or batched.
 
 Order (as llama.cpp): penalties (repeat over ``repeat_last_n``, presence, frequency)
--> greedy if temperature <= 0 -> top_k -> typical_p -> top_p -> min_p -> temperature
--> draw.
+-> grammar mask (structured output) -> greedy if temperature <= 0 -> top_k ->
+typical_p -> top_p -> min_p -> temperature -> draw. A row's grammar matcher is
+advanced with the token chosen for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from omax.engine.grammar import Matcher, apply_bitmask, mask_words
 from omax.engine.request import SamplingOptions
 
 
@@ -26,15 +28,18 @@ class SamplerState:
     options: SamplingOptions
     generator: torch.Generator | None
     history: list[int]  # prompt + generated ids (for penalties)
+    grammar: Matcher | None = None  # structured output: allowed tokens per step
 
     @classmethod
-    def create(cls, options: SamplingOptions, prompt_ids: list[int]) -> SamplerState:
+    def create(
+        cls, options: SamplingOptions, prompt_ids: list[int], grammar: Matcher | None = None
+    ) -> SamplerState:
         gen = None
         if options.temperature > 0:
             seed = options.seed if options.seed >= 0 else random.getrandbits(63)
             gen = torch.Generator(device="cpu")
             gen.manual_seed(int(seed))
-        return cls(options=options, generator=gen, history=list(prompt_ids))
+        return cls(options=options, generator=gen, history=list(prompt_ids), grammar=grammar)
 
     @property
     def needs_penalty(self) -> bool:
@@ -59,11 +64,11 @@ def _apply_penalties(row: torch.Tensor, state: SamplerState) -> None:
     row[uniq] = vals
 
 
-def _filter_sorted(probs: torch.Tensor, logp: torch.Tensor, o: SamplingOptions) -> torch.Tensor:
+def _filter_sorted(probs: torch.Tensor, logp: torch.Tensor, o: SamplingOptions) -> int:
     """``probs`` sorted descending (1-D, renormalised); return the kept prefix length."""
     keep = probs.shape[0]
     if 0.0 < o.typical_p < 1.0:
-        ent = -(probs * logp).sum()
+        ent = -torch.where(probs > 0, probs * logp, 0.0).sum()  # masked: 0 * -inf
         order = torch.argsort((-logp - ent).abs())
         cum = torch.cumsum(probs[order], 0)
         cut = int(torch.searchsorted(cum, torch.tensor(o.typical_p)).item()) + 1
@@ -81,11 +86,20 @@ def _filter_sorted(probs: torch.Tensor, logp: torch.Tensor, o: SamplingOptions) 
 def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[int]:
     """Choose one token per row of ``logits`` ([B, V]); rows map to ``states``."""
     logits = logits.float()
-    if any(s.needs_penalty for s in states):
+    matchers = [(i, s.grammar) for i, s in enumerate(states) if s.grammar is not None]
+    constrained = [i for i, _ in matchers]
+    if constrained or any(s.needs_penalty for s in states):
         logits = logits.clone()
         for i, s in enumerate(states):
             if s.needs_penalty:
                 _apply_penalties(logits[i], s)
+    if constrained:
+        mask = torch.empty((len(constrained), mask_words(logits.shape[-1])), dtype=torch.int32)
+        for j, (_, m) in enumerate(matchers):
+            m.fill(mask[j])
+        rows = logits[constrained]
+        apply_bitmask(rows, mask)
+        logits[constrained] = rows
     out = torch.argmax(logits, dim=-1).tolist()
     for i, s in enumerate(states):
         o = s.options
@@ -103,4 +117,6 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[int]:
         u = torch.rand((), generator=s.generator) * total
         j = int(torch.searchsorted(torch.cumsum(p, 0), u, right=True).clamp(max=keep - 1))
         out[i] = int(idx[j])
+    for i, m in matchers:
+        m.advance(out[i])
     return out
