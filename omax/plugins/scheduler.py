@@ -100,13 +100,17 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         lost = self._lost_replicas(worker)
         self.workers = {a: w for a, w in self.workers.items() if a != worker}
+        lost_models = [m for m in self.loaded.values() if m.worker == worker and m.ready]
         gone = [k for k, m in self.loaded.items() if m.worker == worker]
         self.loaded = {k: m for k, m in self.loaded.items() if m.worker != worker}
         for key in gone:
             self.futures.pop(key, None)
         self.progress = {k: v for k, v in self.progress.items() if k[1] != worker}
         if gone:
-            logger.warning("worker %s left; %d loaded model(s) dropped", worker, len(gone))
+            logger.warning("worker %s left; re-placing %d loaded model(s)", worker, len(gone))
+            now = time.time()
+            for m in {m.digest: m for m in lost_models if m.expires_at > now}.values():
+                asyncio.ensure_future(self.omax_ensure(m.name, m.digest, m.num_ctx, m.keep_alive))
         if lost:
             self.wanted = {**lost, **self.wanted}
             asyncio.ensure_future(self._maintain())
