@@ -17,11 +17,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from omax.engine import scheduler
-from omax.engine.request import GenerateChunk, GenerateRequest, Metrics
+from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
 from omax.engine.runner import Runner
 from omax.engine.sampling import SamplerState, sample
 from omax.engine.stops import Detokenizer, StopMatcher
-from omax.engine.templates import parse_tool_calls
+from omax.engine.templates import ToolCallStream
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ class Sequence:
     last: int = -1  # sampled, not yet in the cache
     prefill_ns: int = 0
     eval_ns: int = 0
-    buffered: list[str] = field(default_factory=list)
+    tool_stream: ToolCallStream | None = None  # set when the request has tools
+
+    def __post_init__(self) -> None:
+        if self.req.tools and self.tool_stream is None:
+            self.tool_stream = ToolCallStream()
 
     @property
     def reserve(self) -> int:
@@ -223,11 +227,10 @@ class Batcher:
             self._finish(seq, "stop", include_last=False)
             return True
         text = seq.stops.push(seq.detok.push(token))
+        if text and seq.tool_stream is not None:
+            text = seq.tool_stream.push(text)  # held back only from a possible tool call
         if text:
-            if seq.req.tools:
-                seq.buffered.append(text)
-            else:
-                self._emit(seq, GenerateChunk(text=text))
+            self._emit(seq, GenerateChunk(text=text))
         if seq.stops.stopped:
             self._finish(seq, "stop")
             return True
@@ -239,10 +242,11 @@ class Batcher:
 
     def _finish(self, seq: Sequence, reason: str, include_last: bool = True) -> None:
         tail = "" if seq.stops.stopped else seq.stops.push(seq.detok.flush()) + seq.stops.flush()
-        calls = ()
-        if seq.req.tools:
-            content, calls = parse_tool_calls("".join(seq.buffered) + tail)
-            tail = content
+        calls: tuple[ToolCall, ...] = ()
+        if seq.tool_stream is not None:
+            tail = seq.tool_stream.push(tail)
+            rest, calls = seq.tool_stream.finish()
+            tail += rest
         if tail:
             self._emit(seq, GenerateChunk(text=tail))
         now = time.perf_counter_ns()

@@ -1,4 +1,4 @@
-"""Chat templates: messages (+ tools) -> prompt text, and tool calls back out.
+"""Chat templates: messages (+ tools) -> prompt text, and tool calls back out (streamed).
 
 The model's jinja chat template comes from ``ModelSpec.template`` or the tokenizer
 config's ``chat_template`` (GGUF ``tokenizer.chat_template``). A request may override
@@ -138,3 +138,64 @@ def parse_tool_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
         if calls:
             return "", tuple(calls)
     return text, ()
+
+
+TOOL_OPENERS = ("<tool_call>",)
+
+
+class ToolCallStream:
+    """Stream a tool-enabled generation's text, holding back only possible tool calls.
+
+    ``push`` returns the text that can be shown now. Text is buffered from the first
+    tool-call opener (``<tool_call>``), or from the start when the first visible
+    character is ``{`` or ``[`` (a bare JSON call); a tail that could still become an
+    opener is held until it cannot. ``finish`` parses what was buffered and returns
+    ``(content not yet shown, tool calls)``; text that parses as no call is returned
+    as content, so nothing is lost.
+    """
+
+    def __init__(self, openers: tuple[str, ...] = TOOL_OPENERS) -> None:
+        self.openers = openers
+        self._held = ""
+        self.buffering = False
+        self._started = False  # visible (non-whitespace) text has been emitted
+
+    def push(self, text: str) -> str:
+        buf = self._held + text
+        if self.buffering:
+            self._held = buf
+            return ""
+        if not self._started:
+            visible = buf.lstrip()
+            if not visible:  # leading whitespace: it may precede a bare JSON call
+                self._held = buf
+                return ""
+            if visible[0] in "{[":
+                self.buffering, self._held = True, buf
+                return ""
+        cut = min((i for i in (buf.find(o) for o in self.openers) if i >= 0), default=-1)
+        if cut >= 0:
+            self.buffering, self._held = True, buf[cut:]
+            out = buf[:cut]
+        else:
+            hold = self._holdback(buf)
+            self._held = buf[len(buf) - hold :]
+            out = buf[: len(buf) - hold]
+        self._started = self._started or bool(out.strip())
+        return out
+
+    def finish(self) -> tuple[str, tuple[ToolCall, ...]]:
+        held, self._held = self._held, ""
+        if not self.buffering:
+            return held, ()
+        return parse_tool_calls(held)
+
+    def _holdback(self, buf: str) -> int:
+        """Length of the longest suffix of ``buf`` that is a proper prefix of an opener."""
+        best = 0
+        for o in self.openers:
+            for n in range(min(len(o) - 1, len(buf)), best, -1):
+                if buf.endswith(o[:n]):
+                    best = n
+                    break
+        return best
