@@ -22,7 +22,7 @@ from numcodecs import Zstd
 
 from omax.sharding.bundled import minilm_folder_path, smollm2_gguf_path
 from omax.sharding.modelstore import ModelStore
-from omax.sharding.zarrstore import read_tensors
+from omax.sharding.zarrstore import CHUNK_BYTES, read_tensors
 
 
 def machine() -> str:
@@ -115,7 +115,7 @@ def main() -> None:
         f"\n## store_bench {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n",
         f"- machine: {machine()}",
         f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        "- local-disk store, hash-verified zarr reads, 16 MiB chunks\n",
+        f"- local-disk store, hash-verified zarr reads, {CHUNK_BYTES >> 20} MiB chunks\n",
         "| model | " + " | ".join(cols) + " |",
         "|---|" + "---|" * len(cols),
     ]
