@@ -36,6 +36,7 @@ from omax.serve.runtime import CreateRequest, LoadedModel, ModelInfo, Progress, 
 logger = logging.getLogger(__name__)
 
 _RETRIES = 2
+_CACHE_S = 2.0
 
 
 class ClusterRuntime:
@@ -48,6 +49,11 @@ class ClusterRuntime:
         self._pollers: dict[str, Poller] = {}
         self._outstanding: dict[str, int] = defaultdict(int)  # actor key -> requests
         self._pending: dict[str, int] = defaultdict(int)  # digest -> requests
+        # Short-lived caches keep the scheduler and the catalog off the per-request
+        # path: a name's digest, and a model's ready actors. A stale actor is found
+        # out by omax_touch (or EngineDead) and dropped.
+        self._names: dict[str, tuple[float, tuple[str, Any]]] = {}
+        self._replicas: dict[str, tuple[float, list[ActorHandle]]] = {}
 
     @classmethod
     async def connect(cls, scheduler: str | Client, max_queue: int = 512) -> ClusterRuntime:
@@ -74,14 +80,31 @@ class ClusterRuntime:
             raise err
         return [ActorHandle(self.client, a["worker"], a["key"]) for a in reply["actors"]]
 
-    async def _choose(self, name: str, digest: str, num_ctx: int, keep_alive: float | None):
-        actors = await self._actors(name, digest, num_ctx, keep_alive)
+    async def _choose(
+        self, name: str, digest: str, num_ctx: int, keep_alive: float | None
+    ) -> ActorHandle:
+        """A ready actor for the model, the least busy of two; loads one if needed."""
+        cached = self._replicas.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            actors = cached[1]
+        else:
+            actors = await self._actors(name, digest, num_ctx, keep_alive)
+            self._replicas[digest] = (time.monotonic() + _CACHE_S, actors)
         if not actors:
             raise EngineDead(f"no replica of model '{name}' is loaded")
         return actors[pick([self._outstanding[a.key] for a in actors])]
 
+    def _forget_actor(self, digest: str, actor: ActorHandle) -> None:
+        self._replicas.pop(digest, None)
+        self._pollers.pop(actor.key, None)
+
     async def _resolve(self, name: str) -> tuple[str, Any]:
-        return await asyncio.to_thread(self.store.resolve, name)
+        hit = self._names.get(name)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        found = await asyncio.to_thread(self.store.resolve, name)
+        self._names[name] = (time.monotonic() + _CACHE_S, found)
+        return found
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         digest, _ = await self._resolve(request.model)
@@ -99,11 +122,16 @@ class ClusterRuntime:
         num_ctx = request.options.num_ctx
         for attempt in range(_RETRIES + 1):
             actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
+            if not await self.client.scheduler.omax_touch(
+                key=actor.key, delta=1, keep_alive=request.keep_alive
+            ):  # unloaded since we cached it
+                self._forget_actor(digest, actor)
+                actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
+                await self.client.scheduler.omax_touch(key=actor.key, delta=1)
             poller = self._pollers.get(actor.key)
             if poller is None:
                 poller = self._pollers[actor.key] = Poller(_poll_fn(actor), actor.key)
             self._outstanding[actor.key] += 1
-            await self.client.scheduler.omax_touch(key=actor.key, delta=1)
             started = False
             done = False
             try:
@@ -122,6 +150,7 @@ class ClusterRuntime:
                 if started or attempt == _RETRIES:
                     raise
                 logger.warning("actor %s died before the first token; retrying", actor.key)
+                self._forget_actor(digest, actor)
                 await self.client.scheduler.omax_unload(key=actor.key)
             finally:
                 poller.forget(rid)
@@ -138,12 +167,19 @@ class ClusterRuntime:
         digest, _ = await self._resolve(request.model)
         for attempt in range(_RETRIES + 1):
             actor = await self._choose(request.model, digest, 512, request.keep_alive)
+            await self.client.scheduler.omax_touch(
+                key=actor.key, delta=1, keep_alive=request.keep_alive
+            )
             try:
                 return await actor.call("embed", request)
             except EngineDead:
                 if attempt == _RETRIES:
                     raise
+                self._forget_actor(digest, actor)
                 await self.client.scheduler.omax_unload(key=actor.key)
+            finally:
+                with contextlib.suppress(Exception):
+                    await self.client.scheduler.omax_touch(key=actor.key, delta=-1)
         raise AssertionError("unreachable")
 
     async def load(self, model: str, keep_alive: float | None) -> None:
@@ -162,20 +198,47 @@ class ClusterRuntime:
         return await asyncio.to_thread(catalog_view.show, self.store, model)
 
     async def copy(self, source: str, destination: str) -> None:
+        self._names.clear()
         await asyncio.to_thread(self.store.copy, source, destination)
 
     async def delete(self, model: str) -> None:
+        self._names.clear()
         digest, _ = await self._resolve(model)
         await asyncio.to_thread(self.store.delete, model)
-        await self.client.scheduler.omax_unload(digest=digest)
+        self._names.clear()
+        still_named = any(e.digest == digest for e in await asyncio.to_thread(self.store.list))
+        if not still_named:  # a copy's deletion leaves the shared model loaded
+            await self.client.scheduler.omax_unload(digest=digest)
 
     async def create(self, request: CreateRequest) -> AsyncIterator[Progress]:
+        self._names.clear()
         async for p in catalog_view.create(self.store, request):
             yield p
 
     async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]:
+        """Import or verify the model in the origin store, then replicate it to
+        ``omax.replication.target`` workers, streaming bytes per (model, worker)."""
+        self._names.clear()
         async for p in catalog_view.pull(self.store, model):
+            if p.status == "success":
+                break
             yield p
+        name = model.removeprefix("ollama://")
+        digest, _ = await self._resolve(name)
+        job = asyncio.ensure_future(self.client.scheduler.omax_replicate_model(digest=digest))
+        while not job.done():
+            await asyncio.wait({job}, timeout=0.25)
+            state = await self.client.scheduler.omax_cluster()
+            for w in state["workers"]:
+                for r in w.get("replicating", []):
+                    if r["digest"] == digest:
+                        yield Progress(
+                            f"replicating to {w['address']}", digest, r["total"], r["completed"]
+                        )
+        reply = job.result()
+        if "error" in reply:
+            raise OmaxError(f"replicating {name}: {reply['error']}")
+        yield Progress("success")
 
     async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:
         async for p in catalog_view.push(self.store, model, destination):

@@ -1,6 +1,7 @@
 """Choosing a source per blob (pure) and the fetch loop over real local stores."""
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -38,9 +39,9 @@ def test_fetch_reads_from_peers_verifies_and_refetches_damaged_bytes(tmp_path):
         sizes[d] = len(data)
     victim = max(sizes, key=lambda d: sizes[d])
     path = peer1.path(victim)
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     raw[7] ^= 1
-    open(path, "wb").write(bytes(raw))
+    Path(path).write_bytes(bytes(raw))
     peers = {"p1": peer1, "p2": peer2}
     calls = []
 

@@ -1,0 +1,227 @@
+"""Serving overhead: HTTP + Dask on the embedded cluster against the engine in-process.
+
+Run: .venv/bin/python benchmarks/serve_bench.py [--clients 64] [--seconds 60]
+
+1. One stream, SmolLM2, greedy, 128 tokens: tokens/s and time to first token through
+   `omax serve` (official ollama client, streaming) and through `Engine` in-process.
+   Targets (issue 6): tokens/s >= 0.95x in-process; TTFT adds <= 15 ms at the median.
+2. N concurrent streaming clients for S seconds: errors, p50/p99 time to first token
+   and inter-token gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import append_results  # noqa: E402
+
+OMAX = str(Path(sys.executable).with_name("omax"))
+MODEL = "smollm2:135m"
+PROMPT = "Write a long story about a lighthouse keeper."
+TOKENS = 128
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: str) -> tuple[subprocess.Popen, str]:
+    port = _port()
+    env = {
+        **os.environ,
+        "DASK_OMAX__STORE__URL": f"{tmp}/origin",
+        "DASK_OMAX__WORKER__STORE": f"{tmp}/w/{{name}}",
+        "DASK_OMAX__SERVE__KEEP_ALIVE": "-1",
+    }
+    proc = subprocess.Popen(
+        [OMAX, "serve", "--port", str(port), "--dashboard", ":0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise RuntimeError("omax serve did not start")
+
+
+def one_stream_http(url: str) -> tuple[float, float]:
+    """(tokens/s over the decode, seconds to first token), best of 3."""
+    body = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "stream": True,
+        "options": {"temperature": 0, "num_predict": TOKENS},
+    }
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        with httpx.stream("POST", url + "/api/generate", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                item = json.loads(line)
+                if item.get("response"):
+                    n += 1
+                    if first is None:
+                        first = time.perf_counter()
+        end = time.perf_counter()
+        assert first is not None
+        runs.append(((n - 1) / (end - first), first - t0))
+    return max(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def one_stream_inprocess() -> tuple[float, float]:
+    from omax.engine.engine import Engine
+    from omax.engine.request import GenerateRequest, Message, SamplingOptions
+    from omax.plugins.source import store_source
+    from omax.sharding import bundled
+    from omax.sharding.modelstore import ModelStore
+
+    store = ModelStore(tempfile.mkdtemp())
+    store.import_path(bundled.smollm2_gguf_path(), MODEL)
+    digest, _ = store.resolve(MODEL)
+    engine = Engine.load(*store_source(store.blobs, digest))
+    req = GenerateRequest(
+        model=MODEL,
+        messages=(Message("user", PROMPT),),
+        options=SamplingOptions(temperature=0, num_predict=TOKENS),
+    )
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for chunk in engine.generate(req):
+            if chunk.text:
+                n += 1
+                if first is None:
+                    first = time.perf_counter()
+        end = time.perf_counter()
+        assert first is not None
+        runs.append(((n - 1) / (end - first), first - t0))
+    engine.close()
+    return max(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+async def load_test(url: str, clients: int, seconds: float) -> dict[str, float]:
+    ttft: list[float] = []
+    gaps: list[float] = []
+    errors = 0
+    done = 0
+    stop_at = time.perf_counter() + seconds
+    body = {"model": MODEL, "prompt": "Tell me a fact.", "options": {"num_predict": 32}}
+
+    async def one_client(http: httpx.AsyncClient) -> None:
+        nonlocal errors, done
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            last = None
+            try:
+                async with http.stream("POST", url + "/api/generate", json=body) as r:
+                    if r.status_code != 200:
+                        errors += 1
+                        continue
+                    async for line in r.aiter_lines():
+                        item = json.loads(line)
+                        if "error" in item:
+                            errors += 1
+                            break
+                        now = time.perf_counter()
+                        if last is None:
+                            ttft.append(now - t0)
+                        else:
+                            gaps.append(now - last)
+                        last = now
+                done += 1
+            except httpx.HTTPError:
+                errors += 1
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
+        await asyncio.gather(*(one_client(http) for _ in range(clients)))
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000 if xs else float("nan")
+
+    return {
+        "requests": done,
+        "errors": errors,
+        "ttft_p50": pct(ttft, 0.5),
+        "ttft_p99": pct(ttft, 0.99),
+        "gap_p50": pct(gaps, 0.5),
+        "gap_p99": pct(gaps, 0.99),
+        "tokens_per_s": (len(gaps) + len(ttft)) / seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+
+    local_tps, local_ttft = one_stream_inprocess()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_server(tmp)
+        try:
+            httpx.post(
+                url + "/api/generate",
+                json={"model": MODEL, "prompt": "hi", "options": {"num_predict": 1}},
+                timeout=300,
+            )
+            http_tps, http_ttft = one_stream_http(url)
+            load = asyncio.run(load_test(url, args.clients, args.seconds))
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(60)
+    rows = [
+        ("one stream tok/s, in-process Engine", f"{local_tps:.1f}", ""),
+        ("one stream tok/s, HTTP + Dask", f"{http_tps:.1f}", ""),
+        ("ratio HTTP / in-process", f"{http_tps / local_tps:.2f}", ">= 0.95"),
+        ("TTFT median ms, in-process", f"{local_ttft * 1000:.1f}", ""),
+        ("TTFT median ms, HTTP + Dask", f"{http_ttft * 1000:.1f}", ""),
+        ("TTFT added ms", f"{(http_ttft - local_ttft) * 1000:.1f}", "<= 15"),
+        (f"{args.clients} clients x {args.seconds:.0f} s: requests", str(load["requests"]), ""),
+        (f"{args.clients} clients: errors", str(load["errors"]), "0"),
+        (
+            f"{args.clients} clients: TTFT p50 / p99 ms",
+            f"{load['ttft_p50']:.0f} / {load['ttft_p99']:.0f}",
+            "",
+        ),
+        (
+            f"{args.clients} clients: inter-token gap p50 / p99 ms",
+            f"{load['gap_p50']:.0f} / {load['gap_p99']:.0f}",
+            "",
+        ),
+        (f"{args.clients} clients: aggregate tokens/s", f"{load['tokens_per_s']:.1f}", ""),
+    ]
+    append_results(
+        "Serving overhead (SmolLM2, embedded cluster)",
+        rows,
+        f"python benchmarks/serve_bench.py --clients {args.clients} --seconds {args.seconds:.0f}",
+    )
+
+
+if __name__ == "__main__":
+    main()
