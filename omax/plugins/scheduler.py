@@ -75,6 +75,8 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             "omax_ensure",
             "omax_touch",
             "omax_unload",
+            "omax_catalog_set",
+            "omax_catalog_delete",
             "omax_replicate_model",
             "omax_bad_source",
         ):
@@ -175,6 +177,28 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             "wanted": dict(self.wanted),
             "bad_sources": list(self.damage),
         }
+
+    # ---- the catalog: this plugin is its single writer in a cluster -------------
+
+    async def omax_catalog_set(self, name: str, digest: str, size: int) -> dict[str, Any]:
+        from omax.sharding.catalog import Catalog
+
+        try:
+            await asyncio.to_thread(Catalog(self.cfg.store_url).set, name, digest, size)
+            return {"name": normalize_name(name), "digest": digest}
+        except OmaxError as e:
+            return {"error": str(e), "status": e.status}
+
+    async def omax_catalog_delete(self, name: str) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from omax.sharding.catalog import Catalog
+
+        try:
+            entry = await asyncio.to_thread(Catalog(self.cfg.store_url).delete, name)
+            return {"entry": asdict(entry)}
+        except OmaxError as e:
+            return {"error": str(e), "status": e.status}
 
     # ---- loading and unloading ------------------------------------------------
 

@@ -30,6 +30,7 @@ from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, Genera
 from omax.errors import EngineDead, ModelNotFound, OmaxError, ServerBusy
 from omax.serve import catalog_view
 from omax.serve.actors import ActorHandle
+from omax.serve.catalog_rpc import SchedulerCatalog
 from omax.serve.router import Poller, pick
 from omax.serve.runtime import CreateRequest, LoadedModel, ModelInfo, Progress, ShowInfo
 
@@ -63,7 +64,11 @@ class ClusterRuntime:
             else await Client(scheduler, asynchronous=True, direct_to_workers=True)
         )
         info = await client.scheduler.omax_info()
-        return cls(client, info["store_url"], max_queue)
+        runtime = cls(client, info["store_url"], max_queue)
+        runtime.store.catalog = SchedulerCatalog(
+            info["store_url"], client, asyncio.get_running_loop()
+        )
+        return runtime
 
     async def close(self) -> None:
         await self.client.close()

@@ -105,3 +105,18 @@ def test_preloads_register_and_report_slots(dask_processes):
         assert client.sync(client.scheduler.omax_info)["store_url"] == str(tmp_path / "origin")
         # each worker opened its own local store
         assert len(list((tmp_path / "workers").iterdir())) == 2
+
+
+def test_scheduler_is_the_catalog_writer(dask_processes):
+    from omax.sharding.catalog import Catalog
+
+    addr, tmp_path = dask_processes
+    digest = "sha256:" + "ab" * 32
+    with Client(addr, timeout=30) as client:
+        reply = client.sync(client.scheduler.omax_catalog_set, name="m", digest=digest, size=7)
+        assert reply == {"name": "m:latest", "digest": digest}
+        assert Catalog(str(tmp_path / "origin")).get("m").digest == digest
+        gone = client.sync(client.scheduler.omax_catalog_delete, name="m")
+        assert gone["entry"]["digest"] == digest
+        missing = client.sync(client.scheduler.omax_catalog_delete, name="m")
+        assert missing["status"] == 404

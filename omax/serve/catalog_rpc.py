@@ -1,0 +1,41 @@
+"""The catalog as a front door sees it in a cluster: reads go to the origin store,
+writes go through the scheduler plugin, the catalog's single writer.
+
+``ModelStore`` methods run in worker threads (``asyncio.to_thread``); a write hops
+onto the event loop that owns the Dask client and waits for the scheduler's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from distributed import Client
+
+from omax.errors import ModelNotFound, OmaxError
+from omax.sharding.catalog import Catalog, CatalogEntry
+
+
+class SchedulerCatalog(Catalog):
+    def __init__(self, url: str, client: Client, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(url)
+        self._client = client
+        self._loop = loop
+
+    def _call(self, handler: str, **kwargs: Any) -> dict[str, Any]:
+        rpc = getattr(self._client.scheduler, handler)
+        reply = asyncio.run_coroutine_threadsafe(rpc(**kwargs), self._loop).result()
+        if "error" in reply:
+            if reply.get("status") == 404:
+                raise ModelNotFound(kwargs.get("name", ""))
+            err = OmaxError(reply["error"])
+            err.status = reply.get("status", 500)
+            raise err
+        return reply
+
+    def set(self, name: str, digest: str, size: int) -> None:
+        self._call("omax_catalog_set", name=name, digest=digest, size=int(size))
+
+    def delete(self, name: str) -> CatalogEntry:
+        reply = self._call("omax_catalog_delete", name=name)
+        return CatalogEntry(**reply["entry"])
