@@ -54,7 +54,9 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.worker = worker
         self.origin_url = cfg.store_url
         self.slots = detect_slots(cfg.device, cfg.slot_memory)
-        path = worker_store_path(cfg.worker_store, worker.address)
+        # The worker's name is stable across restarts when given (--name, a pod name),
+        # so a restarted worker finds its replicas again; it defaults to the address.
+        path = worker_store_path(cfg.worker_store, str(worker.name))
         self.replicas = LocalReplicas(path)
         worker.handlers["omax_state"] = self.state
         worker.handlers["omax_replicate"] = self.replicate
