@@ -88,3 +88,61 @@ def test_unknown_model_is_404(server):
     r = httpx.post(server + "/api/chat", json={"model": "nope:1", "messages": []})
     assert r.status_code == 404
     assert r.json() == {"error": "model 'nope:1' not found"}
+
+
+def test_openai_streaming_completions_and_models(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    stream = client.chat.completions.create(
+        model=DEMO,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens <= 8
+    completion = client.completions.create(model=DEMO, prompt="One, two,", max_tokens=4)
+    assert completion.choices[0].text
+    ids = [m.id for m in client.models.list().data]
+    assert DEMO in ids
+    assert client.models.retrieve(DEMO).id == DEMO
+
+
+def test_structured_output_with_the_real_model(server, monkeypatch):
+    import json
+
+    import ollama
+
+    monkeypatch.setenv("OLLAMA_HOST", server)
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    reply = ollama.Client(timeout=300).chat(
+        model=DEMO,
+        messages=[
+            {"role": "user", "content": "Give the capital of France and its population as JSON."}
+        ],
+        format=schema,
+        options={"temperature": 0, "num_predict": 64},
+    )
+    data = json.loads(reply.message.content)
+    assert isinstance(data["city"], str) and isinstance(data["population"], int)
+
+
+def test_generate_streams_with_the_official_client(server, monkeypatch):
+    import ollama
+
+    monkeypatch.setenv("OLLAMA_HOST", server)
+    parts = list(
+        ollama.Client(timeout=300).generate(
+            model=DEMO, prompt="Hello", stream=True, options={"num_predict": 6}
+        )
+    )
+    assert parts[-1].done and parts[-1].context and parts[-1].eval_count <= 6
+    assert all(not p.done for p in parts[:-1])

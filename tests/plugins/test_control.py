@@ -151,3 +151,40 @@ def test_place_refuse_evict_and_recover(cluster3):
     assert chunks[-1].done and chunks[-1].metrics.eval_count == 4
     with Client(addr, timeout=30) as client:
         assert _where(client, names)["small:latest"] == "w16"
+
+
+def test_queue_bound_and_cancel_on_close(cluster3):
+    """Past max-queue a request is refused with ServerBusy; closing a stream early
+    cancels the generation on the actor, which ends with no live request."""
+    from omax.errors import ServerBusy
+    from omax.serve.actors import ActorHandle
+
+    addr, store, workers, names = cluster3
+
+    async def scenario():
+        runtime = await ClusterRuntime.connect(addr, max_queue=1)
+        try:
+            long = GenerateRequest(
+                model="small", prompt="hello", raw=True, options=SamplingOptions(num_predict=100000)
+            )
+            first = runtime.generate(long)
+            await first.__anext__()  # streaming: the one queue place is taken
+            with pytest.raises(ServerBusy):
+                await runtime.generate(long).__anext__()
+            await first.aclose()  # the client went away
+            digest, _ = store.resolve("small")
+            actors = await runtime._actors("small", digest, 512, None)
+            stats = {}
+            for _ in range(50):
+                stats = await ActorHandle(runtime.client, actors[0].worker, actors[0].key).call(
+                    "stats"
+                )
+                if stats["live"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            return stats
+        finally:
+            await runtime.close()
+
+    stats = asyncio.run(scenario())
+    assert stats["live"] == 0 and stats["kv_tokens"] == 0
