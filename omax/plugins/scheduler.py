@@ -82,6 +82,9 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         ):
             scheduler.handlers[name] = getattr(self, name)
         self._reaper = asyncio.create_task(self._reap_forever())
+        from omax.plugins import dashboard
+
+        dashboard.register(scheduler, self)
         self._maintainer = asyncio.create_task(self._replicate_forever())
 
     async def before_close(self) -> None:

@@ -188,3 +188,16 @@ def test_queue_bound_and_cancel_on_close(cluster3):
 
     stats = asyncio.run(scenario())
     assert stats["live"] == 0 and stats["kv_tokens"] == 0
+
+
+def test_dashboard_page_shows_slots_replicas_and_loaded_models(cluster3):
+    import httpx
+
+    addr, store, workers, names = cluster3
+    with Client(addr, timeout=30) as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+    page = httpx.get(f"http://127.0.0.1:{port}/omax", timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    body = page.text
+    assert "w64" in body or "loaded models" in body
+    assert "small:latest" in body and "complete" in body and "<progress" in body
