@@ -91,6 +91,8 @@ class Settings:
     keep_alive: float
     max_queue: int
     max_body: int
+    api_keys: tuple[str, ...]
+    jwt_secret: str
     replication_target: int
     log_format: str
     log_level: str
@@ -144,6 +146,14 @@ def _nonempty(value: Any) -> str:
     return value
 
 
+def _string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # DASK_OMAX__SERVE__API_KEYS="a,b"
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(value)
+    return tuple(v.strip() for v in value)
+
+
 def _level(value: Any) -> str:
     level = str(value).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -173,6 +183,8 @@ def settings() -> Settings:
         ),
         max_queue=_check("serve.max-queue", _int_at_least(1), "an integer >= 1"),
         max_body=_check("serve.max-body", parse_size, "a size such as '64 MiB'"),
+        api_keys=_check("serve.api-keys", _string_list, "a list of strings"),
+        jwt_secret=str(_get("serve.jwt-secret") or ""),
         replication_target=_check("replication.target", _int_at_least(1), "an integer >= 1"),
         log_format=_check("log.format", _choice("text", "json"), "text or json"),
         log_level=_check("log.level", _level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),

@@ -71,7 +71,12 @@ async def _serve(
     try:
         if demo:
             await _ensure_demo(runtime)
-        app = build_app(runtime, max_body_bytes=cfg.max_body)
+        app = build_app(
+            runtime,
+            max_body_bytes=cfg.max_body,
+            api_keys=cfg.api_keys or None,
+            jwt_secret=cfg.jwt_secret or None,
+        )
         config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()

@@ -139,3 +139,25 @@ def test_keep_alive_zero_unloads_after_the_request(client):
     # and the next request loads it again
     out = client.generate(model=DEMO, prompt="Hi", options={"num_predict": 2})
     assert out.done and out.load_duration > 0
+
+
+def test_api_keys_from_configuration(tmp_path):
+    """A server configured with api-keys refuses a client without the key, and the
+    ollama client with OLLAMA_API_KEY gets in."""
+    import ollama
+
+    from tests.e2e.conftest import start_server, stop_server
+
+    proc, url, log = start_server(
+        tmp_path, "--no-demo", env={"DASK_OMAX__SERVE__API_KEYS": "s3cret,other"}
+    )
+    try:
+        assert httpx.get(url + "/api/tags").status_code == 401
+        assert httpx.get(url + "/").status_code == 200
+        os.environ["OLLAMA_API_KEY"] = "s3cret"
+        try:
+            assert ollama.Client(host=url).list().models == []
+        finally:
+            del os.environ["OLLAMA_API_KEY"]
+    finally:
+        assert stop_server(proc) == 0, log.read_text()[-3000:]
