@@ -29,16 +29,16 @@ POLL_INTERVAL = 0.002
 
 
 def store_load_source(model_digest: str, store_url: str) -> LoadSource:
-    """The default hook: read ``model_digest`` from the local replica at ``store_url``.
-
-    HOOK for the model store: wire omax.sharding's manifest + ``read_tensors`` here.
-    """
+    """Read ``model_digest`` from the blob store at ``store_url`` (a worker's local
+    replica, or any origin store), tensors streamed through zarr."""
 
     def load() -> tuple[ModelSpec, Iterable[RawTensor]]:
-        raise EngineError(
-            f"no load_source given for {model_digest} at {store_url}: "
-            "the store hook (omax.engine.actor.store_load_source) is not wired yet"
-        )
+        from omax.plugins.source import store_source
+        from omax.sharding.blobs import BlobStore
+
+        if not store_url:
+            raise EngineError(f"no store to load {model_digest} from")
+        return store_source(BlobStore(store_url), model_digest)
 
     return load
 
