@@ -21,10 +21,12 @@ import torch
 
 from omax.engine import embeddings, templates
 from omax.engine.batcher import Batcher, Sequence
+from omax.engine.fastpath import QUANTS as FAST_QUANTS
+from omax.engine.fastpath import supports as fast_supports
 from omax.engine.grammar import Grammars, Matcher
-from omax.engine.loader import LoadedModel, load_model
+from omax.engine.loader import LoadedModel, load_fast, load_model
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
-from omax.engine.runner import Runner
+from omax.engine.runner import QUANTS, is_fast, make_runner
 from omax.engine.sampling import SamplerState
 from omax.engine.spec import ModelSpec
 from omax.engine.stops import Detokenizer, StopMatcher
@@ -44,12 +46,12 @@ class Engine:
         quant: str = "none",
     ) -> None:
         self.loaded = loaded
-        if quant == "int8" and loaded.spec.is_generative:
+        if quant not in QUANTS:
+            raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
+        if quant != "none" and loaded.spec.is_generative and not is_fast(loaded.model):
             from omax.engine.quant import quantize_int8
 
-            quantize_int8(loaded.model)
-        elif quant not in ("none", "int8"):
-            raise InvalidRequest(f"unknown quant {quant!r}; use none or int8")
+            quantize_int8(loaded.model)  # models the lean path does not cover
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self._ids = itertools.count()
@@ -59,7 +61,7 @@ class Engine:
         self._grammars_lock = threading.Lock()
         self.max_ctx = min(max_ctx, self.spec.context_length)
         if self.spec.is_generative:
-            runner = Runner(loaded.model, max_slots=max_batch, max_len=self.max_ctx)
+            runner = make_runner(loaded.model, max_slots=max_batch, max_len=self.max_ctx)
             self.batcher = Batcher(
                 runner,
                 self._decode,
@@ -77,7 +79,14 @@ class Engine:
         dtype: str = "float32",
         **kwargs,
     ) -> Engine:
-        """Build the model from ``spec`` + ``tensors`` and start its batching loop."""
+        """Build the model from ``spec`` + ``tensors`` and start its batching loop.
+
+        ``quant`` other than "none" loads llama-family models straight into the lean
+        fast path (``omax.engine.fastpath``); "none" keeps exact transformers numerics.
+        """
+        quant = kwargs.get("quant", "none")
+        if quant in FAST_QUANTS and spec.is_generative and fast_supports(spec.config):
+            return cls(load_fast(spec, tensors, device=device, quant=quant), **kwargs)
         return cls(load_model(spec, tensors, device=device, dtype=dtype), **kwargs)
 
     def _decode(self, ids) -> str:

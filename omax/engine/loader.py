@@ -141,3 +141,45 @@ def load_model(
         device=dev,
         dtype=tdtype,
     )
+
+
+def load_fast(
+    spec: ModelSpec,
+    tensors: Iterable[RawTensor],
+    *,
+    device: str = "cpu",
+    quant: str = "int4",
+) -> LoadedModel:
+    """Build a ``fastpath.FastLlama`` straight from the tensor stream.
+
+    Each tensor is dequantised (fp32), fused and quantised as its layer completes, so
+    the peak holds the quantised model plus about one dense layer. A meta-device
+    transformers model supplies only the GGUF -> HF name map.
+    """
+    from accelerate import init_empty_weights
+
+    from omax.engine.fastpath import FastBuilder
+
+    start = time.perf_counter_ns()
+    dev = torch.device(device)
+    act = torch.bfloat16
+    config = build_config(spec)
+    with init_empty_weights(include_buffers=True):
+        cls = _model_class(spec)
+        make = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+        meta = make(config, dtype=torch.float32)
+    builder = FastBuilder(config, quant=quant, act=act, device=dev)
+    for name, t in weights.convert(
+        tensors, fmt=spec.format, config=spec.config, model=meta, dtype=torch.float32
+    ):
+        builder.add(name, t)
+    del meta
+    model = builder.build()
+    return LoadedModel(
+        model=model,  # type: ignore[arg-type]
+        tokenizer=build_tokenizer(spec),
+        spec=spec,
+        load_duration_ns=time.perf_counter_ns() - start,
+        device=dev,
+        dtype=act,
+    )

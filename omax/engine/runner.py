@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from omax.engine.fastpath import QUANTS as FAST_QUANTS
+from omax.engine.fastpath import FastLlama
 from omax.errors import EngineError
 
 
@@ -54,7 +56,7 @@ class Runner:
 
     @property
     def bytes_per_token(self) -> int:
-        return 2 * len(self.layers) * self.n_kv * self.head_dim * self.k[0].element_size()
+        return 2 * len(self.k) * self.n_kv * self.head_dim * self.k[0].element_size()
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Move the first ``length`` cached positions of slot ``src`` into ``dst``."""
@@ -146,3 +148,103 @@ class Runner:
         for i in range(len(self.layers)):
             h = self._layer(i, h, cos, sin, write, read, mask, False)
         return self._logits(h[:, 0])
+
+
+class FastRunner(Runner):
+    """The same slot cache and interface as ``Runner``, over ``fastpath.FastLlama``.
+
+    Rows are tokens throughout (``[R, H]``), so every projection is one 2-D matmul.
+    Decode folds the query heads that share a KV head into query rows of one SDPA call.
+    """
+
+    def __init__(self, model: FastLlama, *, max_slots: int, max_len: int) -> None:  # noqa: D107
+        self.fast = model
+        self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
+        self.group = self.n_heads // self.n_kv
+        self.max_slots = max_slots
+        self.max_len = min(max_len, model.freqs.shape[0])
+        self.staging = max_slots
+        self.device, self.dtype = model.device, model.act
+        shape = (max_slots + 1, self.n_kv, self.max_len, self.head_dim)
+        n = len(model.layers)
+        # torch.empty: pages are only committed once written, so memory follows use.
+        self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
+        self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
+        self.hw = [0] * (max_slots + 1)
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> torch.Tensor:
+        """Run ``token_ids`` at positions ``start..`` of ``slot``; return last logits [V]."""
+        slot = self.staging if slot is None else slot
+        t = len(token_ids)
+        end = start + t
+        if end > self.max_len:
+            raise EngineError(f"sequence of {end} tokens exceeds the cache ({self.max_len})")
+        dev = self.device
+        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
+        pos = torch.arange(start, end, device=dev)
+        mask = None
+        if start:
+            mask = torch.arange(end, device=dev).unsqueeze(0) <= pos.unsqueeze(1)
+        ks, vs, gqa = self.k, self.v, self.n_kv != self.n_heads
+
+        def attend(i, q, k, v):
+            kc, vc = ks[i], vs[i]
+            kc[slot, :, start:end] = k.transpose(0, 1)
+            vc[slot, :, start:end] = v.transpose(0, 1)
+            o = F.scaled_dot_product_attention(
+                q.transpose(0, 1).unsqueeze(0),
+                kc[slot : slot + 1, :, :end],
+                vc[slot : slot + 1, :, :end],
+                attn_mask=mask,
+                is_causal=mask is None,
+                enable_gqa=gqa,
+            )
+            return o[0].transpose(0, 1).reshape(t, -1)
+
+        h = self.fast.forward(ids, pos, attend)
+        return self.fast.logits(h[-1:])[0]
+
+    @torch.inference_mode()
+    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
+        b = len(token_ids)
+        dev = self.device
+        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
+        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        length = int(max(positions)) + 1
+        rows = torch.arange(b, device=dev)
+        self._ensure_init(b, length)
+        mask = None
+        if b > 1 and min(positions) + 1 != length:
+            mask = (torch.arange(length, device=dev).unsqueeze(0) <= pos.unsqueeze(1))[
+                :, None, None, :
+            ]
+        ks, vs, nkv, g, hd = self.k, self.v, self.n_kv, self.group, self.head_dim
+        idx = (rows, slice(None), pos)
+
+        def attend(i, q, k, v):
+            kc, vc = ks[i], vs[i]
+            kc[idx] = k
+            vc[idx] = v
+            o = F.scaled_dot_product_attention(
+                q.view(b, nkv, g, hd), kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask
+            )
+            return o.view(b, -1)
+
+        return self.fast.logits(self.fast.forward(ids, pos, attend))
+
+
+QUANTS = ("none", *FAST_QUANTS)
+
+
+def is_fast(model: object) -> bool:
+    return isinstance(model, FastLlama)
+
+
+def make_runner(model: object, *, max_slots: int, max_len: int) -> Runner:
+    """The runner for a loaded model: lean for ``FastLlama``, transformers otherwise."""
+    if isinstance(model, FastLlama):
+        return FastRunner(model, max_slots=max_slots, max_len=max_len)
+    assert isinstance(model, torch.nn.Module)
+    return Runner(model, max_slots=max_slots, max_len=max_len)

@@ -1,0 +1,317 @@
+"""A lean llama-family decoder: plain torch functions over weights built at load.
+
+The transformers module stack costs ~25 ms of Python per SmolLM2 decode step (30
+layers of module calls, hooks and reshapes). This path runs the same maths with a few
+torch ops per layer:
+
+* one fused QKV projection and one fused gate/up projection per layer;
+* q/k rows in the interleaved (GGUF/Meta) order, so rotary embedding is one complex
+  multiply over q and k together, from a precomputed table;
+* ``F.rms_norm``, ``F.scaled_dot_product_attention`` (decode folds the query heads
+  of each KV head into query rows: no GQA expansion) and in-place residual adds;
+* weight-only int8 linears (``aten._weight_int8pack_mm``, per-output-row scales) with
+  bf16 activations, or dense linears in the activation dtype.
+
+Weights are built tensor by tensor while the store streams them (``FastBuilder``), so
+loading holds the quantised model plus at most one layer of dense weights.
+
+Numerics differ from transformers (int8 weights, bf16 activations): it is the fast
+mode. Exact fp32 generation uses ``omax.engine.runner.Runner`` over the transformers
+model instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from omax.errors import EngineError
+
+FAST_MODEL_TYPES = ("llama", "mistral")
+QUANTS = ("int4", "int8", "bf16")
+GROUP = 32
+
+
+class Lin:
+    """``x [R, K] -> x @ W.T [R, N]`` through the fastest kernel for ``R``.
+
+    ``quant`` "int4" (groups of 32, asymmetric: the Q4_1 layout) or "int8" (per-row
+    symmetric) runs weight-only kernels, which read the fewest bytes: a one-stream decode
+    step is memory bound. Batches of more than ``SMALL`` rows are compute bound, and the
+    packed kernels are 2-3x slower there than a dense bf16 matmul, so ``dense`` keeps a
+    bf16 copy for them (and for embedding lookups).
+    """
+
+    __slots__ = ("w", "s", "n", "dense", "quant")
+    SMALL = 4
+
+    def __init__(self, w: torch.Tensor, quant: str, act: torch.dtype, dense: bool = True) -> None:
+        self.n, k = w.shape
+        self.quant = quant
+        self.w: torch.Tensor | None = None
+        self.s: torch.Tensor | None = None
+        w = w.float()
+        if quant == "int8":
+            s = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            q8 = torch.round(w / s[:, None])
+            self.w = q8.to(torch.int8)
+            self.s = s.to(act)
+            w = q8 * self.s.float()[:, None]  # the dense copy holds the same weights
+        elif quant == "int4":
+            if k % GROUP:
+                raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {k}")
+            g = w.view(self.n, k // GROUP, GROUP)
+            lo, hi = g.amin(-1), g.amax(-1)
+            scale = ((hi - lo) / 15).clamp(min=1e-8)
+            q = torch.round((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp_(0, 15)
+            self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                q.view(self.n, k).to(torch.int32), 1
+            )
+            # The kernel computes (q - 8) * scale + zero.
+            sz = torch.stack([scale, lo + 8 * scale], dim=-1).to(act)
+            self.s = sz.transpose(0, 1).contiguous()
+            sz = sz.float()
+            w = ((q - 8) * sz[..., :1] + sz[..., 1:]).view(self.n, k)  # same weights, dense
+        elif quant != "none":
+            raise EngineError(f"unknown quant {quant!r}")
+        self.dense = w.to(act) if dense or self.w is None else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dense = self.dense
+        if dense is not None and (self.w is None or x.shape[0] > self.SMALL):
+            return F.linear(x, dense)
+        if self.quant == "int4":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.w, GROUP, self.s)
+        return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``ids`` of the weight as ``dtype`` (embedding lookup of a tied head)."""
+        if self.dense is None:
+            raise EngineError("embedding rows need the dense copy")
+        return self.dense[ids].to(dtype)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.w, self.s, self.dense) if t is not None]
+
+
+@dataclass
+class Layer:
+    ln1: torch.Tensor
+    qkv: Lin
+    o: Lin
+    ln2: torch.Tensor
+    gu: Lin
+    down: Lin
+
+
+@dataclass
+class FastLlama:
+    """The weights and shapes of one llama-family decoder in the lean layout."""
+
+    layers: list[Layer]
+    embed: Lin
+    norm: torch.Tensor
+    head: Lin
+    freqs: torch.Tensor  # complex64 [max_pos, head_dim // 2]
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    act: torch.dtype
+    quant: str
+    config: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    # Engine.stats and the embeddings helper treat this like a transformers model.
+    def parameters(self):
+        seen: set[int] = set()
+        lins = [self.embed, self.head]
+        for layer in self.layers:
+            lins += [layer.qkv, layer.o, layer.gu, layer.down]
+            yield layer.ln1
+            yield layer.ln2
+        yield self.norm
+        for lin in lins:
+            for t in lin.tensors():
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
+
+    def buffers(self):
+        return iter(())
+
+    @property
+    def model(self) -> FastLlama:
+        return self
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
+        """Last hidden states [B, T, H] of right-padded ``input_ids`` (embeddings)."""
+        b, t = input_ids.shape
+        pos = torch.arange(t, device=input_ids.device).repeat(b)
+        keep = attention_mask.bool()
+        causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
+        mask = (causal[None] & keep[:, None, :])[:, None]  # [B, 1, T, T]
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            q = q.reshape(b, t, self.n_heads, -1).transpose(1, 2)
+            k = k.view(b, t, self.n_kv, -1).transpose(1, 2)
+            v = v.view(b, t, self.n_kv, -1).transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
+            )
+            return o.transpose(1, 2).reshape(b * t, -1)
+
+        h = self.forward(input_ids.reshape(-1), pos, attend)
+        h = F.rms_norm(h, (h.shape[-1],), self.norm, self.eps)
+        return SimpleNamespace(last_hidden_state=h.view(b, t, -1).float())
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, attend) -> torch.Tensor:
+        """Hidden states [R, H] (before the final norm) of token rows ``ids`` at ``pos``.
+
+        ``attend(layer_index, q [R, nh, hd], k [R, nkv, hd], v [R, nkv, hd])`` returns
+        the attention output [R, nh*hd]; it owns the KV cache.
+        """
+        act, eps, nh, nkv, hd = self.act, self.eps, self.n_heads, self.n_kv, self.head_dim
+        r = ids.shape[0]
+        h = self.embed.rows(ids, act)
+        hidden = (h.shape[-1],)
+        f = self.freqs[pos].unsqueeze(1)  # [R, 1, hd/2]
+        qk_dim = (nh + nkv) * hd
+        for i, layer in enumerate(self.layers):
+            x = F.rms_norm(h, hidden, layer.ln1, eps)
+            y = layer.qkv(x)
+            qk = torch.view_as_complex(y[:, :qk_dim].reshape(r, nh + nkv, hd // 2, 2).float())
+            qk = torch.view_as_real(qk * f).to(act).view(r, nh + nkv, hd)
+            o = attend(i, qk[:, :nh], qk[:, nh:], y[:, qk_dim:].view(r, nkv, hd))
+            h.add_(layer.o(o))
+            gu = layer.gu(F.rms_norm(h, hidden, layer.ln2, eps))
+            n = gu.shape[1] // 2
+            h.add_(layer.down(F.silu(gu[:, :n]) * gu[:, n:]))
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(F.rms_norm(h, (h.shape[-1],), self.norm, self.eps)).float()
+
+
+def supports(config: dict[str, Any]) -> bool:
+    """Whether the lean path can run this model (plain llama-family decoders)."""
+    return (
+        config.get("model_type") in FAST_MODEL_TYPES
+        and not config.get("attention_bias", False)
+        and not config.get("mlp_bias", False)
+    )
+
+
+def _interleave(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """HF rotate-half row order -> interleaved pairs (GGUF/Meta order) per head."""
+    half = torch.arange(head_dim // 2)
+    perm = torch.stack([half, half + head_dim // 2], dim=-1).reshape(-1)
+    return w.view(n_heads, head_dim, -1)[:, perm].reshape(n_heads * head_dim, -1)
+
+
+class FastBuilder:
+    """Collects HF-named dense tensors one at a time and builds ``FastLlama``.
+
+    Each layer's projections are fused and quantised as soon as the layer's last piece
+    arrives, and the dense pieces are dropped.
+    """
+
+    def __init__(self, hf_config: Any, *, quant: str, act: torch.dtype, device: torch.device):
+        if quant not in QUANTS:
+            raise EngineError(f"unknown fast quant {quant!r}; use one of {QUANTS}")
+        self.cfg = hf_config
+        self.quant, self.act, self.device = quant, act, device
+        self.n_heads = hf_config.num_attention_heads
+        self.n_kv = getattr(hf_config, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = (
+            getattr(hf_config, "head_dim", None) or hf_config.hidden_size // self.n_heads
+        )
+        n = hf_config.num_hidden_layers
+        self.pending: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        self.layers: list[Layer | None] = [None] * n
+        self.other: dict[str, torch.Tensor] = {}
+
+    def _lin(self, w: torch.Tensor, quant: str | None = None) -> Lin:
+        quant = quant or ("none" if self.quant == "bf16" else self.quant)
+        return Lin(w.to(self.device), quant, self.act)
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        parts = name.split(".")
+        if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers":
+            i = int(parts[2])
+            key = ".".join(parts[3:])
+            p = self.pending[i]
+            p[key] = t
+            if len(p) == 9:
+                self.layers[i] = self._layer(p)
+                self.pending[i] = {}
+        else:
+            self.other[name] = t
+
+    def _layer(self, p: dict[str, torch.Tensor]) -> Layer:
+        try:
+            q = _interleave(p["self_attn.q_proj.weight"], self.n_heads, self.head_dim)
+            k = _interleave(p["self_attn.k_proj.weight"], self.n_kv, self.head_dim)
+            qkv = torch.cat([q, k, p["self_attn.v_proj.weight"]])
+            gu = torch.cat([p["mlp.gate_proj.weight"], p["mlp.up_proj.weight"]])
+            return Layer(
+                ln1=p["input_layernorm.weight"].to(self.device, self.act),
+                qkv=self._lin(qkv),
+                o=self._lin(p["self_attn.o_proj.weight"]),
+                ln2=p["post_attention_layernorm.weight"].to(self.device, self.act),
+                gu=self._lin(gu),
+                down=self._lin(p["mlp.down_proj.weight"]),
+            )
+        except KeyError as exc:
+            raise EngineError(f"fast path: layer tensor {exc} missing or unexpected") from None
+
+    def build(self) -> FastLlama:
+        if any(layer is None for layer in self.layers):
+            missing = [i for i, layer in enumerate(self.layers) if layer is None]
+            raise EngineError(f"fast path: layers {missing[:5]} incomplete")
+        emb = self.other.get("model.embed_tokens.weight")
+        if emb is None:
+            raise EngineError("fast path: model.embed_tokens.weight missing")
+        # The head decides top-1: int4 of GGUF's Q8_0 embedding flips greedy tokens, so
+        # it stays int8 (per-row) under int4.
+        head_quant = "int8" if self.quant == "int4" else None
+        embed = self._lin(emb, head_quant)
+        head_w = self.other.get("lm_head.weight")
+        tied = bool(getattr(self.cfg, "tie_word_embeddings", False)) or head_w is None
+        head = embed if tied or head_w is None else self._lin(head_w, head_quant)
+        return FastLlama(
+            layers=[layer for layer in self.layers if layer is not None],
+            embed=embed,
+            norm=self.other["model.norm.weight"].to(self.device, self.act),
+            head=head,
+            freqs=rotary_table(self.cfg, self.head_dim).to(self.device),
+            n_heads=self.n_heads,
+            n_kv=self.n_kv,
+            head_dim=self.head_dim,
+            eps=float(getattr(self.cfg, "rms_norm_eps", 1e-6)),
+            act=self.act,
+            quant=self.quant,
+            config=self.cfg,
+            device=self.device,
+        )
+
+
+def rotary_table(hf_config: Any, head_dim: int) -> torch.Tensor:
+    """complex64 [max_pos, head_dim/2]: e^(i * pos * inv_freq) * attention scaling.
+
+    The frequencies come from transformers' rotary embedding for this config, so rope
+    scaling variants (llama3, yarn, ...) follow transformers.
+    """
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rot = LlamaRotaryEmbedding(hf_config)
+    inv = rot.inv_freq.float()
+    assert inv.shape[0] == head_dim // 2
+    n = int(getattr(hf_config, "max_position_embeddings", 8192) or 8192)
+    ang = torch.outer(torch.arange(n, dtype=torch.float32), inv)
+    return torch.polar(torch.full_like(ang, float(rot.attention_scaling)), ang)
