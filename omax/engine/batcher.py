@@ -183,6 +183,7 @@ class Batcher:
         if d.admit is not None:
             self.prefilling = self.waiting.popleft()
         if d.prefill is not None:
+            assert self.prefilling is not None  # the scheduler prefills an admitted sequence
             self._prefill_chunk(self.prefilling, d.prefill[1], d.prefill[2])
         if self.decoding:
             self._decode_step()
@@ -265,7 +266,11 @@ class Batcher:
         self._emit(
             seq,
             GenerateChunk(
-                tool_calls=calls, done=True, done_reason=reason, metrics=metrics, context=context
+                tool_calls=calls,
+                done=True,
+                done_reason=reason,  # type: ignore[arg-type]
+                metrics=metrics,
+                context=context,
             ),
         )
 

@@ -74,4 +74,4 @@ def embed(lm: LoadedModel, req: EmbedRequest) -> tuple[list[list[float]], int]:
             vec = F.normalize(vec, p=2, dim=1)
         for i, v in zip(idx, vec.cpu().tolist(), strict=True):
             out[i] = v
-    return out, n_tokens
+    return [v for v in out if v is not None], n_tokens

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,8 +23,8 @@ from omax.sharding.tensors import RawTensor
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object  # transformers.PreTrainedTokenizerFast
+    model: Any  # a transformers PreTrainedModel (attribute access is untyped in torch)
+    tokenizer: Any  # transformers.PreTrainedTokenizerFast
     spec: ModelSpec
     load_duration_ns: int
     device: torch.device

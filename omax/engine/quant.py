@@ -8,6 +8,8 @@ it is opt-in (``Engine.load(..., quant="int8")``); the default stays exact fp32.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def quantize_int8(model: nn.Module) -> None:
+def quantize_int8(model: Any) -> None:
     """Replace the decoder's projections and the lm_head with ``Int8Linear`` in place."""
     for layer in model.model.layers:
         for parent in (layer.self_attn, layer.mlp):

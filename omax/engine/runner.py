@@ -12,6 +12,8 @@ transformers' sdpa path: greedy output equals ``generate`` token for token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -22,7 +24,7 @@ from omax.errors import EngineError
 
 
 class Runner:
-    def __init__(self, model: torch.nn.Module, *, max_slots: int, max_len: int) -> None:
+    def __init__(self, model: Any, *, max_slots: int, max_len: int) -> None:
         if not hasattr(model, "model") or not hasattr(model.model, "layers"):
             raise EngineError(f"{type(model).__name__} is not a decoder-only model we can run")
         self.model = model

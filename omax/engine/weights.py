@@ -86,7 +86,8 @@ def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
     arch = next((k for k, v in MODEL_ARCH_NAMES.items() if v == gguf_type), None)
     if arch is None:
         raise EngineError(f"gguf has no architecture named {gguf_type!r}")
-    name_map = get_tensor_name_map(arch, model.config.num_hidden_layers)
+    layers: int = model.config.num_hidden_layers  # type: ignore[union-attr,assignment]
+    name_map = get_tensor_name_map(arch, layers)
     out: dict[str, str] = {}
     for hf_name in model.state_dict():
         base, suffix = hf_name, ""
