@@ -84,8 +84,12 @@ def _filter_sorted(probs: torch.Tensor, logp: torch.Tensor, o: SamplingOptions) 
 
 
 def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[int]:
-    """Choose one token per row of ``logits`` ([B, V]); rows map to ``states``."""
-    logits = logits.float()
+    """Choose one token per row of ``logits`` ([B, V]); rows map to ``states``.
+
+    Sampling runs on the CPU whatever the model's device: the per-request generators,
+    penalty windows and grammar masks live there, and one [B, V] copy per step is
+    cheap next to the forward pass."""
+    logits = logits.float().cpu()
     matchers = [(i, s.grammar) for i, s in enumerate(states) if s.grammar is not None]
     constrained = [i for i, _ in matchers]
     if constrained or any(s.needs_penalty for s in states):
