@@ -94,6 +94,8 @@ class Settings:
     api_keys: tuple[str, ...]
     jwt_secret: str
     replication_target: int
+    loaded_replicas: int
+    max_loaded_per_slot: int
     log_format: str
     log_level: str
     log_file: str
@@ -186,6 +188,10 @@ def settings() -> Settings:
         api_keys=_check("serve.api-keys", _string_list, "a list of strings"),
         jwt_secret=str(_get("serve.jwt-secret") or ""),
         replication_target=_check("replication.target", _int_at_least(1), "an integer >= 1"),
+        loaded_replicas=_check("placement.loaded-replicas", _int_at_least(1), "an integer >= 1"),
+        max_loaded_per_slot=_check(
+            "placement.max-loaded-per-slot", _int_at_least(0), "an integer >= 0"
+        ),
         log_format=_check("log.format", _choice("text", "json"), "text or json"),
         log_level=_check("log.level", _level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
         log_file=str(_get("log.file") or ""),

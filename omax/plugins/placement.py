@@ -3,7 +3,8 @@
 ``place`` picks the slot a model should load on:
 
 1. it must fit by memory (weights plus the KV cache for the requested context),
-   counting what models already loaded there reserve;
+   counting what models already loaded there reserve, and not already serve this
+   model (a second copy goes to another slot);
 2. among slots that fit, prefer one whose worker already holds a complete replica,
    then a partial one; then a host that does not run this model yet (spread);
    then the slot with fewest loaded models; then the most free memory;
@@ -73,6 +74,8 @@ def place(workers: Iterable[WorkerInfo], loaded: Sequence[Loaded], need: Need) -
         spread = 0 if w.host in hosts_running else 1
         for s in w.slots:
             here = by_slot.get((w.address, s.id), [])
+            if any(m.digest == need.digest for m in here):
+                continue
             free = s.memory_total - sum(m.memory for m in here)
             if free > largest_free[0]:
                 largest_free = (free, f"{s.id} on {w.address}")

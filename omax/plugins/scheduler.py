@@ -220,13 +220,11 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             name = normalize_name(name)
             ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
             if not ready:
-                pending = self.loading.get(digest)
-                if pending is None:
-                    pending = asyncio.ensure_future(self._load(name, digest, num_ctx, keep_alive))
-                    self.loading[digest] = pending
-                    pending.add_done_callback(lambda _: self.loading.pop(digest, None))
-                await asyncio.shield(pending)
+                await asyncio.shield(self._start_load(name, digest, num_ctx, keep_alive))
                 ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
+            elif len(ready) < self.cfg.loaded_replicas and digest not in self.loading:
+                # more copies wanted: load one more in the background, serve from these
+                self._start_load(name, digest, num_ctx, keep_alive, quiet=True)
             now = time.time()
             for m in ready:
                 if keep_alive is not None:
@@ -237,6 +235,23 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         except Exception as e:
             logger.exception("loading %s failed", name)
             return {"error": f"failed to load model '{name}': {e}", "status": 500}
+
+    def _start_load(
+        self, name: str, digest: str, num_ctx: int, keep_alive: float | None, quiet: bool = False
+    ) -> asyncio.Future:
+        """The one load in progress for ``digest``, started if there is none."""
+        pending = self.loading.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(name, digest, num_ctx, keep_alive))
+            self.loading[digest] = pending
+
+            def done(f: asyncio.Future) -> None:
+                self.loading.pop(digest, None)
+                if quiet and not f.cancelled() and f.exception() is not None:
+                    logger.info("no extra copy of %s: %s", name, f.exception())
+
+            pending.add_done_callback(done)
+        return pending
 
     async def _load(self, name: str, digest: str, num_ctx: int, keep_alive: float | None) -> None:
         from omax.sharding.blobs import BlobStore
@@ -249,6 +264,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             digest=digest,
             name=name,
             memory=model_memory(manifest, num_ctx, self.cfg.engine_dtype),
+            max_loaded_per_slot=self.cfg.max_loaded_per_slot,
         )
         decision = placement.place(self.workers.values(), list(self.loaded.values()), need)
         if isinstance(decision, placement.Refuse):

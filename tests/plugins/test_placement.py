@@ -134,3 +134,10 @@ def test_a_thousand_slots_and_five_hundred_models_decide_fast():
     per_decision = (time.perf_counter() - start) / 20
     assert isinstance(decision, Place)
     assert per_decision < 0.05, f"{per_decision * 1000:.1f} ms per decision"
+
+
+def test_a_second_copy_goes_to_another_slot():
+    ws = [worker("a", "h1", 64 * GiB), worker("b", "h1", 8 * GiB)]
+    already = [loaded("k1", "m", "a", GiB, 0)]
+    assert place(ws, already, Need("m", "m", GiB)).worker == "b"
+    assert isinstance(place(ws[:1], already, Need("m", "m", GiB)), Refuse)
