@@ -104,3 +104,31 @@ def test_json_logs_to_a_rotating_file(tmp_path):
     assert hello and hello[0]["message"] == "hello there" and hello[0]["level"] == "INFO"
     stderr_records = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert any(r["message"] == "hello there" for r in stderr_records)
+
+
+def test_verify_reports_damage_and_gc_is_a_dry_run_by_default(tmp_path):
+    from omax.sharding.blobs import BlobStore
+    from omax.sharding.modelstore import ModelStore
+    from tests.tiny import tiny_llama
+
+    store = ModelStore(str(tmp_path / "store"))
+    store.import_path(tiny_llama(tmp_path / "tiny"), "tiny")
+    env = {**os.environ, "DASK_OMAX__STORE__URL": str(tmp_path / "store")}
+    ok = subprocess.run([OMAX, "verify"], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and "all blobs verified" in ok.stdout
+
+    orphan = BlobStore(str(tmp_path / "store")).put_bytes(b"nobody refers to me")
+    dry = subprocess.run([OMAX, "gc"], capture_output=True, text=True, env=env, timeout=120)
+    assert dry.returncode == 0
+    if orphan in dry.stdout:  # young blobs are protected by a grace period
+        assert "would remove" in dry.stdout
+    assert BlobStore(str(tmp_path / "store")).has(orphan)
+
+    digest, manifest = store.resolve("tiny")
+    victim = sorted(manifest.blob_digests())[0]
+    path = Path(BlobStore(str(tmp_path / "store")).path(victim))
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+    bad = subprocess.run([OMAX, "verify"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and f"damaged: {victim}" in bad.stdout
