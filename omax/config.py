@@ -200,7 +200,12 @@ def settings() -> Settings:
     )
 
 
-def worker_store_path(template: str, worker_address: str) -> str:
-    """The worker-local store folder for one worker, ``{name}`` filled in safely."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", worker_address).strip("_") or "worker"
-    return expand_path(template.replace("{name}", safe))
+def worker_store_path(template: str, name: str, address: str = "") -> str:
+    """The worker-local store folder for one worker: ``{name}`` (the worker's name,
+    stable across restarts) and ``{address}`` filled in safely."""
+
+    def safe(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "worker"
+
+    path = template.replace("{name}", safe(name)).replace("{address}", safe(address or name))
+    return expand_path(path)

@@ -447,12 +447,19 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         assert self.scheduler is not None
         logger.info("replicating %s to %s from %s", job.digest[:19], job.worker, job.sources)
         try:
-            return await self.scheduler.rpc(job.worker).omax_replicate(
+            result = await self.scheduler.rpc(job.worker).omax_replicate(
                 digest=job.digest, origin=self.cfg.store_url, peers=list(job.sources)
             )
         except Exception as e:
             logger.warning("replicating %s to %s failed: %s", job.digest[:19], job.worker, e)
             raise
+        # Record the outcome now: the worker's own report may arrive after the next
+        # planning round, which would otherwise plan this copy a second time.
+        info = self.workers.get(job.worker)
+        if info is not None and result.get("complete"):
+            replicas = {**info.replicas, job.digest: Replica.from_dict(result)}
+            self.workers = {**self.workers, job.worker: replace(info, replicas=replicas)}
+        return result
 
     async def _maintain(self) -> None:
         try:

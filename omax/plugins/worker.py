@@ -56,7 +56,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.slots = detect_slots(cfg.device, cfg.slot_memory)
         # The worker's name is stable across restarts when given (--name, a pod name),
         # so a restarted worker finds its replicas again; it defaults to the address.
-        path = worker_store_path(cfg.worker_store, str(worker.name))
+        path = worker_store_path(cfg.worker_store, str(worker.name), worker.address)
         self.replicas = LocalReplicas(path)
         worker.handlers["omax_state"] = self.state
         worker.handlers["omax_replicate"] = self.replicate

@@ -94,12 +94,18 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replication")
     env = {
         "DASK_OMAX__STORE__URL": str(tmp / "origin"),
-        "DASK_OMAX__WORKER__STORE": str(tmp / "w" / "{name}"),
+        # by address: a worker its nanny restarts starts on an empty disk
+        "DASK_OMAX__WORKER__STORE": str(tmp / "w" / "{address}"),
         "DASK_OMAX__REPLICATION__TARGET": "2",
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # before the worker processes spawn
-    cfg = {"omax.store.url": env["DASK_OMAX__STORE__URL"], "omax.replication.target": 2}
+    # the nannies hand this process's dask config to the workers they spawn
+    cfg = {
+        "omax.store.url": env["DASK_OMAX__STORE__URL"],
+        "omax.worker.store": env["DASK_OMAX__WORKER__STORE"],
+        "omax.replication.target": 2,
+    }
     try:
         with (
             dask.config.set(cfg),  # the scheduler runs in this process
