@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from omax.engine.weights import Q4Blocks
 from omax.errors import EngineError
 
 FAST_MODEL_TYPES = ("llama", "mistral")
@@ -39,21 +40,39 @@ GROUP = 32
 class Lin:
     """``x [R, K] -> x @ W.T [R, N]`` through the fastest kernel for ``R``.
 
-    ``quant`` "int4" (groups of 32, asymmetric: the Q4_1 layout) or "int8" (per-row
-    symmetric) runs weight-only kernels, which read the fewest bytes: a one-stream decode
-    step is memory bound. Batches of more than ``SMALL`` rows are compute bound, and the
-    packed kernels are 2-3x slower there than a dense bf16 matmul, so ``dense`` keeps a
-    bf16 copy for them (and for embedding lookups).
+    ``quant`` "int4" repacks GGUF Q4_1 blocks (``Q4Blocks``) for
+    ``_weight_int4pack_mm_for_cpu`` exactly: the kernel computes ``(q - 8) * scale +
+    zero`` per group of 32, so ``scale = d`` and ``zero = m + 8 d``. A weight that is not
+    Q4_1 is never re-quantised to 4 bits (that loses accuracy the source did not
+    have): it takes "int8" instead, per-output-row symmetric for ``_weight_int8pack_mm``.
+    One-stream decode is memory bound, so these kernels, which read the fewest bytes,
+    win there. Batches of more than ``SMALL`` rows are compute bound and the packed
+    kernels are 2-3x slower than a dense bf16 matmul, so ``dense`` keeps a bf16 copy
+    (the same dequantised weights) for them and for embedding lookups.
     """
 
     __slots__ = ("w", "s", "n", "dense", "quant")
     SMALL = 4
 
-    def __init__(self, w: torch.Tensor, quant: str, act: torch.dtype, dense: bool = True) -> None:
+    def __init__(
+        self, w: torch.Tensor | Q4Blocks, quant: str, act: torch.dtype, dense: bool = True
+    ) -> None:
         self.n, k = w.shape
-        self.quant = quant
         self.w: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
+        if quant == "int4" and not isinstance(w, Q4Blocks):
+            quant = "int8"
+        self.quant = quant
+        if isinstance(w, Q4Blocks):
+            if quant == "int4":
+                if k % GROUP:
+                    raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {k}")
+                self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                    w.codes.to(torch.int32), 1
+                )
+                sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
+                self.s = sz.transpose(0, 1).contiguous().to(act)
+            w = w.dequantize()
         w = w.float()
         if quant == "int8":
             s = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
@@ -61,22 +80,7 @@ class Lin:
             self.w = q8.to(torch.int8)
             self.s = s.to(act)
             w = q8 * self.s.float()[:, None]  # the dense copy holds the same weights
-        elif quant == "int4":
-            if k % GROUP:
-                raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {k}")
-            g = w.view(self.n, k // GROUP, GROUP)
-            lo, hi = g.amin(-1), g.amax(-1)
-            scale = ((hi - lo) / 15).clamp(min=1e-8)
-            q = torch.round((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp_(0, 15)
-            self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                q.view(self.n, k).to(torch.int32), 1
-            )
-            # The kernel computes (q - 8) * scale + zero.
-            sz = torch.stack([scale, lo + 8 * scale], dim=-1).to(act)
-            self.s = sz.transpose(0, 1).contiguous()
-            sz = sz.float()
-            w = ((q - 8) * sz[..., :1] + sz[..., 1:]).view(self.n, k)  # same weights, dense
-        elif quant != "none":
+        elif quant not in ("int4", "none"):
             raise EngineError(f"unknown quant {quant!r}")
         self.dense = w.to(act) if dense or self.w is None else None
 
@@ -207,6 +211,17 @@ def supports(config: dict[str, Any]) -> bool:
     )
 
 
+def _rows(w: torch.Tensor | Q4Blocks, fn: Any) -> torch.Tensor | Q4Blocks:
+    return w.map_rows(fn) if isinstance(w, Q4Blocks) else fn(w)
+
+
+def _cat(parts: list[Any]) -> torch.Tensor | Q4Blocks:
+    """Fuse projections row-wise; Q4_1 blocks stay blocks only if every part is one."""
+    if all(isinstance(p, Q4Blocks) for p in parts):
+        return Q4Blocks.cat(parts)
+    return torch.cat([p.dequantize() if isinstance(p, Q4Blocks) else p for p in parts])
+
+
 def _interleave(w: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """HF rotate-half row order -> interleaved pairs (GGUF/Meta order) per head."""
     half = torch.arange(head_dim // 2)
@@ -232,15 +247,21 @@ class FastBuilder:
             getattr(hf_config, "head_dim", None) or hf_config.hidden_size // self.n_heads
         )
         n = hf_config.num_hidden_layers
-        self.pending: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        self.pending: list[dict[str, Any]] = [{} for _ in range(n)]
         self.layers: list[Layer | None] = [None] * n
-        self.other: dict[str, torch.Tensor] = {}
+        self.other: dict[str, Any] = {}
 
-    def _lin(self, w: torch.Tensor, quant: str | None = None) -> Lin:
+    def _lin(self, w: torch.Tensor | Q4Blocks, quant: str | None = None) -> Lin:
         quant = quant or ("none" if self.quant == "bf16" else self.quant)
-        return Lin(w.to(self.device), quant, self.act)
+        if isinstance(w, Q4Blocks):
+            w = w.map_rows(lambda t: t.to(self.device))
+        else:
+            w = w.to(self.device)
+        return Lin(w, quant, self.act)
 
-    def add(self, name: str, t: torch.Tensor) -> None:
+    def add(self, name: str, t: torch.Tensor | Q4Blocks) -> None:
+        if isinstance(t, Q4Blocks) and self.quant != "int4":
+            t = t.dequantize()
         parts = name.split(".")
         if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers":
             i = int(parts[2])
@@ -253,12 +274,13 @@ class FastBuilder:
         else:
             self.other[name] = t
 
-    def _layer(self, p: dict[str, torch.Tensor]) -> Layer:
+    def _layer(self, p: dict[str, Any]) -> Layer:
         try:
-            q = _interleave(p["self_attn.q_proj.weight"], self.n_heads, self.head_dim)
-            k = _interleave(p["self_attn.k_proj.weight"], self.n_kv, self.head_dim)
-            qkv = torch.cat([q, k, p["self_attn.v_proj.weight"]])
-            gu = torch.cat([p["mlp.gate_proj.weight"], p["mlp.up_proj.weight"]])
+            nh, nkv, hd = self.n_heads, self.n_kv, self.head_dim
+            q = _rows(p["self_attn.q_proj.weight"], lambda t: _interleave(t, nh, hd))
+            k = _rows(p["self_attn.k_proj.weight"], lambda t: _interleave(t, nkv, hd))
+            qkv = _cat([q, k, p["self_attn.v_proj.weight"]])
+            gu = _cat([p["mlp.gate_proj.weight"], p["mlp.up_proj.weight"]])
             return Layer(
                 ln1=p["input_layernorm.weight"].to(self.device, self.act),
                 qkv=self._lin(qkv),
@@ -277,13 +299,10 @@ class FastBuilder:
         emb = self.other.get("model.embed_tokens.weight")
         if emb is None:
             raise EngineError("fast path: model.embed_tokens.weight missing")
-        # The head decides top-1: int4 of GGUF's Q8_0 embedding flips greedy tokens, so
-        # it stays int8 (per-row) under int4.
-        head_quant = "int8" if self.quant == "int4" else None
-        embed = self._lin(emb, head_quant)
+        embed = self._lin(emb)
         head_w = self.other.get("lm_head.weight")
         tied = bool(getattr(self.cfg, "tie_word_embeddings", False)) or head_w is None
-        head = embed if tied or head_w is None else self._lin(head_w, head_quant)
+        head = embed if tied or head_w is None else self._lin(head_w)
         return FastLlama(
             layers=[layer for layer in self.layers if layer is not None],
             embed=embed,

@@ -153,7 +153,8 @@ def load_fast(
 ) -> LoadedModel:
     """Build a ``fastpath.FastLlama`` straight from the tensor stream.
 
-    Each tensor is dequantised (fp32), fused and quantised as its layer completes, so
+    Each tensor is dequantised (fp32; GGUF Q4_1 blocks stay blocks under "int4"), fused
+    and quantised as its layer completes, so
     the peak holds the quantised model plus about one dense layer. A meta-device
     transformers model supplies only the GGUF -> HF name map.
     """
@@ -171,7 +172,12 @@ def load_fast(
         meta = make(config, dtype=torch.float32)
     builder = FastBuilder(config, quant=quant, act=act, device=dev)
     for name, t in weights.convert(
-        tensors, fmt=spec.format, config=spec.config, model=meta, dtype=torch.float32
+        tensors,
+        fmt=spec.format,
+        config=spec.config,
+        model=meta,
+        dtype=torch.float32,
+        keep_q4_1=quant == "int4",
     ):
         builder.add(name, t)
     del meta

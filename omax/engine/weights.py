@@ -12,8 +12,10 @@ state dict it is building: no second full copy of the weights.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,51 @@ def torch_dtype(name: str) -> torch.dtype:
         ]
     except KeyError:
         raise EngineError(f"unsupported dtype {name!r}; use float32, bfloat16 or float16") from None
+
+
+@dataclass(frozen=True)
+class Q4Blocks:
+    """GGUF Q4_1 weights kept as their blocks: ``w[n, k] = scale[n, g] * codes[n, k] + low[n, g]``.
+
+    ``g = k // 32``; ``codes`` are uint8 in 0..15, ``scale`` and ``low`` the blocks' fp16
+    ``d`` and ``m`` widened to float32 (exact). Row operations (llama.cpp's q/k
+    permutation, fusing projections) apply to all three alike, so the blocks reach the
+    int4 kernel unchanged instead of being re-derived from dequantised values.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    low: torch.Tensor
+
+    GROUP = 32
+
+    @classmethod
+    def from_raw(cls, raw: RawTensor) -> Q4Blocks:
+        n, k = raw.shape
+        blocks = _as_torch(raw.data.view(np.uint8)).reshape(-1, 20)
+        d = blocks[:, 0:2].contiguous().view(torch.float16).float()
+        m = blocks[:, 2:4].contiguous().view(torch.float16).float()
+        qs = blocks[:, 4:]
+        codes = torch.cat([qs & 0xF, qs >> 4], dim=1)  # ggml: low nibbles first
+        g = k // cls.GROUP
+        return cls(codes.reshape(n, k), d.reshape(n, g), m.reshape(n, g))
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Q4Blocks:
+        """Apply the same row operation (permutation, reshape) to codes and parameters."""
+        return Q4Blocks(fn(self.codes), fn(self.scale), fn(self.low))
+
+    @classmethod
+    def cat(cls, parts: list[Q4Blocks]) -> Q4Blocks:
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "low")))
+
+    def dequantize(self) -> torch.Tensor:
+        n, k = self.codes.shape
+        w = self.codes.view(n, -1, self.GROUP).float() * self.scale[..., None]
+        return (w + self.low[..., None]).view(n, k)
 
 
 def _as_torch(array: np.ndarray) -> torch.Tensor:
@@ -109,6 +156,10 @@ def _processor(config: dict[str, Any]):
     return cls(config=config)
 
 
+def _rows(processor: Any, name: str, t: torch.Tensor) -> torch.Tensor:
+    return processor.process(weights=t, name=name).weights.contiguous()
+
+
 def convert(
     raw_tensors: Iterable[RawTensor],
     *,
@@ -116,10 +167,12 @@ def convert(
     config: dict[str, Any],
     model: torch.nn.Module,
     dtype: torch.dtype = torch.float32,
-) -> Iterator[tuple[str, torch.Tensor]]:
+    keep_q4_1: bool = False,
+) -> Iterator[tuple[str, Any]]:
     """Yield ``(hf_name, tensor)`` for every tensor the model knows.
 
-    Tensors the model has no parameter for (e.g. ``rope_freqs``) are skipped.
+    Tensors the model has no parameter for (e.g. ``rope_freqs``) are skipped. With
+    ``keep_q4_1`` 2-D GGUF Q4_1 tensors arrive as ``Q4Blocks`` instead of dense values.
     """
     if fmt == "gguf":
         name_map = gguf_name_map(model, config.get("model_type", ""))
@@ -127,6 +180,10 @@ def convert(
         for raw in raw_tensors:
             hf_name = name_map.get(raw.name)
             if hf_name is None:
+                continue
+            if keep_q4_1 and (raw.ggml_type or "").upper() == "Q4_1" and len(raw.shape) == 2:
+                q4 = Q4Blocks.from_raw(raw).map_rows(functools.partial(_rows, processor, raw.name))
+                yield hf_name, q4
                 continue
             t = dequantize(raw, dtype)
             t = processor.process(weights=t, name=raw.name).weights
