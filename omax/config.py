@@ -86,6 +86,7 @@ class Settings:
     slot_memory: int
     device: str
     engine_dtype: str
+    engine_quant: str
     host: str
     port: int
     keep_alive: float
@@ -178,6 +179,9 @@ def settings() -> Settings:
         slot_memory=_check("worker.slot-memory", parse_size, "a size such as '8 GiB'"),
         device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
         engine_dtype=_check("engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"),
+        engine_quant=_check(
+            "engine.quant", _choice("none", "int8", "int4", "bf16"), "none, int8, int4 or bf16"
+        ),
         host=_check("serve.host", _nonempty, "a host name or address"),
         port=_check("serve.port", _port, "a port number 0-65535"),
         keep_alive=_check(

@@ -302,6 +302,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
                 load_source=functools.partial(local_source, digest),
                 device=decision.slot,
                 dtype=self.cfg.engine_dtype,
+                engine_options={"quant": self.cfg.engine_quant},
                 actor=True,
                 workers=[decision.worker],
                 allow_other_workers=False,
