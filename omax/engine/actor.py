@@ -64,6 +64,7 @@ class ModelActor:
         self._load_source = load_source or store_load_source(model_digest, store_url)
         self.engine: Engine | None = None
         self._loading: asyncio.Task | None = None
+        self._ready: asyncio.Event | None = None
         self.load_duration_ns = 0
 
     def _load_sync(self) -> Engine:
@@ -99,15 +100,41 @@ class ModelActor:
     async def poll(
         self, request_ids: Iterable[str], timeout: float = 0.05
     ) -> dict[str, list[GenerateChunk]]:
-        """New chunks of several requests; waits up to ``timeout`` s without blocking."""
+        """New chunks of several requests; waits up to ``timeout`` s without blocking.
+
+        The batching thread sets an asyncio event when it emits, so a waiting poll
+        returns as soon as a token exists rather than on the next timer tick."""
         eng = self._engine()
         ids = list(request_ids)
+        out = eng.poll(ids, 0.0)
+        if out or timeout <= 0:
+            return out
+        ready = self._output_event(eng)
         deadline = time.monotonic() + timeout
         while True:
-            out = eng.poll(ids, 0.0)
-            if out or time.monotonic() >= deadline:
+            ready.clear()
+            out = eng.poll(ids, 0.0)  # after clear(): an emit from here on sets it again
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
                 return out
-            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                await asyncio.wait_for(ready.wait(), min(remaining, POLL_INTERVAL * 10))
+            except TimeoutError:
+                pass
+
+    def _output_event(self, eng: Engine) -> asyncio.Event:
+        if self._ready is None:
+            loop = asyncio.get_running_loop()
+            event = asyncio.Event()
+
+            def wake() -> None:
+                if not event.is_set():
+                    loop.call_soon_threadsafe(event.set)
+
+            if eng.batcher is not None:
+                eng.batcher.on_output = wake
+            self._ready = event
+        return self._ready
 
     async def cancel(self, request_id: str) -> None:
         self._engine().cancel(request_id)

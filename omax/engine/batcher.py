@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omax.engine import scheduler
@@ -81,6 +82,9 @@ class Batcher:
         self._wake = threading.Event()
         self._stop = False
         self.dead: str | None = None
+        # Called (from this loop's thread) whenever a chunk is ready: lets an asyncio
+        # caller wake at once instead of polling on a timer.
+        self.on_output: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="omax-batcher", daemon=True)
         self._thread.start()
 
@@ -151,6 +155,8 @@ class Batcher:
             if seq.rid in self._outbox:
                 self._outbox[seq.rid].append(chunk)
             self._cond.notify_all()
+        if self.on_output is not None:
+            self.on_output()
 
     def _fail_all(self, msg: str) -> None:
         seqs = list(self.waiting) + self.decoding + ([self.prefilling] if self.prefilling else [])
