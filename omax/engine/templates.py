@@ -9,6 +9,7 @@ Go-template subset (``{{ .System }}``, ``{{ .Prompt }}``, ``{{ if .X }}…{{ end
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -20,6 +21,14 @@ from omax.engine.spec import ModelSpec
 from omax.errors import InvalidRequest
 
 _env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(template: str) -> Any:
+    """Compile a chat template once (jinja compiles take milliseconds per request)."""
+    return _env.from_string(template)
+
+
 _env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(InvalidRequest(msg))
 _env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
 
@@ -86,12 +95,12 @@ def render(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str]:
     }
     if req.tools:
         kwargs["tools"] = list(req.tools)
-    text = _env.from_string(template).render(**kwargs)
+    text = _compiled(template).render(**kwargs)
     sys_msgs = [m for m in messages if m["role"] == "system"]
     prefix = ""
     if sys_msgs:
         kwargs.update(messages=sys_msgs, add_generation_prompt=False)
-        prefix = _env.from_string(template).render(**kwargs)
+        prefix = _compiled(template).render(**kwargs)
         if not text.startswith(prefix):
             prefix = ""
     return text, prefix
