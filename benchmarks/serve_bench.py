@@ -102,7 +102,12 @@ def one_stream_inprocess() -> tuple[float, float]:
     store = ModelStore(tempfile.mkdtemp())
     store.import_path(bundled.smollm2_gguf_path(), MODEL)
     digest, _ = store.resolve(MODEL)
-    engine = Engine.load(*store_source(store.blobs, digest))
+    from omax.config import settings
+
+    cfg = settings()  # the same engine settings the server's actors get
+    engine = Engine.load(
+        *store_source(store.blobs, digest), dtype=cfg.engine_dtype, quant=cfg.engine_quant
+    )
     req = GenerateRequest(
         model=MODEL,
         messages=(Message("user", PROMPT),),
