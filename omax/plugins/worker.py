@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,10 @@ class OmaxWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Worker) -> None:
         cfg = settings()
         self.worker = worker
+        # The batching thread holds the GIL between torch ops; a short switch interval
+        # lets the worker's event loop answer polls and submits without waiting up to
+        # the default 5 ms for each hand-over.
+        sys.setswitchinterval(0.0002)
         self.origin_url = cfg.store_url
         self.slots = detect_slots(cfg.device, cfg.slot_memory)
         # The worker's name is stable across restarts when given (--name, a pod name),
