@@ -161,3 +161,39 @@ def test_api_keys_from_configuration(tmp_path):
             del os.environ["OLLAMA_API_KEY"]
     finally:
         assert stop_server(proc) == 0, log.read_text()[-3000:]
+
+
+def test_omax_pull_from_a_local_ollama_folder(tmp_path):
+    """`omax pull ollama://NAME:TAG` imports a model the user already has in Ollama,
+    with its system prompt and parameters, and replicates it to a worker."""
+    from omax.sharding.bundled import smollm2_gguf_path
+    from tests.e2e.conftest import start_server, stop_server
+    from tests.sharding.test_ollama_import import _ollama_folder
+
+    models = tmp_path / "ollama-models"
+    _ollama_folder(models, smollm2_gguf_path(), model="smol")
+    proc, url, log = start_server(tmp_path, "--no-demo", env={"OLLAMA_MODELS": str(models)})
+    try:
+        env = {**os.environ, "OMAX_HOST": url}
+        out = subprocess.run(
+            [OMAX, "pull", "ollama://smol:135m"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "success" in out.stdout
+        shown = httpx.post(url + "/api/show", json={"model": "smol:135m"}).json()
+        assert shown["system"] == "You are Smol."
+        assert "temperature" in shown["parameters"]
+        cluster = httpx.get(url + "/api/cluster").json()
+        digest = httpx.get(url + "/api/tags").json()["models"][0]["digest"]
+        assert any(
+            r["complete"]
+            for w in cluster["workers"]
+            for d, r in w["replicas"].items()
+            if d == digest
+        )
+    finally:
+        assert stop_server(proc) == 0, log.read_text()[-3000:]
