@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from omax.config import parse_duration
 from omax.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -276,10 +276,6 @@ def _clean_loc(where: str) -> str:
     return ".".join(parts)
 
 
-_DURATION = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_keep_alive(value: Any) -> float | None:
     """Return keep_alive in seconds: None for the default, -1.0 for forever.
 
@@ -293,29 +289,17 @@ def parse_keep_alive(value: Any) -> float | None:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = _parse_duration(value.strip())
+        try:
+            seconds = parse_duration(value.strip())
+        except ValueError:
+            raise InvalidRequest(
+                f"invalid keep_alive: time: invalid duration {value.strip()!r}"
+            ) from None
     else:
         raise InvalidRequest(f"invalid keep_alive: {value!r}")
     if math.isnan(seconds):
         raise InvalidRequest(f"invalid keep_alive: {value!r}")
     return -1.0 if seconds < 0 else seconds
-
-
-def _parse_duration(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    sign, body = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.lstrip("+"))
-    pos, total = 0, 0.0
-    for match in _DURATION.finditer(body):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not body or pos != len(body):
-        raise InvalidRequest(f"invalid keep_alive: time: invalid duration {text!r}")
-    return sign * total
 
 
 def parse_format(value: Any) -> str | dict[str, Any] | None:
