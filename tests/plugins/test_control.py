@@ -5,7 +5,6 @@ a worker process is killed."""
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from distributed import Client
 from omax.engine.request import GenerateRequest, SamplingOptions
 from omax.serve.cluster import ClusterRuntime
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.test_processes import DASK, _wait_for
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop
 from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -36,40 +35,16 @@ def cluster3(tmp_path_factory):
         "DASK_OMAX__WORKER__STORE": str(tmp / "workers" / "{name}"),
         "DASK_OMAX__SERVE__KEEP_ALIVE": "-1",
     }
-    sched = subprocess.Popen(
-        [
-            DASK,
-            "scheduler",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--preload",
-            "omax.plugins.scheduler",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    sched, addr = start_scheduler(env)
     workers = {}
     try:
-        addr = _wait_for(r"Scheduler at:\s+(tcp://\S+)", sched).group(1)
         for name, memory in SLOTS.items():
-            workers[name] = subprocess.Popen(
-                [
-                    DASK,
-                    "worker",
-                    addr,
-                    "--name",
-                    name,
-                    "--nthreads",
-                    "1",
-                    "--no-nanny",
-                    "--preload",
-                    "omax.plugins.worker",
-                ],
-                stderr=subprocess.DEVNULL,
-                env={**env, "DASK_OMAX__WORKER__SLOT_MEMORY": memory},
+            workers[name] = start_worker(
+                addr,
+                {**env, "DASK_OMAX__WORKER__SLOT_MEMORY": memory},
+                "--name",
+                name,
+                "--no-nanny",
             )
         with Client(addr, timeout=30) as client:
             client.wait_for_workers(3, timeout=60)
@@ -77,13 +52,7 @@ def cluster3(tmp_path_factory):
             names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
             yield addr, store, workers, names
     finally:
-        for p in [*workers.values(), sched]:
-            p.terminate()
-        for p in [*workers.values(), sched]:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(*workers.values(), sched)
 
 
 def _wait_registry(client, n, timeout=30):

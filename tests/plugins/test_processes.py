@@ -1,34 +1,14 @@
 """`dask scheduler` and `dask worker` started as processes with the omax preloads."""
 
 import os
-import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from distributed import Client
 
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-DASK = str(Path(sys.executable).with_name("dask"))
-
-
-def _wait_for(pattern, proc, timeout=60):
-    deadline = time.time() + timeout
-    lines = []
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        m = re.search(pattern, line)
-        if m:
-            return m
-    raise AssertionError(f"{pattern!r} not seen:\n{''.join(lines)}")
 
 
 @pytest.fixture
@@ -38,53 +18,21 @@ def dask_processes(tmp_path):
         "DASK_OMAX__STORE__URL": str(tmp_path / "origin"),
         "DASK_OMAX__WORKER__STORE": str(tmp_path / "workers" / "{name}"),
     }
-    procs = []
-    sched = subprocess.Popen(
-        [
-            DASK,
-            "scheduler",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--preload",
-            "omax.plugins.scheduler",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    procs.append(sched)
+    sched, addr = start_scheduler(env)
+    workers = [
+        start_worker(
+            addr,
+            {**env, "DASK_OMAX__WORKER__SLOT_MEMORY": mem},
+            "--no-nanny",
+            "--resources",
+            "GPU=1",
+        )
+        for mem in ("3 GiB", "5 GiB")
+    ]
     try:
-        addr = _wait_for(r"Scheduler at:\s+(tcp://\S+)", sched).group(1)
-        for mem in ("3 GiB", "5 GiB"):
-            w = subprocess.Popen(
-                [
-                    DASK,
-                    "worker",
-                    addr,
-                    "--nthreads",
-                    "1",
-                    "--no-nanny",
-                    "--resources",
-                    "GPU=1",
-                    "--preload",
-                    "omax.plugins.worker",
-                ],
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**env, "DASK_OMAX__WORKER__SLOT_MEMORY": mem},
-            )
-            procs.append(w)
         yield addr, tmp_path
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(*workers, sched)
 
 
 def test_preloads_register_and_report_slots(dask_processes):

@@ -2,62 +2,21 @@
 a worker that comes back under the same name finds its replicas and reports them."""
 
 import os
-import subprocess
 import time
 
 import pytest
 from distributed import Client
 
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.test_processes import DASK, _wait_for
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop
 from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
-def _start(tmp, env):
-    sched = subprocess.Popen(
-        [
-            DASK,
-            "scheduler",
-            "--port",
-            "0",
-            "--dashboard-address",
-            ":0",
-            "--preload",
-            "omax.plugins.scheduler",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    addr = _wait_for(r"Scheduler at:\s+(tcp://\S+)", sched).group(1)
-    worker = subprocess.Popen(
-        [
-            DASK,
-            "worker",
-            addr,
-            "--name",
-            "gpu-node-1",
-            "--nthreads",
-            "1",
-            "--preload",
-            "omax.plugins.worker",
-        ],
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    return sched, worker, addr
-
-
-def _stop(*procs):
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+def _start(env):
+    sched, addr = start_scheduler(env)
+    return sched, start_worker(addr, env, "--name", "gpu-node-1"), addr
 
 
 def test_registry_is_rebuilt_from_worker_reports(tmp_path):
@@ -69,16 +28,16 @@ def test_registry_is_rebuilt_from_worker_reports(tmp_path):
         "DASK_OMAX__STORE__URL": str(tmp_path / "origin"),
         "DASK_OMAX__WORKER__STORE": str(tmp_path / "workers" / "{name}"),
     }
-    sched, worker, addr = _start(tmp_path, env)
+    sched, worker, addr = _start(env)
     try:
         with Client(addr, timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
             reply = client.sync(client.scheduler.omax_replicate_model, digest=digest)
             assert reply["complete"], reply
     finally:
-        _stop(worker, sched)
+        stop(worker, sched)
 
-    sched, worker, addr = _start(tmp_path, env)  # a new scheduler knows nothing yet
+    sched, worker, addr = _start(env)  # a new scheduler knows nothing yet
     try:
         with Client(addr, timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
@@ -91,4 +50,4 @@ def test_registry_is_rebuilt_from_worker_reports(tmp_path):
             assert replicas[digest]["complete"]
             assert replicas[digest]["bytes_done"] == replicas[digest]["bytes_total"] > 0
     finally:
-        _stop(worker, sched)
+        stop(worker, sched)
