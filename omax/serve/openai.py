@@ -93,18 +93,14 @@ async def chat_completions(request: Request) -> Response:
             }
             events = [_envelope("chat.completion.chunk", ident, created, req.model, [choice])]
             if include_usage:
-                usage = _envelope("chat.completion.chunk", ident, created, req.model, [])
-                usage["usage"] = _usage(chunk.metrics)
-                events.append(usage)
+                events.append(
+                    _usage_event("chat.completion.chunk", ident, created, req.model, chunk)
+                )
             return events
 
         return sse_response(primed, render)
 
-    chunks = await collect(primed)
-    if any(c.error for c in chunks):
-        raise EngineError(next(c.error for c in chunks if c.error))
-    last = chunks[-1] if chunks else GenerateChunk(done=True)
-    count_tokens(request, req.model, last)
+    chunks, last = await _collect_all(request, primed, req.model)
     calls = tuple(t for c in chunks for t in c.tool_calls)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text for c in chunks)}
     thinking = "".join(c.thinking for c in chunks)
@@ -116,6 +112,27 @@ async def chat_completions(request: Request) -> Response:
     out = _envelope("chat.completion", ident, created, req.model, [choice])
     out["usage"] = _usage(last.metrics)
     return JSONResponse(out)
+
+
+def _usage_event(
+    kind: str, ident: str, created: int, model: str, chunk: GenerateChunk
+) -> dict[str, Any]:
+    """The extra chunk ``stream_options.include_usage`` asks for."""
+    event = _envelope(kind, ident, created, model, [])
+    event["usage"] = _usage(chunk.metrics)
+    return event
+
+
+async def _collect_all(
+    request: Request, primed: Any, model: str
+) -> tuple[list[GenerateChunk], GenerateChunk]:
+    """Every chunk of a non-streamed generation, and its last; an error chunk raises."""
+    chunks = await collect(primed)
+    if any(c.error for c in chunks):
+        raise EngineError(next(c.error for c in chunks if c.error))
+    last = chunks[-1] if chunks else GenerateChunk(done=True)
+    count_tokens(request, model, last)
+    return chunks, last
 
 
 async def completions(request: Request) -> Response:
@@ -135,18 +152,12 @@ async def completions(request: Request) -> Response:
             choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": reason}
             events = [_envelope("text_completion", ident, created, req.model, [choice])]
             if chunk.done and include_usage:
-                usage = _envelope("text_completion", ident, created, req.model, [])
-                usage["usage"] = _usage(chunk.metrics)
-                events.append(usage)
+                events.append(_usage_event("text_completion", ident, created, req.model, chunk))
             return events
 
         return sse_response(primed, render)
 
-    chunks = await collect(primed)
-    if any(c.error for c in chunks):
-        raise EngineError(next(c.error for c in chunks if c.error))
-    last = chunks[-1] if chunks else GenerateChunk(done=True)
-    count_tokens(request, req.model, last)
+    chunks, last = await _collect_all(request, primed, req.model)
     choice = {
         "text": "".join(c.text for c in chunks),
         "index": 0,
