@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,6 +104,32 @@ class ClusterRuntime:
         self._replicas.pop(digest, None)
         self._pollers.pop(actor.key, None)
 
+    async def _acquire(
+        self, name: str, digest: str, num_ctx: int, keep_alive: float | None
+    ) -> ActorHandle:
+        """Choose an actor and count a request on it with the scheduler (last use,
+        in flight, keep_alive); a cached actor unloaded meanwhile is chosen afresh."""
+        actor = await self._choose(name, digest, num_ctx, keep_alive)
+        if not await self.client.scheduler.omax_touch(
+            key=actor.key, delta=1, keep_alive=keep_alive
+        ):
+            self._forget_actor(digest, actor)
+            actor = await self._choose(name, digest, num_ctx, keep_alive)
+            await self.client.scheduler.omax_touch(key=actor.key, delta=1, keep_alive=keep_alive)
+        self._outstanding[actor.key] += 1
+        return actor
+
+    async def _release(self, actor: ActorHandle, keep_alive: float | None) -> None:
+        """The request on ``actor`` ended; per-actor state goes when it is idle."""
+        self._outstanding[actor.key] -= 1
+        if self._outstanding[actor.key] <= 0:
+            self._outstanding.pop(actor.key, None)
+            poller = self._pollers.get(actor.key)
+            if poller is not None and poller.live == 0:
+                self._pollers.pop(actor.key, None)
+        with contextlib.suppress(Exception):
+            await self.client.scheduler.omax_touch(key=actor.key, delta=-1, keep_alive=keep_alive)
+
     async def _resolve(self, name: str) -> tuple[str, Any]:
         hit = self._names.get(name)
         if hit is not None and hit[0] > time.monotonic():
@@ -121,22 +148,17 @@ class ClusterRuntime:
                 yield chunk
         finally:
             self._pending[digest] -= 1
+            if self._pending[digest] <= 0:
+                del self._pending[digest]
 
     async def _generate(self, request: GenerateRequest, digest: str):
         rid = request.request_id or uuid.uuid4().hex
         num_ctx = request.options.num_ctx
         for attempt in range(_RETRIES + 1):
-            actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
-            if not await self.client.scheduler.omax_touch(
-                key=actor.key, delta=1, keep_alive=request.keep_alive
-            ):  # unloaded since we cached it
-                self._forget_actor(digest, actor)
-                actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
-                await self.client.scheduler.omax_touch(key=actor.key, delta=1)
+            actor = await self._acquire(request.model, digest, num_ctx, request.keep_alive)
             poller = self._pollers.get(actor.key)
             if poller is None:
                 poller = self._pollers[actor.key] = Poller(_poll_fn(actor), actor.key)
-            self._outstanding[actor.key] += 1
             started = False
             done = False
             try:
@@ -159,22 +181,15 @@ class ClusterRuntime:
                 await self.client.scheduler.omax_unload(key=actor.key)
             finally:
                 poller.forget(rid)
-                self._outstanding[actor.key] -= 1
                 if not done:
                     with contextlib.suppress(Exception):
                         await actor.call("cancel", rid)
-                with contextlib.suppress(Exception):
-                    await self.client.scheduler.omax_touch(
-                        key=actor.key, delta=-1, keep_alive=request.keep_alive
-                    )
+                await self._release(actor, request.keep_alive)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
         digest, _ = await self._resolve(request.model)
         for attempt in range(_RETRIES + 1):
-            actor = await self._choose(request.model, digest, 512, request.keep_alive)
-            await self.client.scheduler.omax_touch(
-                key=actor.key, delta=1, keep_alive=request.keep_alive
-            )
+            actor = await self._acquire(request.model, digest, 512, request.keep_alive)
             try:
                 return await actor.call("embed", request)
             except EngineDead:
@@ -183,13 +198,12 @@ class ClusterRuntime:
                 self._forget_actor(digest, actor)
                 await self.client.scheduler.omax_unload(key=actor.key)
             finally:
-                with contextlib.suppress(Exception):
-                    await self.client.scheduler.omax_touch(key=actor.key, delta=-1)
+                await self._release(actor, request.keep_alive)
         raise AssertionError("unreachable")
 
     async def load(self, model: str, keep_alive: float | None) -> None:
         digest, _ = await self._resolve(model)
-        if keep_alive is not None and keep_alive == 0:
+        if keep_alive == 0:
             await self.client.scheduler.omax_unload(digest=digest)
             return
         await self._actors(model, digest, 4096, keep_alive)
@@ -302,8 +316,6 @@ def _poll_fn(actor: ActorHandle) -> Callable[[list[str]], Awaitable[Any]]:
 
 
 def _with_id(request: GenerateRequest, rid: str) -> GenerateRequest:
-    from dataclasses import replace
-
     return replace(request, request_id=rid)
 
 
