@@ -92,6 +92,7 @@ class Settings:
     store_url: str
     worker_store: str
     slot_memory: int
+    disk_budget: int
     device: str
     engine_dtype: str
     engine_quant: str
@@ -185,6 +186,9 @@ def settings() -> Settings:
         store_url=expand_path(_check("store.url", _nonempty, "an fsspec URL or path")),
         worker_store=_check("worker.store", _nonempty, "a path"),
         slot_memory=_check("worker.slot-memory", parse_size, "a size such as '8 GiB'"),
+        disk_budget=_check(
+            "worker.disk-budget", parse_size, "a size such as '200 GiB' (0: no limit)"
+        ),
         device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
         engine_dtype=_check("engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"),
         engine_quant=_check(

@@ -135,7 +135,12 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         logger.warning("worker %s reports no omax state: started without the preload?", worker)
 
     def omax_report(
-        self, worker: str, host: str = "", slots: Any = (), replicas: Any = None
+        self,
+        worker: str,
+        host: str = "",
+        slots: Any = (),
+        replicas: Any = None,
+        disk_budget: int = 0,
     ) -> None:
         """A worker's slots and replicas, replacing what was known."""
         if self.scheduler is not None and worker not in self.scheduler.workers:
@@ -145,6 +150,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             host=host,
             slots=tuple(Slot.from_dict(s) for s in slots),
             replicas={d: Replica.from_dict(r) for d, r in (replicas or {}).items()},
+            disk_budget=int(disk_budget),
         )
         self.workers = {**self.workers, worker: info}
         for digest, r in info.replicas.items():

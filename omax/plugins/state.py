@@ -90,11 +90,13 @@ class WorkerInfo:
     host: str
     slots: tuple[Slot, ...] = ()
     replicas: dict[str, Replica] = field(default_factory=dict)
+    disk_budget: int = 0  # bytes its local store may hold; 0: no limit
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "address": self.address,
             "host": self.host,
+            "disk_budget": self.disk_budget,
             "slots": [s.to_dict() for s in self.slots],
             "replicas": {k: r.to_dict() for k, r in self.replicas.items()},
         }

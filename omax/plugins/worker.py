@@ -46,6 +46,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.replicas: LocalReplicas | None = None
         self.slots: tuple = ()
         self.origin_url = ""
+        self.disk_budget = 0
         self.served_bytes = 0  # blob bytes sent to peers, for tests and benchmarks
         self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
         self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
@@ -59,6 +60,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         sys.setswitchinterval(0.0002)
         self.origin_url = cfg.store_url
         self.slots = detect_slots(cfg.device, cfg.slot_memory)
+        self.disk_budget = cfg.disk_budget  # bytes the local store may hold; 0: no limit
         # The worker's name is stable across restarts when given (--name, a pod name),
         # so a restarted worker finds its replicas again; it defaults to the address.
         path = worker_store_path(cfg.worker_store, str(worker.name), worker.address)
@@ -81,6 +83,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         return {
             "host": self.worker.ip if self.worker else "",
             "slots": [s.to_dict() for s in self.slots],
+            "disk_budget": self.disk_budget,
             "replicas": {d: r.to_dict() for d, r in self.replicas.scan().items()},
         }
 
