@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omax.plugins.state import Replica
 from omax.sharding import replication
@@ -61,18 +61,19 @@ class LocalReplicas:
     def manifest(self, digest: str) -> Manifest:
         return Manifest.from_json(self.store.get(digest))
 
-    def read(self, digest: str, offset: int = 0, length: int = -1) -> bytes:
-        """Raw bytes of a local blob (unverified: the reader verifies)."""
-        with open(self.store.path(digest), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
+    def open_blob(self, digest: str) -> BinaryIO:
+        """A local blob opened for reading (unverified: the reader verifies).
+
+        Raises FileNotFoundError when this store lacks it.
+        """
+        return open(self.store.path(digest), "rb")  # noqa: SIM115 - the caller closes it
 
     async def fetch(
         self,
         digest: str,
         origin_url: str,
         peers: Sequence[str] = (),
-        read_peer: replication.ReadPeer | None = None,
+        stream_peer: replication.PeerStream | None = None,
         progress: Progress | None = None,
         on_bad: Callable[[replication.BadSource], None] | None = None,
         rate: float = 0.0,
@@ -80,14 +81,14 @@ class LocalReplicas:
     ) -> tuple[Replica, replication.FetchResult]:
         """Make this store hold a complete, verified replica of manifest ``digest``.
 
-        Blobs come from ``peers`` (through ``read_peer``) and fall back to the origin
+        Blobs come from ``peers`` (through ``stream_peer``) and fall back to the origin
         store at ``origin_url`` (none when empty).
         """
         if self.is_complete(digest):
             total = json.loads(self._marker(digest, "complete").read_text())["total"]
             return Replica(digest, True, total, total), replication.FetchResult(total, total)
         origin = BlobStore(origin_url) if origin_url else None
-        raw = await replication.fetch_one(self.store, digest, peers, read_peer, origin)
+        raw = await replication.fetch_one(self.store, digest, peers, stream_peer, origin)
         sizes = Manifest.from_json(raw).blob_sizes()
         sizes[digest] = len(raw)
         total = sum(sizes.values())
@@ -107,7 +108,7 @@ class LocalReplicas:
             self.store,
             sizes,
             peers,
-            read_peer,
+            stream_peer,
             origin,
             concurrency=concurrency,
             rate=rate,

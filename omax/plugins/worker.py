@@ -8,8 +8,8 @@ Load it with ``dask worker ADDR --preload omax.plugins.worker``. The plugin
 - answers the scheduler: ``omax_state`` (slots + replicas), ``omax_replicate`` (fetch
   a model's blobs into the local store, from peers first and the origin last),
   ``omax_verify_replica`` (re-hash a replica, dropping bad blobs) and
-  ``omax_drop_replica``; and its peers: ``omax_blob_read`` (a byte range of a local
-  blob, unverified: the reader verifies),
+  ``omax_drop_replica``; and its peers: ``omax_blob_stream`` (a local blob sent as a
+  stream of messages on one comm, unverified: the reader hashes as it writes),
 - pushes ``omax_report`` to the scheduler whenever its replicas change,
   ``omax_progress`` as blobs land and ``omax_bad_source`` when a peer's bytes do not
   verify.
@@ -20,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
+import dask
 from distributed import WorkerPlugin
+from distributed.comm import Comm
+from distributed.core import ConnectionPool, Status
 from distributed.protocol import to_serialize
 from distributed.worker import Worker
 
 from omax.config import settings, worker_store_path
+from omax.errors import BlobNotFound
 from omax.plugins.replicas import LocalReplicas
 from omax.plugins.slots import detect_slots
 from omax.sharding.replication import BadSource
@@ -35,6 +39,7 @@ from omax.sharding.replication import BadSource
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "omax"
+STREAM_PIECE = 4 << 20  # bytes per message of a blob sent to a peer
 
 
 class OmaxWorkerPlugin(WorkerPlugin):
@@ -50,6 +55,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.served_bytes = 0  # blob bytes sent to peers, for tests and benchmarks
         self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
         self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
+        self.pool: ConnectionPool | None = None  # comms to peers for blob streams
 
     def setup(self, worker: Worker) -> None:
         cfg = settings()
@@ -67,7 +73,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.replicas = LocalReplicas(path)
         worker.handlers["omax_state"] = self.state
         worker.handlers["omax_replicate"] = self.replicate
-        worker.handlers["omax_blob_read"] = self.blob_read
+        worker.handlers["omax_blob_stream"] = self.blob_stream
         worker.handlers["omax_verify_replica"] = self.verify_replica
         worker.handlers["omax_drop_replica"] = self.drop_replica
         logger.info(
@@ -76,6 +82,10 @@ class OmaxWorkerPlugin(WorkerPlugin):
             [s.id for s in self.slots],
             path,
         )
+
+    async def teardown(self, worker: Worker) -> None:
+        if self.pool is not None:
+            await self.pool.close()
 
     def state(self) -> dict[str, Any]:
         """Slots and replicas, as plain dicts for the scheduler."""
@@ -87,12 +97,31 @@ class OmaxWorkerPlugin(WorkerPlugin):
             "replicas": {d: r.to_dict() for d, r in self.replicas.scan().items()},
         }
 
-    async def blob_read(self, digest: str, offset: int = 0, length: int = -1) -> Any:
-        """``length`` bytes of a local blob from ``offset`` (-1: to its end)."""
+    async def blob_stream(self, comm: Comm, digest: str) -> Status:
+        """Send a local blob on ``comm``: ``{"data": piece}`` messages, then ``{"end": n}``.
+
+        The next piece is read from disk while the current one is being sent. A blob
+        this worker lacks answers ``{"error": ...}``. The comm stays usable afterwards.
+        """
         assert self.replicas is not None
-        data = await asyncio.to_thread(self.replicas.read, digest, offset, length)
-        self.served_bytes += len(data)
-        return to_serialize(data)  # its own frame: no copy into the msgpack header
+        try:
+            f = await asyncio.to_thread(self.replicas.open_blob, digest)
+        except (OSError, ValueError) as err:
+            await comm.write({"error": f"blob {digest} is not on this worker: {err}"})
+            return Status.dont_reply
+        sent = 0
+        try:
+            ahead = asyncio.ensure_future(asyncio.to_thread(f.read, STREAM_PIECE))
+            while piece := await ahead:
+                ahead = asyncio.ensure_future(asyncio.to_thread(f.read, STREAM_PIECE))
+                await comm.write({"data": to_serialize(piece)})  # its own frame, no copy
+                sent += len(piece)
+                self.served_bytes += len(piece)
+            await comm.write({"end": sent})
+        finally:
+            await asyncio.gather(ahead, return_exceptions=True)
+            f.close()
+        return Status.dont_reply
 
     async def replicate(
         self,
@@ -125,7 +154,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
                 digest,
                 origin or self.origin_url,
                 [p for p in peers if p != me],
-                self._read_peer,
+                self._stream_peer,
                 progress=self._progress,
                 on_bad=lambda bad: self._report_bad(digest, bad),
                 rate=rate,
@@ -136,12 +165,35 @@ class OmaxWorkerPlugin(WorkerPlugin):
             await self._push()
         return {**replica.to_dict(), **result.to_dict()}
 
-    async def _read_peer(self, peer: str, digest: str, offset: int, length: int) -> bytes:
+    async def _stream_peer(self, peer: str, digest: str) -> AsyncGenerator[memoryview, None]:
+        """A peer's blob as it arrives: ``omax_blob_stream`` on a pooled comm that
+        does not deserialize, so pieces are views of the receive buffers (no copy)."""
         assert self.worker is not None
-        data = await self.worker.rpc(peer).omax_blob_read(
-            digest=digest, offset=offset, length=length
-        )
-        return bytes(data) if not isinstance(data, bytes) else data
+        if self.pool is None:
+            self.pool = await ConnectionPool(
+                limit=64,
+                deserialize=False,
+                connection_args=self.worker.connection_args,
+                timeout=dask.config.get("distributed.comm.timeouts.connect"),
+                server=self.worker,
+            )
+        comm = await self.pool.connect(peer)
+        try:
+            await comm.write({"op": "omax_blob_stream", "digest": digest, "reply": True})
+            while True:
+                msg = await comm.read()
+                if "data" in msg:
+                    for frame in msg["data"].frames:
+                        yield memoryview(frame)
+                elif "end" in msg:
+                    break
+                else:
+                    raise BlobNotFound(str(msg.get("error", msg)))
+        except BaseException:
+            comm.abort()  # mid-stream: the comm cannot be reused
+            raise
+        finally:
+            self.pool.reuse(peer, comm)
 
     async def verify_replica(self, digest: str) -> list[str]:
         """Re-hash a replica; bad blobs are deleted and it becomes partial. Return them."""

@@ -8,12 +8,13 @@ Two layers:
   to the least loaded peer); the other peers follow, and the origin store comes last.
   A (blob, source) pair that already delivered bad bytes is never planned again.
 - ``fetch_blobs`` is the plumbing: an asyncio loop with at most ``concurrency`` blobs
-  in flight and at most ``per_peer`` of them on any one peer. Peer bytes arrive
-  through a ``ReadPeer`` callable (Dask RPC in the worker plugin); origin bytes are
-  read in a thread. Every blob is written with ``BlobStore.put_stream(...,
-  expected_digest=...)``, so it lands under its name only after it verified; bytes
-  that do not verify are fetched again from the next source and the bad source is
-  reported through ``on_bad``.
+  in flight and at most ``per_peer`` of them on any one peer. Peer bytes arrive as a
+  stream of pieces through a ``PeerStream`` callable (one Dask comm per blob in the
+  worker plugin, no round trip per piece); origin bytes are read in a thread. Each
+  blob is hashed and written by ``BlobStore.put_stream(..., expected_digest=...)`` in
+  a thread *while* its next pieces arrive (at most ``DEPTH`` pieces buffered), so it
+  lands under its name only after it verified; bytes that do not verify are fetched
+  again from the next source and the bad source is reported through ``on_bad``.
 
 Resuming is free: a blob already in the local store verified when it was written,
 so a fetch after a crash or restart skips it. ``fetch_blobs`` never marks anything
@@ -26,9 +27,11 @@ names it and what each source answered). Everything else is caught per source.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,9 +41,12 @@ from omax.sharding.blobs import BlobStore
 logger = logging.getLogger(__name__)
 
 ORIGIN = "origin"
-PIECE = 16 << 20  # bytes per peer read; a blob larger than this takes several reads
+PIECE = 16 << 20  # bytes per origin read
+DEPTH = 8  # pieces of one blob received but not yet hashed and written
 
-ReadPeer = Callable[[str, str, int, int], Awaitable[bytes]]  # (peer, digest, offset, length)
+Buffer = bytes | memoryview
+# (peer, digest) -> the blob's bytes as they arrive, piece by piece (unverified)
+PeerStream = Callable[[str, str], AsyncGenerator[Buffer, None]]
 
 
 @dataclass(frozen=True)
@@ -130,11 +136,11 @@ async def fetch_blobs(
     store: BlobStore,
     sizes: Mapping[str, int],
     peers: Sequence[str],
-    read_peer: ReadPeer | None,
+    stream_peer: PeerStream | None,
     origin: BlobStore | None,
     *,
     concurrency: int = 8,
-    per_peer: int = 4,
+    per_peer: int = 2,
     rate: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
     on_bad: Callable[[BadSource], None] | None = None,
@@ -152,7 +158,7 @@ async def fetch_blobs(
     if on_progress is not None:
         on_progress(done, result.total)
     bad: set[tuple[str, str]] = set()
-    plan = plan_sources(sizes, present, peers if read_peer else (), (), origin is not None)
+    plan = plan_sources(sizes, present, peers if stream_peer else (), (), origin is not None)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for blob in plan:
         queue.put_nowait(blob)
@@ -172,10 +178,11 @@ async def fetch_blobs(
                     await limit.take(sizes[blob])
                     await asyncio.to_thread(_copy_blob, origin, store, blob)
                 else:
-                    assert read_peer is not None
+                    assert stream_peer is not None
                     async with peer_slots[source]:
-                        pieces = await _read_pieces(read_peer, source, blob, sizes[blob], limit)
-                    await asyncio.to_thread(store.put_stream, pieces, blob)
+                        await _store_stream(
+                            store, stream_peer(source, blob), blob, sizes[blob], limit
+                        )
             except DigestMismatch as err:
                 bad.add((blob, source))
                 report = BadSource(source, blob, str(err))
@@ -214,21 +221,22 @@ async def fetch_one(
     store: BlobStore,
     digest: str,
     peers: Sequence[str],
-    read_peer: ReadPeer | None,
+    stream_peer: PeerStream | None,
     origin: BlobStore | None,
 ) -> bytes:
     """The verified bytes of one blob of unknown size (a manifest), stored locally too."""
     if await asyncio.to_thread(store.has, digest):
         return await asyncio.to_thread(store.get, digest)
     errors = []
-    for source in [*(peers if read_peer else ()), *([ORIGIN] if origin else [])]:
+    for source in [*(peers if stream_peer else ()), *([ORIGIN] if origin else [])]:
         try:
             if source == ORIGIN:
                 assert origin is not None
                 data = await asyncio.to_thread(origin.get, digest, False)
             else:
-                assert read_peer is not None
-                data = await read_peer(source, digest, 0, -1)
+                assert stream_peer is not None
+                async with contextlib.aclosing(stream_peer(source, digest)) as pieces:
+                    data = b"".join([bytes(p) async for p in pieces])
             await asyncio.to_thread(store.put_stream, [data], digest)
             return data
         except Exception as err:
@@ -236,22 +244,60 @@ async def fetch_one(
     raise StoreError(f"blob {digest} could not be fetched: {'; '.join(errors) or 'no source'}")
 
 
-async def _read_pieces(
-    read_peer: ReadPeer, peer: str, blob: str, size: int, limit: _Rate
-) -> list[bytes]:
-    pieces = []
-    offset = 0
-    while offset < size or size == 0:
-        n = min(PIECE, size - offset)
-        await limit.take(n)
-        data = await read_peer(peer, blob, offset, n)
-        if len(data) != n:
-            raise DigestMismatch(f"peer sent {len(data)} bytes at offset {offset}, not {n}")
-        pieces.append(data)
-        offset += n
-        if size == 0:
-            break
-    return pieces
+class _Abort(Exception):
+    """Raised inside the writer thread when the stream feeding it failed."""
+
+
+async def _store_stream(
+    store: BlobStore, pieces: AsyncGenerator[Buffer, None], blob: str, size: int, limit: _Rate
+) -> None:
+    """Write a peer's stream of ``blob`` into ``store``, hashing in a thread as it lands.
+
+    The event loop keeps receiving while the thread hashes and writes; at most
+    ``DEPTH`` pieces wait in between. A stream that fails, sends more or fewer than
+    ``size`` bytes, or hashes to another name leaves nothing behind.
+    """
+    loop = asyncio.get_running_loop()
+    inbox: queue.SimpleQueue[Buffer | None | _Abort] = queue.SimpleQueue()
+    room = asyncio.Semaphore(DEPTH)
+
+    def chunks() -> Iterator[Buffer]:
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            if isinstance(item, _Abort):
+                raise item
+            yield item
+            loop.call_soon_threadsafe(room.release)
+
+    writer = asyncio.ensure_future(asyncio.to_thread(store.put_stream, chunks(), blob))
+
+    def unblock(_: object) -> None:  # a writer that fails early must not leave us waiting
+        for _ in range(DEPTH):
+            room.release()
+
+    writer.add_done_callback(unblock)
+    got = 0
+    try:
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                got += len(piece)
+                if got > size:
+                    raise DigestMismatch(f"peer sent more than the {size} bytes of {blob}")
+                await limit.take(len(piece))
+                await room.acquire()
+                if writer.done():
+                    break
+                inbox.put(piece)
+        if not writer.done() and got != size:
+            raise DigestMismatch(f"peer sent {got} of the {size} bytes of {blob}")
+    except BaseException:
+        inbox.put(_Abort())
+        await asyncio.gather(writer, return_exceptions=True)  # the thread removes its temp file
+        raise
+    inbox.put(None)
+    await writer
 
 
 def _copy_blob(origin: BlobStore, store: BlobStore, blob: str) -> None:

@@ -45,11 +45,11 @@ def test_fetch_reads_from_peers_verifies_and_refetches_damaged_bytes(tmp_path):
     peers = {"p1": peer1, "p2": peer2}
     calls = []
 
-    async def read(peer, digest, offset, length):
+    async def read(peer, digest):
         calls.append(peer)
         with open(peers[peer].path(digest), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
+            while piece := f.read(1000):
+                yield piece
 
     bad = []
     seen = []
@@ -78,10 +78,35 @@ def test_fetch_falls_back_to_the_origin_and_fails_loudly_without_one(tmp_path):
     origin, local, other = _stores(tmp_path, 3)
     d = origin.put_bytes(b"x" * 1000)
 
-    async def gone(peer, digest, offset, length):
+    async def gone(peer, digest):
+        yield b"half"
         raise OSError("peer left")
 
     result = asyncio.run(fetch_blobs(local, {d: 1000}, ["p1"], gone, origin))
     assert result.fetched == {ORIGIN: 1000}
     with pytest.raises(StoreError, match="could not be fetched"):
         asyncio.run(fetch_blobs(other, {d: 1000}, ["p1"], gone, None))
+
+
+def test_a_stream_of_the_wrong_length_is_a_bad_source_and_leaves_nothing_behind(tmp_path):
+    origin, local = _stores(tmp_path, 2)
+    data = bytes(range(256)) * 400
+    d = origin.put_bytes(data)
+
+    async def short(peer, digest):
+        yield data[:1000]
+
+    async def long(peer, digest):
+        yield data
+        yield b"!"
+
+    for stream in (short, long):
+        bad = []
+        result = asyncio.run(
+            fetch_blobs(local, {d: len(data)}, ["p1"], stream, origin, on_bad=bad.append)
+        )
+        assert result.fetched == {ORIGIN: len(data)}
+        assert [b.source for b in bad] == ["p1"] and "bytes" in bad[0].reason
+        assert local.get(d) == data
+        assert not list((tmp_path / "s1" / "blobs" / "tmp").iterdir())
+        local.delete(d)
