@@ -5,6 +5,10 @@ prefills at most one prompt chunk (in the runner's staging slot) and decodes eve
 live sequence together in one forward pass. Output chunks are appended to per-request
 outboxes that ``take`` drains for several requests at once.
 
+A sequence that leaves the batch keeps its KV in one of the runner's prefix rows
+(``omax.engine.prefix``); a later prompt that starts with those tokens copies them into
+the staging slot on admission and prefills only the rest.
+
 Invariant (the runner's cache depends on it): ``self.decoding[i].slot == i``.
 """
 
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omax.engine import scheduler
+from omax.engine.prefix import Hit, PrefixCache
 from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
 from omax.engine.runner import Runner
 from omax.engine.sampling import SamplerState, sample
@@ -42,6 +47,7 @@ class Sequence:
     slot: int = -1
     pos: int = 0  # tokens in the cache
     last: int = -1  # sampled, not yet in the cache
+    cached: int = 0  # leading prompt tokens copied from a prefix row, not prefilled
     prefill_ns: int = 0
     eval_ns: int = 0
     tool_stream: ToolCallStream | None = None  # set when the request has tools
@@ -66,12 +72,17 @@ class Batcher:
         *,
         kv_budget: int,
         chunk: int = 256,
+        prefix_min: int = 16,
     ) -> None:
         self.runner = runner
         self.decode_text = decode
         self.eos_ids = eos_ids
         self.kv_budget = kv_budget
         self.chunk = chunk
+        self.prefix = PrefixCache(runner.prefix_rows, min_tokens=prefix_min)
+        # Running totals: prompt tokens run through the model, and those copied instead.
+        self.prefilled_tokens = 0
+        self.reused_tokens = 0
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.decoding: list[Sequence] = []
@@ -130,6 +141,10 @@ class Batcher:
         n = sum(s.pos for s in self.decoding)
         return n + (self.prefilling.pos if self.prefilling else 0)
 
+    def prefix_tokens(self) -> int:
+        """Tokens held in prefix rows (bounded by the rows; not live sequences)."""
+        return sum(len(e.tokens) for e in list(self.prefix.entries.values()))
+
     def close(self) -> None:
         self._stop = True
         self._wake.set()
@@ -163,6 +178,7 @@ class Batcher:
         self.waiting.clear()
         self.decoding = []
         self.prefilling = None
+        self.prefix.clear()  # a step that failed midway may have left a row half-written
         for s in seqs:
             self._emit(s, GenerateChunk(done=True, done_reason="error", error=msg))
 
@@ -171,8 +187,16 @@ class Batcher:
             self.waiting.append(self._inbox.popleft())
         while self._cancels:
             self._cancel(self._cancels.popleft())
+        hit: Hit | None = None
+        head: list[scheduler.Waiting] = []
+        if self.waiting:
+            first = self.waiting[0]
+            if self.prefilling is None and len(self.decoding) < self.runner.max_slots:
+                hit = self.prefix.match(first.prompt)
+            cached = hit.n if hit else 0
+            head = [scheduler.Waiting(first.rid, len(first.prompt), first.reserve, cached)]
         d = scheduler.schedule(
-            [scheduler.Waiting(s.rid, len(s.prompt), s.reserve) for s in list(self.waiting)[:1]],
+            head,
             scheduler.Prefilling(
                 self.prefilling.rid,
                 self.prefilling.pos,
@@ -188,15 +212,42 @@ class Batcher:
         )
         if d.admit is not None:
             self.prefilling = self.waiting.popleft()
+            if hit is not None:
+                self._reuse_prefix(self.prefilling, hit)
         if d.prefill is not None:
             assert self.prefilling is not None  # the scheduler prefills an admitted sequence
             self._prefill_chunk(self.prefilling, d.prefill[1], d.prefill[2])
         if self.decoding:
             self._decode_step()
 
+    def _reuse_prefix(self, seq: Sequence, hit: Hit) -> None:
+        """Copy the KV of ``seq.prompt[:hit.n]`` from a prefix row into the staging slot."""
+        t0 = time.perf_counter_ns()
+        self.runner.copy_slot(self.runner.prefix_row(hit.row), self.runner.staging, hit.n)
+        self.prefix.use(hit.row)
+        seq.pos = seq.cached = hit.n
+        self.reused_tokens += hit.n
+        seq.prefill_ns += time.perf_counter_ns() - t0
+
+    def _keep_prefix(self, seq: Sequence) -> None:
+        """Save the KV of a leaving sequence (still in its slot) to a prefix row."""
+        if self.runner.prefix_rows <= 0 or seq.slot < 0 or seq.pos <= 0:
+            return
+        tokens = (seq.prompt + seq.generated)[: seq.pos]  # the last sample is not cached
+        plan = self.prefix.plan(tokens)
+        if plan is None:
+            return
+        if plan.touch_only:
+            self.prefix.use(plan.row)
+            return
+        self.prefix.begin_write(plan.row)
+        self.runner.copy_slot(seq.slot, self.runner.prefix_row(plan.row), seq.pos, plan.start)
+        self.prefix.commit(plan.row, tokens)
+
     def _prefill_chunk(self, seq: Sequence, start: int, n: int) -> None:
         t0 = time.perf_counter_ns()
         logits = self.runner.prefill(seq.prompt[start : start + n], start)
+        self.prefilled_tokens += n
         seq.pos = start + n
         if seq.pos < len(seq.prompt):
             seq.prefill_ns += time.perf_counter_ns() - t0
@@ -281,7 +332,11 @@ class Batcher:
         )
 
     def _remove(self, seq: Sequence) -> None:
-        """Free ``seq``'s decode slot, moving the last sequence into it (compaction)."""
+        """Free ``seq``'s decode slot, moving the last sequence into it (compaction).
+
+        Its KV is first kept in a prefix row: compaction overwrites the slot.
+        """
+        self._keep_prefix(seq)
         i = seq.slot
         last = self.decoding.pop()
         if last is not seq:

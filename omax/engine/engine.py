@@ -44,7 +44,13 @@ class Engine:
         kv_budget: int | None = None,
         prefill_chunk: int = 256,
         quant: str = "none",
+        prefix_rows: int = 4,
+        prefix_min: int = 16,
     ) -> None:
+        """``prefix_rows`` cache rows (``max_ctx`` tokens each, committed as written) keep
+        the KV of recently finished sequences; a prompt sharing at least ``prefix_min``
+        leading tokens with one prefills only the rest. ``prefix_rows=0`` turns it off.
+        """
         self.loaded = loaded
         if quant not in QUANTS:
             raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
@@ -61,13 +67,16 @@ class Engine:
         self._grammars_lock = threading.Lock()
         self.max_ctx = min(max_ctx, self.spec.context_length)
         if self.spec.is_generative:
-            runner = make_runner(loaded.model, max_slots=max_batch, max_len=self.max_ctx)
+            runner = make_runner(
+                loaded.model, max_slots=max_batch, max_len=self.max_ctx, prefix_rows=prefix_rows
+            )
             self.batcher = Batcher(
                 runner,
                 self._decode,
                 loaded.eos_token_ids,
                 kv_budget=kv_budget or max_batch * self.max_ctx,
                 chunk=prefill_chunk,
+                prefix_min=prefix_min,
             )
 
     @classmethod
@@ -202,14 +211,20 @@ class Engine:
         params = sum(t.numel() * t.element_size() for t in model.parameters())
         params += sum(t.numel() * t.element_size() for t in model.buffers())
         out = {"live": 0, "kv_tokens": 0, "kv_bytes": 0, "param_bytes": params}
+        out.update(prefix_tokens=0, prefix_bytes=0, prefilled_tokens=0, reused_tokens=0)
         if self.batcher is not None:
-            kv = self.batcher.kv_tokens()
+            b = self.batcher
+            kv, cached, per_token = b.kv_tokens(), b.prefix_tokens(), b.runner.bytes_per_token
             out.update(
-                live=self.batcher.live(),
-                kv_tokens=kv,
-                kv_bytes=kv * self.batcher.runner.bytes_per_token,
+                live=b.live(),
+                kv_tokens=kv,  # live sequences only: 0 once every request has left
+                kv_bytes=kv * per_token,
+                prefix_tokens=cached,  # finished sequences kept for prefix reuse
+                prefix_bytes=cached * per_token,
+                prefilled_tokens=b.prefilled_tokens,  # totals since load
+                reused_tokens=b.reused_tokens,
             )
-        out["memory_bytes"] = out["param_bytes"] + out["kv_bytes"]
+        out["memory_bytes"] = out["param_bytes"] + out["kv_bytes"] + out["prefix_bytes"]
         if torch.cuda.is_available() and self.loaded.device.type == "cuda":
             out["cuda_allocated"] = torch.cuda.memory_allocated(self.loaded.device)
         return out

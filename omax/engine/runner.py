@@ -1,7 +1,8 @@
 """The model runner: llama-family forward passes over a slot-based static KV cache.
 
-The cache holds ``max_slots`` decode slots plus one staging slot (the last) where a
-prompt is prefilled, chunk by chunk. Decoding sequences always occupy slots
+The cache holds ``max_slots`` decode slots, one staging slot (``max_slots``) where a
+prompt is prefilled, chunk by chunk, and ``prefix_rows`` rows after it that keep the KV
+of recently finished sequences for prompt-prefix reuse (``omax.engine.prefix``). Decoding sequences always occupy slots
 ``0..B-1`` so one decode step reads the cache through a view (no gather) and runs all
 of them in ONE forward pass, with a key mask for their different lengths.
 
@@ -24,7 +25,7 @@ from omax.errors import EngineError
 
 
 class Runner:
-    def __init__(self, model: Any, *, max_slots: int, max_len: int) -> None:
+    def __init__(self, model: Any, *, max_slots: int, max_len: int, prefix_rows: int = 0) -> None:
         if not hasattr(model, "model") or not hasattr(model.model, "layers"):
             raise EngineError(f"{type(model).__name__} is not a decoder-only model we can run")
         self.model = model
@@ -38,15 +39,16 @@ class Runner:
         self.max_slots = max_slots
         self.max_len = max_len
         self.staging = max_slots
+        self.prefix_rows = prefix_rows
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        shape = (max_slots + 1, self.n_kv, max_len, self.head_dim)
+        shape = (max_slots + 1 + prefix_rows, self.n_kv, max_len, self.head_dim)
         # torch.empty: pages are only committed once written, so memory follows use.
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         # Positions below hw[slot] hold finite values. A masked key still multiplies its
         # value by zero, and 0 * NaN from never-written memory would poison the row.
-        self.hw = [0] * (max_slots + 1)
+        self.hw = [0] * shape[0]
 
     def _ensure_init(self, b: int, length: int) -> None:
         for s in range(b):
@@ -60,14 +62,20 @@ class Runner:
     def bytes_per_token(self) -> int:
         return 2 * len(self.k) * self.n_kv * self.head_dim * self.k[0].element_size()
 
-    def copy_slot(self, src: int, dst: int, length: int) -> None:
-        """Move the first ``length`` cached positions of slot ``src`` into ``dst``."""
-        if src == dst or length <= 0:
+    def prefix_row(self, i: int) -> int:
+        """The cache row of prefix row ``i`` (``0 <= i < prefix_rows``)."""
+        assert 0 <= i < self.prefix_rows
+        return self.max_slots + 1 + i
+
+    def copy_slot(self, src: int, dst: int, length: int, start: int = 0) -> None:
+        """Copy cached positions ``start..length-1`` of row ``src`` into row ``dst``."""
+        if src == dst or length <= start:
             return
-        self.hw[dst] = max(self.hw[dst], length)
+        if start <= self.hw[dst]:
+            self.hw[dst] = max(self.hw[dst], length)
         for k, v in zip(self.k, self.v, strict=True):
-            k[dst, :, :length].copy_(k[src, :, :length])
-            v[dst, :, :length].copy_(v[src, :, :length])
+            k[dst, :, start:length].copy_(k[src, :, start:length])
+            v[dst, :, start:length].copy_(v[src, :, start:length])
 
     def _layer(self, i, h, cos, sin, write, read_k, attn_mask, is_causal):
         layer = self.layers[i]
@@ -159,20 +167,23 @@ class FastRunner(Runner):
     Decode folds the query heads that share a KV head into query rows of one SDPA call.
     """
 
-    def __init__(self, model: FastLlama, *, max_slots: int, max_len: int) -> None:  # noqa: D107
+    def __init__(  # noqa: D107
+        self, model: FastLlama, *, max_slots: int, max_len: int, prefix_rows: int = 0
+    ) -> None:
         self.fast = model
         self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
         self.group = self.n_heads // self.n_kv
         self.max_slots = max_slots
         self.max_len = min(max_len, model.freqs.shape[0])
         self.staging = max_slots
+        self.prefix_rows = prefix_rows
         self.device, self.dtype = model.device, model.act
-        shape = (max_slots + 1, self.n_kv, self.max_len, self.head_dim)
+        shape = (max_slots + 1 + prefix_rows, self.n_kv, self.max_len, self.head_dim)
         n = len(model.layers)
         # torch.empty: pages are only committed once written, so memory follows use.
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
-        self.hw = [0] * (max_slots + 1)
+        self.hw = [0] * shape[0]
 
     @torch.inference_mode()
     def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> torch.Tensor:
@@ -244,9 +255,9 @@ def is_fast(model: object) -> bool:
     return isinstance(model, FastLlama)
 
 
-def make_runner(model: object, *, max_slots: int, max_len: int) -> Runner:
+def make_runner(model: object, *, max_slots: int, max_len: int, prefix_rows: int = 0) -> Runner:
     """The runner for a loaded model: lean for ``FastLlama``, transformers otherwise."""
     if isinstance(model, FastLlama):
-        return FastRunner(model, max_slots=max_slots, max_len=max_len)
+        return FastRunner(model, max_slots=max_slots, max_len=max_len, prefix_rows=prefix_rows)
     assert isinstance(model, torch.nn.Module)
-    return Runner(model, max_slots=max_slots, max_len=max_len)
+    return Runner(model, max_slots=max_slots, max_len=max_len, prefix_rows=prefix_rows)

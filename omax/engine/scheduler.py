@@ -3,7 +3,8 @@
 The batcher owns one staging slot for prompt prefill (one prompt at a time, chunked)
 and ``max_slots`` decode slots. A waiting request is admitted to prefill only when a
 decode slot will be free for it and its reserved KV tokens fit the budget, in FIFO
-order, so a long prompt is never starved by later short ones.
+order, so a long prompt is never starved by later short ones. An admitted prompt whose
+leading tokens come from a prefix row (``Waiting.cached``) prefills from there on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class Waiting:
     rid: str
     prompt_len: int
     reserve: int  # KV tokens this request may grow to (prompt + generation, capped)
+    cached: int = 0  # leading prompt tokens whose KV a prefix row supplies on admission
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def schedule(
         # the batcher's to cap, not ours to starve).
         if used + head.reserve <= kv_budget or (not decoding):
             admit = head.rid
-            prefilling = Prefilling(head.rid, 0, head.prompt_len, head.reserve)
+            prefilling = Prefilling(head.rid, head.cached, head.prompt_len, head.reserve)
     prefill = None
     if prefilling is not None:
         n = min(chunk, prefilling.prompt_len - prefilling.done)
