@@ -1,10 +1,12 @@
 """Replication policy, as pure functions of the registry's plain data.
 
 - ``plan`` keeps every wanted model at its target count of complete replicas: for
-  each model short of its target it picks workers to fetch it (a worker with a
-  partial replica first, since it resumes; then the worker holding the fewest
-  bytes) and names the workers that hold it whole as sources.
+  each model short of its target it picks workers to fetch it (one whose disk budget
+  has room for it first; then a worker with a partial replica, since it resumes;
+  then the worker holding the fewest bytes) and names the workers that hold it
+  whole as sources.
 - ``sources_for`` names the peers one worker can fetch a model from.
+- ``budgets`` maps each worker with a disk budget to it, in bytes.
 - ``plan_evictions`` frees disk on workers over their budget: it drops replicas
   that are neither loaded nor needed for a target, least recently used first, and
   plans copies of needed ones onto workers with room so they can go next round.
@@ -69,7 +71,8 @@ def plan(
     """Jobs that bring every model of ``targets`` up to its count of complete replicas.
 
     A running fetch counts toward the target. When there are fewer workers than the
-    target, every worker gets one.
+    target, every worker gets one. A worker over its disk budget (``disk_budget``)
+    is chosen only when no worker has room: the target wins over the budget.
     """
     pool = list(workers)
     load = {w.address: held_bytes(w) for w in pool}
@@ -84,17 +87,26 @@ def plan(
         taken = set(have) | running
         sources = tuple(a for a in have if (digest, a) not in bad)
         candidates = [w for w in pool if w.address not in taken]
-        candidates.sort(key=lambda w: _rank(w, digest, load))
         size = max((r.bytes_total for w in pool if (r := w.replicas.get(digest))), default=1)
+        candidates.sort(key=lambda w: _rank(w, digest, size, load))
         for w in candidates[:short]:
             jobs.append(Job(digest, w.address, sources))
             load[w.address] += size
     return jobs
 
 
-def _rank(w: WorkerInfo, digest: str, load: Mapping[str, int]) -> tuple[int, int, str]:
+def _rank(
+    w: WorkerInfo, digest: str, size: int, load: Mapping[str, int]
+) -> tuple[bool, int, int, str]:
     r = w.replicas.get(digest)
-    return (-(r.bytes_done if r else 0), load[w.address], w.address)
+    done = r.bytes_done if r else 0
+    no_room = 0 < w.disk_budget < load[w.address] + size - done
+    return (no_room, -done, load[w.address], w.address)
+
+
+def budgets(workers: Iterable[WorkerInfo]) -> dict[str, int]:
+    """Disk budget per worker address, in bytes; workers without a limit are left out."""
+    return {w.address: w.disk_budget for w in workers if w.disk_budget > 0}
 
 
 def plan_evictions(

@@ -6,20 +6,35 @@ Load it with ``dask scheduler --preload omax.plugins.scheduler``. It keeps
   worker joins, pushed by the worker with ``omax_report`` when they change),
 - replication progress per (model, worker),
 - every loaded model: its ModelActor's key, worker, slot, memory, last use and
-  requests in flight; the actor lives as long as the plugin holds its future.
+  requests in flight; the actor lives as long as the plugin holds its future,
+- the wanted count of complete replicas per model, and when each replica was last
+  used (fetched, or its model used on that worker).
 
 Front doors and the CLI call the ``omax_*`` RPC handlers. ``omax_ensure`` returns a
 ready actor for a model, loading it when none is: placement is the pure
 ``placement.place``; the plumbing here only executes its decision. Hooks stay O(1)
 in the number of tasks. Idle models unload after their keep_alive.
+
+Every 2 s the replication loop brings wanted models to their count
+(``replication_plan.plan``) and brings workers over their disk budget
+(``omax.worker.disk-budget``) back under it (``replication_plan.plan_evictions``):
+it drops replicas that are neither loaded nor needed for a count, least recently
+used first, through the worker's ``omax_drop_replica``. A dropped replica comes back
+the usual way when a load or a pull needs it.
+
+Wanted counts are kept next to the catalog, in ``<store>/replication/wanted.json``
+(this plugin is its only writer), so a restarted scheduler keeps pulled models at
+their count. Deleting a model's last catalog name un-wants it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
+import os
 import time
 import uuid
 from dataclasses import replace
@@ -63,6 +78,13 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.suspect: frozenset[tuple[str, str]] = frozenset()
         self.damage: tuple[dict[str, Any], ...] = ()
         self._maintainer: asyncio.Task | None = None
+        # eviction: (model, worker) -> last use of that replica, loads choosing a
+        # worker (their replica must stay), and drops running
+        self.used: dict[tuple[str, str], float] = {}
+        self.placing: frozenset[tuple[str, str]] = frozenset()
+        self.dropping: dict[tuple[str, str], asyncio.Task] = {}
+        self._wanted_saved: dict[str, int] = {}  # as in the origin store
+        self._wanted_lock = asyncio.Lock()
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -86,6 +108,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
 
         dashboard.register(scheduler, self)
         self._maintainer = asyncio.create_task(self._replicate_forever())
+        asyncio.ensure_future(self._load_wanted())
 
     async def before_close(self) -> None:
         if self._reaper:
@@ -111,6 +134,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         for key in gone:
             self.futures.pop(key, None)
         self.progress = {k: v for k, v in self.progress.items() if k[1] != worker}
+        self.used = {k: t for k, t in self.used.items() if k[1] != worker}
         if gone:
             logger.warning("worker %s left; re-placing %d loaded model(s)", worker, len(gone))
             now = time.time()
@@ -152,10 +176,17 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             replicas={d: Replica.from_dict(r) for d, r in (replicas or {}).items()},
             disk_budget=int(disk_budget),
         )
+        old = self.workers.get(worker)
         self.workers = {**self.workers, worker: info}
+        now = time.time()
         for digest, r in info.replicas.items():
             if r.complete:
                 self.progress.pop((digest, worker), None)
+                if old is None or not _complete(old, digest):
+                    self.used.setdefault((digest, worker), now)  # arrived: a use
+        for digest in old.replicas if old is not None else ():
+            if digest not in info.replicas:
+                self.used.pop((digest, worker), None)
 
     def omax_progress(self, worker: str, digest: str, done: int, total: int) -> None:
         self.progress[(digest, worker)] = (int(done), int(total))
@@ -204,10 +235,42 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         from omax.sharding.catalog import Catalog
 
         try:
-            entry = await asyncio.to_thread(Catalog(self.cfg.store_url).delete, name)
-            return {"entry": asdict(entry)}
+            catalog = Catalog(self.cfg.store_url)
+            entry = await asyncio.to_thread(catalog.delete, name)
+            named = {e.digest for e in await asyncio.to_thread(catalog.list)}
         except OmaxError as e:
             return {"error": str(e), "status": e.status}
+        if entry.digest not in named and entry.digest in self.wanted:
+            # no name left: its replicas are a cache now, evictable and not restored
+            self.wanted = {d: n for d, n in self.wanted.items() if d != entry.digest}
+            logger.info("%s no longer wanted: %s deleted", entry.digest[:19], entry.name)
+            await self._save_wanted()
+        return {"entry": asdict(entry)}
+
+    async def _load_wanted(self) -> None:
+        """Wanted counts a previous scheduler saved; what is wanted since start wins."""
+        async with self._wanted_lock:  # no save before this load
+            try:
+                saved = await asyncio.to_thread(read_wanted, self.cfg.store_url)
+            except Exception as e:
+                logger.warning("could not read the wanted replica counts: %s", e)
+                return
+            self._wanted_saved = saved
+            self.wanted = {**saved, **self.wanted}
+        if saved:
+            logger.info("%d model(s) wanted at their replica count since before", len(saved))
+
+    async def _save_wanted(self) -> None:
+        """Write the wanted counts next to the catalog when they changed."""
+        async with self._wanted_lock:
+            wanted = dict(self.wanted)
+            if wanted == self._wanted_saved:
+                return
+            try:
+                await asyncio.to_thread(write_wanted, self.cfg.store_url, wanted)
+                self._wanted_saved = wanted
+            except Exception as e:
+                logger.warning("could not save the wanted replica counts: %s", e)
 
     # ---- loading and unloading ------------------------------------------------
 
@@ -275,15 +338,35 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         decision = placement.place(self.workers.values(), list(self.loaded.values()), need)
         if isinstance(decision, placement.Refuse):
             raise PlacementRefused(decision.reason)
+        spot = (digest, decision.worker)
+        self.placing = self.placing | {spot}  # eviction leaves this replica alone
+        try:
+            await self._place(name, digest, num_ctx, keep_alive, decision, need.memory)
+        finally:
+            self.placing = self.placing - {spot}
+
+    async def _place(
+        self,
+        name: str,
+        digest: str,
+        num_ctx: int,
+        keep_alive: float | None,
+        decision: placement.Place,
+        memory: int,
+    ) -> None:
         for key in decision.evict:
             await self._unload(key)
         assert self.scheduler is not None
+        drop = self.dropping.get((digest, decision.worker))
+        if drop is not None:  # evicted just before: let it finish, then fetch again
+            await asyncio.gather(asyncio.shield(drop), return_exceptions=True)
         peers = replication_plan.sources_for(
             self.workers.values(), digest, decision.worker, self.suspect
         )
         await self.scheduler.rpc(decision.worker).omax_replicate(
             digest=digest, origin=self.cfg.store_url, peers=list(peers)
         )
+        self.used[(digest, decision.worker)] = time.time()
         client = await self._get_client()
         from omax.engine.actor import ModelActor
         from omax.plugins.source import local_source
@@ -295,7 +378,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             digest=digest,
             worker=decision.worker,
             slot=decision.slot,
-            memory=need.memory,
+            memory=memory,
             num_ctx=num_ctx,
             last_used=time.time(),
             keep_alive=self.cfg.keep_alive if keep_alive is None else keep_alive,
@@ -360,6 +443,9 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             except Exception:
                 pass
         if m is not None:
+            self.used[(m.digest, m.worker)] = max(
+                m.last_used, self.used.get((m.digest, m.worker), 0)
+            )
             logger.info("unloaded %s from %s", m.name, m.worker)
 
     async def _reap_forever(self) -> None:
@@ -379,6 +465,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         """
         n = max(target or self.cfg.replication_target, self.wanted.get(digest, 0))
         self.wanted = {**self.wanted, digest: n}
+        await self._save_wanted()
         errors: list[str] = []
         for _ in range(4):  # a failed fetch is planned again elsewhere, a few times
             self.retry_after = {k: t for k, t in self.retry_after.items() if k[0] != digest}
@@ -440,10 +527,73 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         busy = set(self.replicating) | set(self.retry_after)
         jobs = replication_plan.plan(self.workers.values(), self.wanted, busy, self.suspect)
         for job in jobs:
-            key = (job.digest, job.worker)
-            task = asyncio.ensure_future(self._run_job(job))
-            self.replicating = {**self.replicating, key: task}
-            task.add_done_callback(functools.partial(self._job_done, key))
+            self._start_job(job)
+
+    def _start_job(self, job: replication_plan.Job) -> None:
+        key = (job.digest, job.worker)
+        task = asyncio.ensure_future(self._run_job(job))
+        self.replicating = {**self.replicating, key: task}
+        task.add_done_callback(functools.partial(self._job_done, key))
+
+    def _start_evictions(self) -> None:
+        """Plan drops and copies for workers over their disk budget and start them.
+
+        Waits for the previous round's drops, whose bytes the registry still counts.
+        """
+        budgets = replication_plan.budgets(self.workers.values())
+        if not budgets or self.dropping:
+            return
+        loaded = {(m.digest, m.worker) for m in self.loaded.values()}
+        last_used = {
+            **self.used,
+            **{(m.digest, m.worker): m.last_used for m in self.loaded.values()},
+        }
+        busy = set(self.replicating) | self.placing
+        drops, jobs = replication_plan.plan_evictions(
+            self.workers.values(), budgets, self.wanted, loaded, last_used, busy
+        )
+        for drop in drops:
+            key = (drop.digest, drop.worker)
+            task = asyncio.ensure_future(self._drop(drop, budgets[drop.worker]))
+            self.dropping = {**self.dropping, key: task}
+            task.add_done_callback(functools.partial(self._drop_done, key))
+        for job in jobs:
+            if (job.digest, job.worker) not in self.replicating:
+                logger.info(
+                    "moving %s off %s (over its disk budget) to %s",
+                    job.digest[:19],
+                    job.sources[0],
+                    job.worker,
+                )
+                self._start_job(job)
+
+    async def _drop(self, drop: replication_plan.Drop, budget: int) -> int:
+        assert self.scheduler is not None
+        info = self.workers.get(drop.worker)
+        held = replication_plan.held_bytes(info) if info is not None else 0
+        logger.info(
+            "evicting %s from %s: it holds %s, over its disk budget of %s",
+            drop.digest[:19],
+            drop.worker,
+            placement.fmt_bytes(held),
+            placement.fmt_bytes(budget),
+        )
+        try:
+            reply = self.scheduler.rpc(drop.worker).omax_drop_replica(digest=drop.digest)
+            freed = int(await asyncio.wait_for(reply, 120))
+        except Exception as e:  # planned again next round if still over budget
+            logger.warning("evicting %s from %s failed: %s", drop.digest[:19], drop.worker, e)
+            return 0
+        logger.info(
+            "evicted %s from %s: %s freed",
+            drop.digest[:19],
+            drop.worker,
+            placement.fmt_bytes(freed),
+        )
+        return freed
+
+    def _drop_done(self, key: tuple[str, str], task: asyncio.Task) -> None:
+        self.dropping = {k: t for k, t in self.dropping.items() if k != key}
 
     def _job_done(self, key: tuple[str, str], task: asyncio.Task) -> None:
         self.replicating = {k: t for k, t in self.replicating.items() if k != key}
@@ -466,13 +616,16 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         if info is not None and result.get("complete"):
             replicas = {**info.replicas, job.digest: Replica.from_dict(result)}
             self.workers = {**self.workers, job.worker: replace(info, replicas=replicas)}
+            self.used[(job.digest, job.worker)] = time.time()
         return result
 
     async def _maintain(self) -> None:
         try:
             self._start_replication()
+            self._start_evictions()
         except Exception:
             logger.exception("replication planning failed")
+        await self._save_wanted()  # e.g. counts a leaving worker added
 
     async def _replicate_forever(self) -> None:
         while True:
@@ -496,6 +649,45 @@ def model_memory(manifest: Any, num_ctx: int, dtype: str) -> int:
         n = math.prod(t.shape) if t.shape else 1
         weights += n * (per if t.ggml_type or t.dtype in ("float32", "float16", "bfloat16") else 8)
     return placement.estimate_memory(manifest.config, weights, num_ctx, per)
+
+
+def _complete(w: WorkerInfo, digest: str) -> bool:
+    r = w.replicas.get(digest)
+    return r is not None and r.complete
+
+
+WANTED_PATH = "replication/wanted.json"
+
+
+def read_wanted(url: str) -> dict[str, int]:
+    """The wanted replica counts saved in the origin store at ``url``; {} if none."""
+    from omax.sharding.blobs import open_fs
+
+    fs, root = open_fs(url)
+    try:
+        doc = json.loads(fs.cat_file(f"{root}/{WANTED_PATH}"))
+    except FileNotFoundError:
+        return {}
+    return {str(d): int(n) for d, n in doc["wanted"].items()}
+
+
+def write_wanted(url: str, wanted: dict[str, int]) -> None:
+    """Replace the saved counts in one step (a rename, or a single PUT)."""
+    from omax.sharding.blobs import open_fs
+    from omax.sharding.manifest import canonical_json
+
+    fs, root = open_fs(url)
+    path = f"{root}/{WANTED_PATH}"
+    data = canonical_json({"wanted": wanted})
+    fs.makedirs(f"{root}/replication", exist_ok=True)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
 
 
 def plugin_of(scheduler: Scheduler) -> OmaxSchedulerPlugin:
