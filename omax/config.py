@@ -93,6 +93,7 @@ class Settings:
     worker_store: str
     slot_memory: int
     disk_budget: int
+    cpu_threads: int
     device: str
     engine_dtype: str
     engine_quant: str
@@ -189,6 +190,7 @@ def settings() -> Settings:
         disk_budget=_check(
             "worker.disk-budget", parse_size, "a size such as '200 GiB' (0: no limit)"
         ),
+        cpu_threads=_check("worker.cpu-threads", _int_at_least(0), "an integer >= 0"),
         device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
         engine_dtype=_check("engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"),
         engine_quant=_check(

@@ -13,6 +13,7 @@ worker's local replica of ``model_digest`` (omax.sharding); tests pass files.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,6 +44,19 @@ def store_load_source(model_digest: str, store_url: str) -> LoadSource:
     return load
 
 
+def _use_cpu_threads() -> None:
+    """Give torch ``omax.worker.cpu-threads`` threads (0: every core this process may
+    use). Dask starts worker processes with OMP_NUM_THREADS=1, which would leave a CPU
+    model one core."""
+    import torch
+
+    from omax.config import settings
+
+    n = settings().cpu_threads or len(os.sched_getaffinity(0))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 class ModelActor:
     """One model on one device slot. ``__init__`` is cheap; call ``load()`` next."""
 
@@ -69,6 +83,8 @@ class ModelActor:
 
     def _load_sync(self) -> Engine:
         start = time.perf_counter_ns()
+        if self.device == "cpu":
+            _use_cpu_threads()
         spec, tensors = self._load_source()
         engine = Engine.load(
             spec, tensors, device=self.device, dtype=self.dtype, **self.engine_options
