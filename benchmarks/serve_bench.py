@@ -2,9 +2,9 @@
 
 Run: .venv/bin/python benchmarks/serve_bench.py [--clients 64] [--seconds 60]
 
-1. One stream, SmolLM2, greedy, 128 tokens, 5 runs: tokens/s (best) and time to first
-   token (median) through `omax serve` (official ollama client, streaming) and through
-   `Engine` in-process.
+1. One stream, SmolLM2, greedy, 128 tokens: tokens/s (best of 5) and time to first
+   token (median of 5) through `omax serve` (official ollama client, streaming) and
+   through `Engine` in-process, runs alternating between the two.
    Targets (issue 6): tokens/s >= 0.95x in-process; TTFT adds <= 15 ms at the median.
 2. N concurrent streaming clients for S seconds: errors, p50/p99 time to first token
    and inter-token gap.
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -68,33 +69,42 @@ def start_server(tmp: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("omax serve did not start")
 
 
-def one_stream_http(url: str) -> tuple[float, float]:
-    """(tokens/s over the decode, seconds to first token): best and median of RUNS.
+def _timed(parts: Iterator[bool]) -> tuple[float, float]:
+    """(decode tokens/s, seconds to first token) of one stream; ``parts`` yields
+    whether each part carried a token."""
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    for has_token in parts:
+        if has_token:
+            n += 1
+            if first is None:
+                first = time.perf_counter()
+    end = time.perf_counter()
+    assert first is not None
+    return (n - 1) / (end - first), first - t0
 
-    Through the official ollama client, created once as an application does (a new
-    httpx client per request would add its TLS-context set-up, ~30 ms, to every
-    time to first token)."""
+
+def http_stream(url: str) -> Callable[[], tuple[float, float]]:
+    """One stream through the official ollama client, created once as an application
+    does (a new httpx client per request would add its TLS-context set-up, ~30 ms,
+    to every time to first token)."""
     import ollama
 
     client = ollama.Client(host=url, timeout=300)
-    runs = []
-    for _ in range(RUNS):
-        t0 = time.perf_counter()
-        first = None
-        n = 0
-        options = {"temperature": 0, "num_predict": TOKENS}
-        for part in client.generate(model=MODEL, prompt=PROMPT, stream=True, options=options):
-            if part.response:
-                n += 1
-                if first is None:
-                    first = time.perf_counter()
-        end = time.perf_counter()
-        assert first is not None
-        runs.append(((n - 1) / (end - first), first - t0))
-    return max(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    options = {"temperature": 0, "num_predict": TOKENS}
+
+    def run() -> tuple[float, float]:
+        parts = client.generate(model=MODEL, prompt=PROMPT, stream=True, options=options)
+        return _timed(bool(p.response) for p in parts)
+
+    return run
 
 
-def one_stream_inprocess() -> tuple[float, float]:
+def inprocess_stream() -> tuple[Callable[[], tuple[float, float]], Callable[[], None]]:
+    """One stream through ``Engine`` in this process, with the server's engine settings;
+    and a function that frees the engine."""
+    from omax.config import settings
     from omax.engine.engine import Engine
     from omax.engine.request import GenerateRequest, Message, SamplingOptions
     from omax.plugins.source import store_source
@@ -104,9 +114,7 @@ def one_stream_inprocess() -> tuple[float, float]:
     store = ModelStore(tempfile.mkdtemp())
     store.import_path(bundled.smollm2_gguf_path(), MODEL)
     digest, _ = store.resolve(MODEL)
-    from omax.config import settings
-
-    cfg = settings()  # the same engine settings the server's actors get
+    cfg = settings()
     engine = Engine.load(
         *store_source(store.blobs, digest), dtype=cfg.engine_dtype, quant=cfg.engine_quant
     )
@@ -115,21 +123,31 @@ def one_stream_inprocess() -> tuple[float, float]:
         messages=(Message("user", PROMPT),),
         options=SamplingOptions(temperature=0, num_predict=TOKENS),
     )
-    runs = []
-    for _ in range(RUNS):
-        t0 = time.perf_counter()
-        first = None
-        n = 0
-        for chunk in engine.generate(req):
-            if chunk.text:
-                n += 1
-                if first is None:
-                    first = time.perf_counter()
-        end = time.perf_counter()
-        assert first is not None
-        runs.append(((n - 1) / (end - first), first - t0))
-    engine.close()
-    return max(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+    def run() -> tuple[float, float]:
+        return _timed(bool(c.text) for c in engine.generate(req))
+
+    return run, engine.close
+
+
+def one_stream_both(url: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((tok/s best, TTFT median) in-process, the same through HTTP), runs alternating
+    between the two so both see the same machine (these 2 cores drift by +-15%
+    between minutes)."""
+    local, close = inprocess_stream()
+    http = http_stream(url)
+    runs: dict[str, list[tuple[float, float]]] = {"local": [], "http": []}
+    try:
+        for _ in range(RUNS):
+            runs["local"].append(local())
+            runs["http"].append(http())
+    finally:
+        close()
+
+    def summary(rs: list[tuple[float, float]]) -> tuple[float, float]:
+        return max(r[0] for r in rs), statistics.median(r[1] for r in rs)
+
+    return summary(runs["local"]), summary(runs["http"])
 
 
 async def load_test(url: str, clients: int, seconds: float) -> dict[str, float]:
@@ -188,7 +206,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
 
-    local_tps, local_ttft = one_stream_inprocess()
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(tmp)
         try:
@@ -197,7 +214,7 @@ def main() -> None:
                 json={"model": MODEL, "prompt": "hi", "options": {"num_predict": 1}},
                 timeout=300,
             )
-            http_tps, http_ttft = one_stream_http(url)
+            (local_tps, local_ttft), (http_tps, http_ttft) = one_stream_both(url)
             load = asyncio.run(load_test(url, args.clients, args.seconds))
         finally:
             os.killpg(proc.pid, signal.SIGINT)

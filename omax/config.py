@@ -87,6 +87,13 @@ def parse_duration(value: Any) -> float:
     return sign * sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def _nonnegative_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 0:
+        raise ValueError(value)
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     store_url: str
@@ -97,10 +104,12 @@ class Settings:
     device: str
     engine_dtype: str
     engine_quant: str
+    prefix_cache: str
     host: str
     port: int
     keep_alive: float
     max_queue: int
+    stream_coalesce: float
     max_body: int
     api_keys: tuple[str, ...]
     jwt_secret: str
@@ -196,12 +205,16 @@ def settings() -> Settings:
         engine_quant=_check(
             "engine.quant", _choice("none", "int8", "int4", "bf16"), "none, int8, int4 or bf16"
         ),
+        prefix_cache=_check("engine.prefix-cache", _choice("auto", "on", "off"), "auto, on or off"),
         host=_check("serve.host", _nonempty, "a host name or address"),
         port=_check("serve.port", _port, "a port number 0-65535"),
         keep_alive=_check(
             "serve.keep-alive", parse_duration, "a duration such as '5m', '30s' or -1"
         ),
         max_queue=_check("serve.max-queue", _int_at_least(1), "an integer >= 1"),
+        stream_coalesce=_check(
+            "serve.stream-coalesce", _nonnegative_duration, "a duration such as '40ms' or 0"
+        ),
         max_body=_check("serve.max-body", parse_size, "a size such as '64 MiB'"),
         api_keys=_check("serve.api-keys", _string_list, "a list of strings"),
         jwt_secret=str(_get("serve.jwt-secret") or ""),

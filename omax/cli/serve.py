@@ -67,7 +67,9 @@ async def _serve(
 
         cluster = await start_cluster(workers, dashboard)
         scheduler = cluster.scheduler_address
-    runtime = await ClusterRuntime.connect(scheduler, max_queue=cfg.max_queue)
+    runtime = await ClusterRuntime.connect(
+        scheduler, max_queue=cfg.max_queue, coalesce=cfg.stream_coalesce
+    )
     try:
         if demo:
             await _ensure_demo(runtime)

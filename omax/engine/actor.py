@@ -79,6 +79,7 @@ class ModelActor:
         self.engine: Engine | None = None
         self._loading: asyncio.Task | None = None
         self._ready: asyncio.Event | None = None
+        self._streaming: set[str] = set()  # requests whose first chunk was delivered
         self.load_duration_ns = 0
 
     def _load_sync(self) -> Engine:
@@ -114,24 +115,54 @@ class ModelActor:
         return await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
 
     async def poll(
-        self, request_ids: Iterable[str], timeout: float = 0.05
+        self, request_ids: Iterable[str], timeout: float = 0.05, linger: float = 0.0
     ) -> dict[str, list[GenerateChunk]]:
         """New chunks of several requests; waits up to ``timeout`` s without blocking.
 
         The batching thread sets an asyncio event when it emits, so a waiting poll
-        returns as soon as a token exists rather than on the next timer tick."""
+        returns as soon as a token exists rather than on the next timer tick. With
+        ``linger``, chunks of streams already under way gather until ``linger`` s
+        after the call so one reply carries several steps (fewer round trips and
+        less event-loop work beside the batching thread); a request's first chunk
+        and its last are never held back."""
         eng = self._engine()
         ids = list(request_ids)
+        start = time.monotonic()
         out = eng.poll(ids, 0.0)
-        if out or timeout <= 0:
-            return out
+        if not out and timeout > 0:
+            out = await self._gather(eng, ids, start + timeout, out, bool)
+        if out and linger > 0 and not self._urgent(out):
+            out = await self._gather(eng, ids, start + linger, out, self._urgent)
+        for rid, chunks in out.items():
+            if chunks and chunks[-1].done:
+                self._streaming.discard(rid)
+            else:
+                self._streaming.add(rid)
+        return out
+
+    def _urgent(self, out: dict[str, list[GenerateChunk]]) -> bool:
+        """Whether ``out`` holds a request's first chunk or a last one."""
+        return any(
+            rid not in self._streaming or (chunks and chunks[-1].done)
+            for rid, chunks in out.items()
+        )
+
+    async def _gather(
+        self,
+        eng: Engine,
+        ids: list[str],
+        deadline: float,
+        out: dict[str, list[GenerateChunk]],
+        enough: Callable[[dict[str, list[GenerateChunk]]], bool],
+    ) -> dict[str, list[GenerateChunk]]:
+        """Add new chunks of ``ids`` to ``out`` until ``enough(out)`` or the deadline."""
         ready = self._output_event(eng)
-        deadline = time.monotonic() + timeout
         while True:
             ready.clear()
-            out = eng.poll(ids, 0.0)  # after clear(): an emit from here on sets it again
+            for rid, chunks in eng.poll(ids, 0.0).items():  # after clear(): a later emit sets it
+                out.setdefault(rid, []).extend(chunks)
             remaining = deadline - time.monotonic()
-            if out or remaining <= 0:
+            if enough(out) or remaining <= 0:
                 return out
             try:
                 await asyncio.wait_for(ready.wait(), min(remaining, POLL_INTERVAL * 10))
@@ -153,6 +184,7 @@ class ModelActor:
         return self._ready
 
     async def cancel(self, request_id: str) -> None:
+        self._streaming.discard(request_id)
         self._engine().cancel(request_id)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:

@@ -44,12 +44,16 @@ class Engine:
         kv_budget: int | None = None,
         prefill_chunk: int = 256,
         quant: str = "none",
-        prefix_rows: int = 4,
+        prefix_rows: int | None = None,
         prefix_min: int = 16,
     ) -> None:
         """``prefix_rows`` cache rows (``max_ctx`` tokens each, committed as written) keep
         the KV of recently finished sequences; a prompt sharing at least ``prefix_min``
-        leading tokens with one prefills only the rest. ``prefix_rows=0`` turns it off.
+        leading tokens with one prefills only the rest. ``prefix_rows=0`` turns it off;
+        ``None`` (auto) turns it on (4 rows) only on the exact fp32 path: with bf16
+        activations a prompt prefilled in two parts differs from one prefilled whole in
+        the last bits, enough to flip a near-tie, so a repeated temperature-0 request
+        could answer differently from the first.
         """
         self.loaded = loaded
         if quant not in QUANTS:
@@ -66,6 +70,8 @@ class Engine:
         self._grammars: Grammars | None = None
         self._grammars_lock = threading.Lock()
         self.max_ctx = min(max_ctx, self.spec.context_length)
+        if prefix_rows is None:
+            prefix_rows = 4 if quant == "none" and not is_fast(loaded.model) else 0
         if self.spec.is_generative:
             runner = make_runner(
                 loaded.model, max_slots=max_batch, max_len=self.max_ctx, prefix_rows=prefix_rows

@@ -51,6 +51,8 @@ from omax.sharding.catalog import normalize_name
 
 logger = logging.getLogger(__name__)
 
+PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}  # omax.engine.prefix-cache -> Engine
+
 PLUGIN_NAME = "omax"
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -391,7 +393,10 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
                 load_source=functools.partial(local_source, digest),
                 device=decision.slot,
                 dtype=self.cfg.engine_dtype,
-                engine_options={"quant": self.cfg.engine_quant},
+                engine_options={
+                    "quant": self.cfg.engine_quant,
+                    "prefix_rows": PREFIX_ROWS[self.cfg.prefix_cache],
+                },
                 actor=True,
                 workers=[decision.worker],
                 allow_other_workers=False,

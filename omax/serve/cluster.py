@@ -42,12 +42,15 @@ _CACHE_S = 2.0
 
 
 class ClusterRuntime:
-    def __init__(self, client: Client, store_url: str, max_queue: int = 512) -> None:
+    def __init__(
+        self, client: Client, store_url: str, max_queue: int = 512, coalesce: float = 0.0
+    ) -> None:
         from omax.sharding.modelstore import ModelStore
 
         self.client = client
         self.store = ModelStore(store_url)
         self.max_queue = max_queue
+        self.coalesce = coalesce  # seconds a started stream's tokens may gather per poll
         self._pollers: dict[str, Poller] = {}
         self._outstanding: dict[str, int] = defaultdict(int)  # actor key -> requests
         self._pending: dict[str, int] = defaultdict(int)  # digest -> requests
@@ -58,14 +61,16 @@ class ClusterRuntime:
         self._replicas: dict[str, tuple[float, list[ActorHandle]]] = {}
 
     @classmethod
-    async def connect(cls, scheduler: str | Client, max_queue: int = 512) -> ClusterRuntime:
+    async def connect(
+        cls, scheduler: str | Client, max_queue: int = 512, coalesce: float = 0.0
+    ) -> ClusterRuntime:
         client = (
             scheduler
             if isinstance(scheduler, Client)
             else await Client(scheduler, asynchronous=True, direct_to_workers=True)
         )
         info = await client.scheduler.omax_info()
-        runtime = cls(client, info["store_url"], max_queue)
+        runtime = cls(client, info["store_url"], max_queue, coalesce)
         runtime.store.catalog = SchedulerCatalog(
             info["store_url"], client, asyncio.get_running_loop()
         )
@@ -158,7 +163,9 @@ class ClusterRuntime:
             actor = await self._acquire(request.model, digest, num_ctx, request.keep_alive)
             poller = self._pollers.get(actor.key)
             if poller is None:
-                poller = self._pollers[actor.key] = Poller(_poll_fn(actor), actor.key)
+                poller = self._pollers[actor.key] = Poller(
+                    _poll_fn(actor, self.coalesce), actor.key
+                )
             started = False
             done = False
             try:
@@ -306,11 +313,12 @@ class ClusterRuntime:
         return await self.client.scheduler.omax_cluster()
 
 
-def _poll_fn(actor: ActorHandle) -> Callable[[list[str]], Awaitable[Any]]:
-    """One call for every live request on ``actor``: waits up to 50 ms for new chunks."""
+def _poll_fn(actor: ActorHandle, linger: float) -> Callable[[list[str]], Awaitable[Any]]:
+    """One call for every live request on ``actor``: waits up to 50 ms for new chunks,
+    and lets a started stream's chunks gather for ``linger`` s."""
 
     def poll(ids: list[str]) -> Awaitable[Any]:
-        return actor.call("poll", ids, 0.05)
+        return actor.call("poll", ids, 0.05, linger)
 
     return poll
 

@@ -12,7 +12,7 @@ from omax.engine.loader import LoadedModel, build_tokenizer
 from omax.engine.prefix import Entry, Hit, PrefixCache, Store, common_prefix, match, plan_store
 from omax.engine.request import GenerateRequest, Message, SamplingOptions
 
-from .conftest import state_dict_raw
+from .conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw
 from .test_generate import reference_tokens, run_all
 from .test_speed import _fast_fp32
 
@@ -250,3 +250,26 @@ def test_smollm2_chat_turn_two_reuses_and_matches_generate(smollm2_engine):
     prefilled = after["prefilled_tokens"] - before["prefilled_tokens"]
     assert reused >= r1["done"].metrics.prompt_eval_count
     assert reused + prefilled == len(prompt) == r2["done"].metrics.prompt_eval_count
+
+
+def test_auto_reuses_prefixes_only_where_it_is_exact(tiny_model_and_spec, smollm2_spec):
+    """Default (auto): on for the exact fp32 path, off for bf16 activations, where a
+    prompt prefilled in two parts can flip a near-tie, so the same temperature-0
+    request asked twice would answer differently (SmolLM2 int4 did, on 'What is the
+    capital of France?')."""
+    model, spec = tiny_model_and_spec
+    exact = Engine.load(spec, state_dict_raw(model), max_batch=2, max_ctx=256)
+    fast = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=256)
+    try:
+        assert exact.batcher.runner.prefix_rows > 0
+        assert fast.batcher.runner.prefix_rows == 0
+        req = GenerateRequest(
+            model="m",
+            messages=(Message("user", "What is the capital of France?"),),
+            options=SamplingOptions(temperature=0, num_predict=12),
+        )
+        first, again = ("".join(c.text for c in fast.generate(req)) for _ in range(2))
+        assert first == again
+    finally:
+        exact.close()
+        fast.close()
