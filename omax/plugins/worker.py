@@ -54,6 +54,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.disk_budget = 0
         self.served_bytes = 0  # blob bytes sent to peers, for tests and benchmarks
         self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
+        self.drops: set[asyncio.Future] = set()  # replica drops in progress
         self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
         self.pool: ConnectionPool | None = None  # comms to peers for blob streams
 
@@ -139,6 +140,10 @@ class OmaxWorkerPlugin(WorkerPlugin):
         """
         job = self.jobs.get(digest)
         if job is None:
+            # a drop that is deleting blobs finishes before a fetch looks at what is here
+            await asyncio.gather(*self.drops, return_exceptions=True)
+            job = self.jobs.get(digest)
+        if job is None:
             job = asyncio.ensure_future(self._replicate(digest, origin, tuple(peers), rate))
             self.jobs[digest] = job
             job.add_done_callback(lambda _: self.jobs.pop(digest, None))
@@ -205,11 +210,20 @@ class OmaxWorkerPlugin(WorkerPlugin):
         return bad
 
     async def drop_replica(self, digest: str) -> int:
-        """Remove a replica and the blobs only it needed; return the bytes freed."""
+        """Remove a replica and the blobs only it needed; return the bytes freed.
+
+        Refused (0 freed) while any fetch runs here: a fetch that found a shared blob
+        present counts on it, and the drop could delete it under the fetch. Eviction
+        asks again on its next round."""
         assert self.replicas is not None
-        if digest in self.jobs:
+        if self.jobs:
             return 0
-        freed = await asyncio.to_thread(self.replicas.drop, digest)
+        drop = asyncio.ensure_future(asyncio.to_thread(self.replicas.drop, digest))
+        self.drops.add(drop)
+        try:
+            freed = await drop
+        finally:
+            self.drops.discard(drop)
         await self._push()
         return freed
 

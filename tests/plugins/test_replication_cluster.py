@@ -236,3 +236,29 @@ def test_losing_one_of_two_required_replicas_restores_the_count(cluster):
         lambda: (h := holders(client, digest)) and len(h) == 2 and doomed not in h,
         what="two replicas again",
     )
+
+
+def test_a_drop_is_refused_while_a_fetch_runs_and_allowed_after(cluster):
+    """A fetch counts on the blobs it found present; a drop meanwhile could delete
+    shared ones under it, so the worker refuses drops until its fetches end."""
+    client, tmp = cluster
+    origin = str(tmp / "origin")
+    kept, _, _ = make_model(origin, 2, 100_000, seed=31)
+    slow, _, _ = make_model(origin, 4, 250_000, seed=32)
+    worker = sorted(client.scheduler_info()["workers"])[0]
+    assert client.sync(client.rpc(worker).omax_replicate, digest=kept)["complete"]
+
+    async def race():
+        rpc = client.rpc(worker)
+        fetch = asyncio.ensure_future(rpc.omax_replicate(digest=slow, rate=400_000))
+        await asyncio.sleep(0.5)  # ~2.5 s at 400 kB/s: still fetching
+        refused = await rpc.omax_drop_replica(digest=kept)
+        still_fetching = not fetch.done()
+        done = await fetch
+        return refused, still_fetching, done, await rpc.omax_drop_replica(digest=kept)
+
+    refused, still_fetching, done, freed = client.sync(race)
+    assert still_fetching and refused == 0
+    assert done["complete"] and freed >= 200_000
+    _wait(lambda: worker not in holders(client, kept), what="kept dropped")
+    assert worker in holders(client, slow)
