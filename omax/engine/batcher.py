@@ -47,7 +47,6 @@ class Sequence:
     slot: int = -1
     pos: int = 0  # tokens in the cache
     last: int = -1  # sampled, not yet in the cache
-    cached: int = 0  # leading prompt tokens copied from a prefix row, not prefilled
     prefill_ns: int = 0
     eval_ns: int = 0
     tool_stream: ToolCallStream | None = None  # set when the request has tools
@@ -141,10 +140,6 @@ class Batcher:
         n = sum(s.pos for s in self.decoding)
         return n + (self.prefilling.pos if self.prefilling else 0)
 
-    def prefix_tokens(self) -> int:
-        """Tokens held in prefix rows (bounded by the rows; not live sequences)."""
-        return sum(len(e.tokens) for e in list(self.prefix.entries.values()))
-
     def close(self) -> None:
         self._stop = True
         self._wake.set()
@@ -225,7 +220,7 @@ class Batcher:
         t0 = time.perf_counter_ns()
         self.runner.copy_slot(self.runner.prefix_row(hit.row), self.runner.staging, hit.n)
         self.prefix.use(hit.row)
-        seq.pos = seq.cached = hit.n
+        seq.pos = hit.n
         self.reused_tokens += hit.n
         seq.prefill_ns += time.perf_counter_ns() - t0
 

@@ -220,7 +220,7 @@ class Engine:
         out.update(prefix_tokens=0, prefix_bytes=0, prefilled_tokens=0, reused_tokens=0)
         if self.batcher is not None:
             b = self.batcher
-            kv, cached, per_token = b.kv_tokens(), b.prefix_tokens(), b.runner.bytes_per_token
+            kv, cached, per_token = b.kv_tokens(), b.prefix.tokens(), b.runner.bytes_per_token
             out.update(
                 live=b.live(),
                 kv_tokens=kv,  # live sequences only: 0 once every request has left

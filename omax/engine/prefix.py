@@ -142,7 +142,8 @@ class PrefixCache:
         self.entries[row] = Entry(row, tuple(tokens), self._tick())
 
     def tokens(self) -> int:
-        return sum(len(e.tokens) for e in self.entries.values())
+        """Tokens held in prefix rows (safe to call while the batching thread writes)."""
+        return sum(len(e.tokens) for e in list(self.entries.values()))
 
     def clear(self) -> None:
         self.entries.clear()

@@ -2,8 +2,8 @@
 
 The cache holds ``max_slots`` decode slots, one staging slot (``max_slots``) where a
 prompt is prefilled, chunk by chunk, and ``prefix_rows`` rows after it that keep the KV
-of recently finished sequences for prompt-prefix reuse (``omax.engine.prefix``). Decoding sequences always occupy slots
-``0..B-1`` so one decode step reads the cache through a view (no gather) and runs all
+of recently finished sequences for prompt-prefix reuse (``omax.engine.prefix``).
+Decoding sequences always occupy slots ``0..B-1`` so one decode step reads the cache through a view (no gather) and runs all
 of them in ONE forward pass, with a key mask for their different lengths.
 
 The runner reuses the transformers modules (embeddings, norms, projections, MLP,

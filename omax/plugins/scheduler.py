@@ -34,7 +34,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 import uuid
 from dataclasses import replace
@@ -677,22 +676,16 @@ def read_wanted(url: str) -> dict[str, int]:
 
 
 def write_wanted(url: str, wanted: dict[str, int]) -> None:
-    """Replace the saved counts in one step (a rename, or a single PUT)."""
+    """Replace the saved counts in one step: readers see the old or the new file."""
     from omax.sharding.blobs import open_fs
     from omax.sharding.manifest import canonical_json
 
     fs, root = open_fs(url)
     path = f"{root}/{WANTED_PATH}"
-    data = canonical_json({"wanted": wanted})
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
     fs.makedirs(f"{root}/replication", exist_ok=True)
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    fs.pipe_file(tmp, canonical_json({"wanted": wanted}))
+    fs.mv(tmp, path)  # a rename locally; on object stores the destination appears whole
 
 
 def plugin_of(scheduler: Scheduler) -> OmaxSchedulerPlugin:

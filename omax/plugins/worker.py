@@ -56,11 +56,19 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
         self.drops: set[asyncio.Future] = set()  # replica drops in progress
         self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
-        self.pool: ConnectionPool | None = None  # comms to peers for blob streams
 
-    def setup(self, worker: Worker) -> None:
+    async def setup(self, worker: Worker) -> None:
         cfg = settings()
         self.worker = worker
+        # comms to peers for blob streams; they do not deserialize, so a piece arrives
+        # as a view of the receive buffer
+        self.pool = await ConnectionPool(
+            limit=64,
+            deserialize=False,
+            connection_args=worker.connection_args,
+            timeout=dask.config.get("distributed.comm.timeouts.connect"),
+            server=worker,
+        )
         # The batching thread holds the GIL between torch ops; a short switch interval
         # lets the worker's event loop answer polls and submits without waiting up to
         # the default 5 ms for each hand-over.
@@ -85,8 +93,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         )
 
     async def teardown(self, worker: Worker) -> None:
-        if self.pool is not None:
-            await self.pool.close()
+        await self.pool.close()
 
     def state(self) -> dict[str, Any]:
         """Slots and replicas, as plain dicts for the scheduler."""
@@ -173,15 +180,6 @@ class OmaxWorkerPlugin(WorkerPlugin):
     async def _stream_peer(self, peer: str, digest: str) -> AsyncGenerator[memoryview, None]:
         """A peer's blob as it arrives: ``omax_blob_stream`` on a pooled comm that
         does not deserialize, so pieces are views of the receive buffers (no copy)."""
-        assert self.worker is not None
-        if self.pool is None:
-            self.pool = await ConnectionPool(
-                limit=64,
-                deserialize=False,
-                connection_args=self.worker.connection_args,
-                timeout=dask.config.get("distributed.comm.timeouts.connect"),
-                server=self.worker,
-            )
         comm = await self.pool.connect(peer)
         try:
             await comm.write({"op": "omax_blob_stream", "digest": digest, "reply": True})

@@ -236,7 +236,7 @@ async def fetch_one(
             else:
                 assert stream_peer is not None
                 async with contextlib.aclosing(stream_peer(source, digest)) as pieces:
-                    data = b"".join([bytes(p) async for p in pieces])
+                    data = b"".join([p async for p in pieces])
             await asyncio.to_thread(store.put_stream, [data], digest)
             return data
         except Exception as err:
