@@ -1,13 +1,17 @@
 """The continuous-batching loop: one thread per engine, schedule -> execute -> update.
 
 Between steps new requests join and finished or cancelled ones leave. Each step
-prefills at most one prompt chunk (in the runner's staging slot) and decodes every
-live sequence together in one forward pass. Output chunks are appended to per-request
-outboxes that ``take`` drains for several requests at once.
+decodes every live sequence and prefills up to ``chunk`` prompt tokens: a chunk of one
+long prompt (in the runner's staging slot) and any number of whole short prompts,
+straight into the rows they will decode from (``omax.engine.scheduler`` decides), all
+through ``Runner.step`` (one forward pass on the fast path). A prompt that completes
+joins the decoding sequences from the next step. Output
+chunks are appended to per-request outboxes that ``take`` drains for several requests
+at once.
 
 A sequence that leaves the batch keeps its KV in one of the runner's prefix rows
 (``omax.engine.prefix``); a later prompt that starts with those tokens copies them into
-the staging slot on admission and prefills only the rest.
+its cache row on admission and prefills only the rest.
 
 Invariant (the runner's cache depends on it): ``self.decoding[i].slot == i``.
 """
@@ -182,16 +186,16 @@ class Batcher:
             self.waiting.append(self._inbox.popleft())
         while self._cancels:
             self._cancel(self._cancels.popleft())
-        hit: Hit | None = None
-        head: list[scheduler.Waiting] = []
-        if self.waiting:
-            first = self.waiting[0]
-            if self.prefilling is None and len(self.decoding) < self.runner.max_slots:
-                hit = self.prefix.match(first.prompt)
-            cached = hit.n if hit else 0
-            head = [scheduler.Waiting(first.rid, len(first.prompt), first.reserve, cached)]
+        hits: dict[str, Hit] = {}
+        heads: list[scheduler.Waiting] = []
+        room = self.runner.max_slots - len(self.decoding) - (1 if self.prefilling else 0)
+        for w in list(self.waiting)[: max(room, 0)]:
+            hit = self.prefix.match(w.prompt) if self.runner.prefix_rows > 0 else None
+            if hit is not None:
+                hits[w.rid] = hit
+            heads.append(scheduler.Waiting(w.rid, len(w.prompt), w.reserve, hit.n if hit else 0))
         d = scheduler.schedule(
-            head,
+            heads,
             scheduler.Prefilling(
                 self.prefilling.rid,
                 self.prefilling.pos,
@@ -205,20 +209,46 @@ class Batcher:
             kv_budget=self.kv_budget,
             chunk=self.chunk,
         )
-        if d.admit is not None:
-            self.prefilling = self.waiting.popleft()
-            if hit is not None:
-                self._reuse_prefix(self.prefilling, hit)
-        if d.prefill is not None:
-            assert self.prefilling is not None  # the scheduler prefills an admitted sequence
-            self._prefill_chunk(self.prefilling, d.prefill[1], d.prefill[2])
-        if self.decoding:
-            self._decode_step()
-
-    def _reuse_prefix(self, seq: Sequence, hit: Hit) -> None:
-        """Copy the KV of ``seq.prompt[:hit.n]`` from a prefix row into the staging slot."""
+        admitted = {}
+        for rid in d.admit:
+            admitted[rid] = self.waiting.popleft()
+            assert admitted[rid].rid == rid  # the scheduler admits in FIFO order
+        staged = [c for c in d.prefill if c.staged]
+        if staged and staged[0].rid in admitted:
+            self.prefilling = admitted[staged[0].rid]
+        # Whole prompts go straight to the rows they will decode from: after the
+        # decoding slots and the one the staged prompt will take.
+        row = len(self.decoding) + (1 if self.prefilling else 0)
+        parts: list[tuple[Sequence, scheduler.Chunk, int]] = []
+        for c in d.prefill:
+            seq: Sequence | None = self.prefilling if c.staged else admitted[c.rid]
+            assert seq is not None and seq.rid == c.rid
+            if c.staged:
+                at = self.runner.staging
+            else:
+                at, row = row, row + 1
+            if c.rid in admitted and c.rid in hits:
+                self._reuse_prefix(seq, hits[c.rid], at)
+            parts.append((seq, c, at))
+        if not parts and not self.decoding:
+            return
+        seqs = self.decoding
+        segments = [(s.prompt[c.start : c.start + c.n], c.start, at) for s, c, at in parts]
         t0 = time.perf_counter_ns()
-        self.runner.copy_slot(self.runner.prefix_row(hit.row), self.runner.staging, hit.n)
+        logits, lasts = self.runner.step([s.last for s in seqs], [s.pos for s in seqs], segments)
+        tokens = sample(logits, [s.sampler for s in seqs]) if logits is not None else []
+        dt = time.perf_counter_ns() - t0
+        if seqs:
+            self._decoded(seqs, tokens, dt)
+        # The staged prompt first: it joins before the whole ones (their rows come after
+        # its reserved slot, so each moves down or stays, never onto one not yet moved).
+        for (seq, c, at), last in zip(parts, lasts, strict=True):
+            self._prefilled(seq, c.start + c.n, last, dt, at)
+
+    def _reuse_prefix(self, seq: Sequence, hit: Hit, row: int) -> None:
+        """Copy the KV of ``seq.prompt[:hit.n]`` from a prefix row into cache ``row``."""
+        t0 = time.perf_counter_ns()
+        self.runner.copy_slot(self.runner.prefix_row(hit.row), row, hit.n)
         self.prefix.use(hit.row)
         seq.pos = hit.n
         self.reused_tokens += hit.n
@@ -239,29 +269,26 @@ class Batcher:
         self.runner.copy_slot(seq.slot, self.runner.prefix_row(plan.row), seq.pos, plan.start)
         self.prefix.commit(plan.row, tokens)
 
-    def _prefill_chunk(self, seq: Sequence, start: int, n: int) -> None:
-        t0 = time.perf_counter_ns()
-        logits = self.runner.prefill(seq.prompt[start : start + n], start)
-        self.prefilled_tokens += n
-        seq.pos = start + n
+    def _prefilled(self, seq: Sequence, pos: int, logits, dt: int, row: int) -> None:
+        """Cache ``row`` holds ``seq``'s prompt up to ``pos``; ``logits`` are its last."""
+        self.prefilled_tokens += pos - seq.pos
+        seq.pos = pos
         if seq.pos < len(seq.prompt):
-            seq.prefill_ns += time.perf_counter_ns() - t0
+            seq.prefill_ns += dt
             return
+        t0 = time.perf_counter_ns()
         token = sample(logits.unsqueeze(0), [seq.sampler])[0]
-        seq.prefill_ns += time.perf_counter_ns() - t0
-        self.prefilling = None
+        seq.prefill_ns += dt + time.perf_counter_ns() - t0
+        if seq is self.prefilling:
+            self.prefilling = None
         seq.slot = len(self.decoding)
-        self.runner.copy_slot(self.runner.staging, seq.slot, seq.pos)
+        self.runner.copy_slot(row, seq.slot, seq.pos)
         self.decoding.append(seq)
         if self._accept(seq, token):
             self._remove(seq)
 
-    def _decode_step(self) -> None:
-        seqs = self.decoding
-        t0 = time.perf_counter_ns()
-        logits = self.runner.decode([s.last for s in seqs], [s.pos for s in seqs])
-        tokens = sample(logits, [s.sampler for s in seqs])
-        dt = time.perf_counter_ns() - t0
+    def _decoded(self, seqs: list[Sequence], tokens: list[int], dt: int) -> None:
+        """Each of ``seqs`` (slots ``0..B-1`` this step) sampled its token in ``dt`` ns."""
         finished = []
         for s, tok in zip(seqs, tokens, strict=True):
             s.pos += 1

@@ -13,6 +13,7 @@ transformers' sdpa path: greedy output equals ``generate`` token for token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,8 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from omax.engine.fastpath import QUANTS as FAST_QUANTS
 from omax.engine.fastpath import FastLlama
 from omax.errors import EngineError
+
+Segments = Sequence[tuple[list[int], int, int]]  # (prompt token ids, start, cache row)
 
 
 class Runner:
@@ -71,8 +74,7 @@ class Runner:
         """Copy cached positions ``start..length-1`` of row ``src`` into row ``dst``."""
         if src == dst or length <= start:
             return
-        if start <= self.hw[dst]:
-            self.hw[dst] = max(self.hw[dst], length)
+        self._wrote(dst, start, length)
         for k, v in zip(self.k, self.v, strict=True):
             k[dst, :, start:length].copy_(k[src, :, start:length])
             v[dst, :, start:length].copy_(v[src, :, start:length])
@@ -119,6 +121,8 @@ class Runner:
         h = self.base.embed_tokens(ids)
         cos, sin = self.base.rotary_emb(h, pos)
 
+        self._wrote(slot, start, end)
+
         def write(cache, x):
             cache[slot, :, start:end].copy_(x[0])
 
@@ -159,6 +163,24 @@ class Runner:
             h = self._layer(i, h, cos, sin, write, read, mask, False)
         return self._logits(h[:, 0])
 
+    def step(
+        self, tokens: list[int], positions: list[int], segments: Segments = ()
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """One batch step: decode slots ``0..B-1`` and prefill each of ``segments``.
+
+        A segment is ``(token_ids, start, row)``: a prompt's tokens at positions
+        ``start..`` of cache row ``row``. Returns the decode logits [B, V] (None with no
+        tokens) and each segment's last logits [V]. Here they are separate forward
+        passes; ``FastRunner`` runs them all in one.
+        """
+        last = [self.prefill(ids, start, row) for ids, start, row in segments]
+        return (self.decode(tokens, positions) if tokens else None), last
+
+    def _wrote(self, row: int, start: int, end: int) -> None:
+        """Positions ``start..end-1`` of ``row`` now hold finite values."""
+        if start <= self.hw[row]:
+            self.hw[row] = max(self.hw[row], end)
+
 
 class FastRunner(Runner):
     """The same slot cache and interface as ``Runner``, over ``fastpath.FastLlama``.
@@ -185,20 +207,15 @@ class FastRunner(Runner):
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.hw = [0] * shape[0]
 
-    @torch.inference_mode()
-    def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> torch.Tensor:
-        """Run ``token_ids`` at positions ``start..`` of ``slot``; return last logits [V]."""
-        slot = self.staging if slot is None else slot
-        t = len(token_ids)
+    def _prefill_attend(self, t: int, start: int, slot: int):
+        """``attend`` for ``t`` prompt rows at ``start..`` of ``slot`` (causal)."""
         end = start + t
-        if end > self.max_len:
-            raise EngineError(f"sequence of {end} tokens exceeds the cache ({self.max_len})")
-        dev = self.device
-        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
-        pos = torch.arange(start, end, device=dev)
+        self._check_len(end)
+        self._wrote(slot, start, end)
         mask = None
         if start:
-            mask = torch.arange(end, device=dev).unsqueeze(0) <= pos.unsqueeze(1)
+            q_pos = torch.arange(start, end, device=self.device).unsqueeze(1)
+            mask = torch.arange(end, device=self.device).unsqueeze(0) <= q_pos
         ks, vs, gqa = self.k, self.v, self.n_kv != self.n_heads
 
         def attend(i, q, k, v):
@@ -215,18 +232,13 @@ class FastRunner(Runner):
             )
             return o[0].transpose(0, 1).reshape(t, -1)
 
-        h = self.fast.forward(ids, pos, attend)
-        return self.fast.logits(h[-1:])[0]
+        return attend
 
-    @torch.inference_mode()
-    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
-        """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
-        b = len(token_ids)
+    def _decode_attend(self, positions: list[int], pos: torch.Tensor):
+        """``attend`` for one token in each of slots ``0..B-1`` at ``positions``."""
+        b = len(positions)
         dev = self.device
-        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
         length = int(max(positions)) + 1
-        rows = torch.arange(b, device=dev)
         self._ensure_init(b, length)
         mask = None
         if b > 1 and min(positions) + 1 != length:
@@ -234,7 +246,7 @@ class FastRunner(Runner):
                 :, None, None, :
             ]
         ks, vs, nkv, g, hd = self.k, self.v, self.n_kv, self.group, self.head_dim
-        idx = (rows, slice(None), pos)
+        idx = (torch.arange(b, device=dev), slice(None), pos)
 
         def attend(i, q, k, v):
             kc, vc = ks[i], vs[i]
@@ -245,7 +257,68 @@ class FastRunner(Runner):
             )
             return o.view(b, -1)
 
-        return self.fast.logits(self.fast.forward(ids, pos, attend))
+        return attend
+
+    def _check_len(self, end: int) -> None:
+        if end > self.max_len:
+            raise EngineError(f"sequence of {end} tokens exceeds the cache ({self.max_len})")
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> torch.Tensor:
+        """Run ``token_ids`` at positions ``start..`` of ``slot``; return last logits [V]."""
+        slot = self.staging if slot is None else slot
+        t = len(token_ids)
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        pos = torch.arange(start, start + t, device=self.device)
+        h = self.fast.forward(ids, pos, self._prefill_attend(t, start, slot))
+        return self.fast.logits(h[-1:])[0]
+
+    @torch.inference_mode()
+    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+        """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        return self.fast.logits(self.fast.forward(ids, pos, self._decode_attend(positions, pos)))
+
+    @torch.inference_mode()
+    def step(
+        self, tokens: list[int], positions: list[int], segments: Segments = ()
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """``Runner.step`` in ONE forward pass: decode rows first, then each segment's.
+
+        Every projection reads its weights once for all of them (decode is memory
+        bound, so a step that also prefills costs about what the larger part would
+        alone), and many short prompts join in one step.
+        """
+        if not segments:
+            return (self.decode(tokens, positions) if tokens else None), []
+        b = len(tokens)
+        dev = self.device
+        ids = [*tokens]
+        pos = [*positions]
+        parts = []  # (first row, rows, attend)
+        if b:
+            parts.append(
+                (0, b, self._decode_attend(positions, torch.tensor(positions, device=dev)))
+            )
+        for chunk, start, row in segments:
+            parts.append((len(ids), len(chunk), self._prefill_attend(len(chunk), start, row)))
+            ids += chunk
+            pos += range(start, start + len(chunk))
+
+        def attend(i, q, k, v):
+            return torch.cat(
+                [fn(i, q[r : r + n], k[r : r + n], v[r : r + n]) for r, n, fn in parts]
+            )
+
+        h = self.fast.forward(
+            torch.tensor(ids, dtype=torch.long, device=dev),
+            torch.tensor(pos, dtype=torch.long, device=dev),
+            attend,
+        )
+        lasts = [r + n - 1 for r, n, _ in parts[1 if b else 0 :]]
+        logits = self.fast.logits(torch.cat([h[:b], h[lasts]]))
+        return (logits[:b] if b else None), list(logits[b:])
 
 
 QUANTS = ("none", *FAST_QUANTS)

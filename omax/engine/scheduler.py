@@ -1,10 +1,17 @@
 """Which sequences run this step: a pure function of plain numbers (no torch).
 
-The batcher owns one staging slot for prompt prefill (one prompt at a time, chunked)
-and ``max_slots`` decode slots. A waiting request is admitted to prefill only when a
-decode slot will be free for it and its reserved KV tokens fit the budget, in FIFO
-order, so a long prompt is never starved by later short ones. An admitted prompt whose
-leading tokens come from a prefix row (``Waiting.cached``) prefills from there on.
+Each step has a budget of ``chunk`` prompt tokens. Waiting requests are admitted in
+FIFO order while a decode slot is free for each and their reserved KV tokens fit the
+budget, so a long prompt is never starved by later short ones:
+
+* a prompt whose rest fits this step's remaining tokens is prefilled whole, straight
+  into the cache row it decodes from (many short prompts join in one step);
+* a longer one goes to the runner's single staging slot and is prefilled chunk by
+  chunk over the next steps (``prefilling``); later requests wait behind it until the
+  staging slot is free, except short ones that fit beside its chunk.
+
+An admitted prompt whose leading tokens come from a prefix row (``Waiting.cached``)
+prefills from there on.
 """
 
 from __future__ import annotations
@@ -35,9 +42,17 @@ class Decoding:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    rid: str
+    start: int
+    n: int
+    staged: bool  # in the staging slot (a prompt prefilled over several steps)
+
+
+@dataclass(frozen=True)
 class Decision:
-    admit: str | None  # waiting request moved to prefill this step
-    prefill: tuple[str, int, int] | None  # (rid, start, n_tokens) to prefill this step
+    admit: tuple[str, ...]  # waiting requests admitted this step, in FIFO order
+    prefill: tuple[Chunk, ...]  # the staged chunk (if any) first, then whole prompts
     decode: bool  # run one decode step for every decoding sequence
 
 
@@ -51,18 +66,36 @@ def schedule(
     chunk: int,
 ) -> Decision:
     """Return this step's plan. ``kv_budget`` counts tokens over all sequences."""
-    admit = None
     used = sum(d.reserve for d in decoding) + (prefilling.reserve if prefilling else 0)
-    if prefilling is None and waiting and len(decoding) < max_slots:
-        head = waiting[0]
-        # An empty engine always admits (a lone request larger than the budget is
-        # the batcher's to cap, not ours to starve).
-        if used + head.reserve <= kv_budget or (not decoding):
-            admit = head.rid
-            prefilling = Prefilling(head.rid, head.cached, head.prompt_len, head.reserve)
-    prefill = None
+    free = max_slots - len(decoding) - (1 if prefilling else 0)
+    tokens = chunk
+    staged: list[Chunk] = []
+    whole: list[Chunk] = []
     if prefilling is not None:
         n = min(chunk, prefilling.prompt_len - prefilling.done)
         if n > 0:
-            prefill = (prefilling.rid, prefilling.done, n)
-    return Decision(admit=admit, prefill=prefill, decode=bool(decoding))
+            staged.append(Chunk(prefilling.rid, prefilling.done, n, staged=True))
+            tokens -= n
+    stage_free = prefilling is None
+    admit: list[str] = []
+    for w in waiting:
+        if free <= 0 or tokens <= 0:
+            break
+        # An empty engine always admits (a lone request larger than the budget is
+        # the batcher's to cap, not ours to starve).
+        alone = not decoding and not admit and prefilling is None
+        if used + w.reserve > kv_budget and not alone:
+            break
+        rest = w.prompt_len - w.cached
+        if rest <= tokens:
+            whole.append(Chunk(w.rid, w.cached, rest, staged=False))
+            tokens -= rest
+        elif stage_free:
+            staged.append(Chunk(w.rid, w.cached, tokens, staged=True))
+            stage_free, tokens = False, 0
+        else:
+            break  # FIFO: it waits for the staging slot
+        admit.append(w.rid)
+        used += w.reserve
+        free -= 1
+    return Decision(admit=tuple(admit), prefill=tuple(staged + whole), decode=bool(decoding))

@@ -80,7 +80,7 @@ def test_prefix_cache_bookkeeping():
 def test_scheduler_starts_prefill_after_the_cached_prefix():
     w = [scheduler.Waiting("a", 1000, 1100, cached=900)]
     d = scheduler.schedule(w, None, [], max_slots=2, kv_budget=10_000, chunk=256)
-    assert d.admit == "a" and d.prefill == ("a", 900, 100)
+    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 900, 100, False),)
 
 
 # ---- the engine --------------------------------------------------------------------

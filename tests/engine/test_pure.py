@@ -32,12 +32,49 @@ def test_detokenizer_multibyte():
 def test_scheduler_fifo_and_budget():
     w = [scheduler.Waiting("a", 100, 200), scheduler.Waiting("b", 10, 20)]
     d = scheduler.schedule(w, None, [], max_slots=2, kv_budget=150, chunk=64)
-    assert d.admit == "a" and d.prefill == ("a", 0, 64) and not d.decode
+    # "a" is longer than a step's 64 tokens: staged; "b" would exceed the KV budget.
+    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 0, 64, True),)
+    assert not d.decode
     full = [scheduler.Decoding("x", 100)]
     d = scheduler.schedule(w, None, full, max_slots=2, kv_budget=150, chunk=64)
-    assert d.admit is None and d.prefill is None and d.decode
+    assert d.admit == () and d.prefill == () and d.decode
     d = scheduler.schedule(w, None, full * 2, max_slots=2, kv_budget=10_000, chunk=64)
-    assert d.admit is None
+    assert d.admit == ()
+
+
+def test_scheduler_admits_many_short_prompts_in_one_step():
+    w = [scheduler.Waiting(str(i), 7, 71) for i in range(20)]
+    d = scheduler.schedule(w, None, [], max_slots=16, kv_budget=10_000, chunk=256)
+    assert d.admit == tuple(str(i) for i in range(16))  # one per free decode slot
+    assert d.prefill == tuple(scheduler.Chunk(str(i), 0, 7, False) for i in range(16))
+    # The step's prompt tokens bound it too: 256 // 7 = 36 prompts, 2 slots left here.
+    dec = [scheduler.Decoding("x", 10)] * 14
+    d = scheduler.schedule(w, None, dec, max_slots=16, kv_budget=10_000, chunk=256)
+    assert d.admit == ("0", "1") and d.decode
+    # The third does not fit the 6 tokens left: it starts in the staging slot.
+    d = scheduler.schedule(w, None, [], max_slots=64, kv_budget=10_000, chunk=20)
+    assert d.admit == ("0", "1", "2") and d.prefill[0] == scheduler.Chunk("2", 0, 6, True)
+    assert sum(c.n for c in d.prefill) == 20
+
+
+def test_scheduler_short_prompts_fill_the_step_beside_a_staged_one():
+    pre = scheduler.Prefilling("long", 256, 300, 400)  # 44 tokens left
+    w = [
+        scheduler.Waiting("a", 100, 120),
+        scheduler.Waiting("b", 300, 400),  # longer than what is left: waits (FIFO)
+        scheduler.Waiting("c", 5, 10),
+    ]
+    d = scheduler.schedule(w, pre, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.prefill[0] == scheduler.Chunk("long", 256, 44, True)
+    assert d.admit == ("a",) and d.prefill[1:] == (scheduler.Chunk("a", 0, 100, False),)
+    # With the staging slot free, a long prompt takes it with what the step has left.
+    d = scheduler.schedule(w[1:], None, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.admit == ("b",) and d.prefill == (scheduler.Chunk("b", 0, 256, True),)
+    d = scheduler.schedule(w, None, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.admit == ("a", "b") and d.prefill == (
+        scheduler.Chunk("b", 0, 156, True),
+        scheduler.Chunk("a", 0, 100, False),
+    )
 
 
 def test_render_system_and_go_template():
