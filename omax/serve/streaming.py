@@ -52,8 +52,50 @@ class Primed(Generic[T]):
                 return
             yield item
 
+    async def batches(self, limit: int = 64) -> AsyncIterator[list[T]]:
+        """The items in groups: each awaited item together with those ready at once.
+
+        A poll reply from an actor carries several steps' chunks; they reach the
+        request's queue together, so one loop turn finds them all and the response
+        writes them in one send (one wake-up of the client instead of one per token).
+        At most ``limit`` items per group.
+        """
+        if self.empty:
+            return
+        assert self.first is not None
+        batch: list[T] = [self.first]
+        task: asyncio.Future[T] | None = None
+        try:
+            while True:
+                task = asyncio.ensure_future(self.source.__anext__())
+                if batch:
+                    await asyncio.sleep(0)  # an item already queued completes the task now
+                    if not task.done() or len(batch) >= limit:
+                        yield batch
+                        batch = []
+                try:
+                    item = await self._wait(task)
+                except StopAsyncIteration:
+                    if batch:
+                        yield batch
+                    return
+                except Exception:
+                    if batch:  # what came before a failure is sent before it
+                        yield batch
+                    raise
+                finally:
+                    task = None if task is None or task.done() else task
+                batch.append(item)
+        finally:
+            if task is not None:  # closed at a yield while a fetch was under way
+                await self._settle(task)
+
     async def _next(self) -> T:
-        """The next item, fetched in its own task.
+        """The next item, fetched in its own task."""
+        return await self._wait(asyncio.ensure_future(self.source.__anext__()))
+
+    async def _wait(self, task: asyncio.Future[T]) -> T:
+        """Await a fetch task, settling it on cancellation.
 
         A disconnect cancels the response's scope, and anyio re-delivers that
         cancellation at every await inside it; run in the scope, the runtime's own
@@ -61,15 +103,18 @@ class Primed(Generic[T]):
         in a separate task, which gets one plain cancellation and is awaited, shielded,
         until the runtime has cleaned up.
         """
-        task = asyncio.ensure_future(self.source.__anext__())
         try:
             return await asyncio.shield(task)
         except BaseException:
-            if not task.done():
-                task.cancel()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
-                await asyncio.wait([task])
+            await self._settle(task)
             raise
+
+    @staticmethod
+    async def _settle(task: asyncio.Future[T]) -> None:
+        if not task.done():
+            task.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+            await asyncio.wait([task])
 
     async def aclose(self) -> None:
         await close_quietly(self.source)
@@ -137,9 +182,8 @@ async def _lines(
     trailer: bytes,
 ) -> AsyncIterator[bytes]:
     try:
-        async for item in primed:
-            for obj in render(item):
-                yield encode(obj)
+        async for batch in primed.batches():
+            yield b"".join(encode(obj) for item in batch for obj in render(item))
         if trailer:
             yield trailer
     except Exception as exc:

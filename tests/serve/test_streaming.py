@@ -28,11 +28,37 @@ def test_closing_the_body_at_a_yield_closes_the_source():
         log: list[str] = []
         primed = await prime(_source(log))
         body = ndjson_response(primed, lambda x: [x]).body_iterator
-        assert await body.__anext__() == b'{"i":0}\n'
+        assert (await body.__anext__()).startswith(b'{"i":0}\n{"i":1}\n')  # ready at once
         await body.aclose()
         return log
 
     assert asyncio.run(main()) == ["cleaned"]
+
+
+def test_items_ready_together_go_out_in_one_write():
+    """One actor poll's chunks reach the request queue together: one send, not one per
+    token; an item that arrives later starts the next write."""
+
+    async def main():
+        queue: asyncio.Queue[dict | None] = asyncio.Queue()
+
+        async def gen():
+            while (item := await queue.get()) is not None:
+                yield item
+
+        for i in range(3):
+            queue.put_nowait({"i": i})
+        primed = await prime(gen())
+        body = ndjson_response(primed, lambda x: [x]).body_iterator
+        first = await body.__anext__()
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, {"i": 3})
+        asyncio.get_running_loop().call_later(0.06, queue.put_nowait, None)
+        rest = [part async for part in body]
+        return first, rest
+
+    first, rest = asyncio.run(main())
+    assert first == b'{"i":0}\n{"i":1}\n{"i":2}\n'
+    assert rest == [b'{"i":3}\n']
 
 
 def test_cancelling_mid_fetch_lets_the_source_clean_up():
