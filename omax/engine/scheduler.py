@@ -10,6 +10,11 @@ budget, so a long prompt is never starved by later short ones:
   chunk over the next steps (``prefilling``); later requests wait behind it until the
   staging slot is free, except short ones that fit beside its chunk.
 
+A prompt is always cut at the same places, ``cached + k * chunk``, whatever else runs
+in its step: a prompt that does not fit what is left of a step waits for the next one
+rather than being split at a boundary other requests would decide, so its prefill
+runs the same way alone or among others.
+
 An admitted prompt whose leading tokens come from a prefix row (``Waiting.cached``)
 prefills from there on.
 """
@@ -90,11 +95,11 @@ def schedule(
         if rest <= tokens:
             whole.append(Chunk(w.rid, w.cached, rest, staged=False))
             tokens -= rest
-        elif stage_free:
-            staged.append(Chunk(w.rid, w.cached, tokens, staged=True))
+        elif stage_free and tokens >= chunk:
+            staged.append(Chunk(w.rid, w.cached, chunk, staged=True))
             stage_free, tokens = False, 0
         else:
-            break  # FIFO: it waits for the staging slot
+            break  # FIFO: it waits for a step with room (or for the staging slot)
         admit.append(w.rid)
         used += w.reserve
         free -= 1

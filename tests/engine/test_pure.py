@@ -51,10 +51,10 @@ def test_scheduler_admits_many_short_prompts_in_one_step():
     dec = [scheduler.Decoding("x", 10)] * 14
     d = scheduler.schedule(w, None, dec, max_slots=16, kv_budget=10_000, chunk=256)
     assert d.admit == ("0", "1") and d.decode
-    # The third does not fit the 6 tokens left: it starts in the staging slot.
+    # The third does not fit the 6 tokens left: it waits whole for the next step
+    # (never split where its neighbours would decide).
     d = scheduler.schedule(w, None, [], max_slots=64, kv_budget=10_000, chunk=20)
-    assert d.admit == ("0", "1", "2") and d.prefill[0] == scheduler.Chunk("2", 0, 6, True)
-    assert sum(c.n for c in d.prefill) == 20
+    assert d.admit == ("0", "1") and sum(c.n for c in d.prefill) == 14
 
 
 def test_scheduler_short_prompts_fill_the_step_beside_a_staged_one():
@@ -70,11 +70,10 @@ def test_scheduler_short_prompts_fill_the_step_beside_a_staged_one():
     # With the staging slot free, a long prompt takes it with what the step has left.
     d = scheduler.schedule(w[1:], None, [], max_slots=8, kv_budget=10_000, chunk=256)
     assert d.admit == ("b",) and d.prefill == (scheduler.Chunk("b", 0, 256, True),)
+    # Behind a short one, a long prompt waits for a whole step: its chunks always start
+    # at multiples of ``chunk``, whoever else is scheduled.
     d = scheduler.schedule(w, None, [], max_slots=8, kv_budget=10_000, chunk=256)
-    assert d.admit == ("a", "b") and d.prefill == (
-        scheduler.Chunk("b", 0, 156, True),
-        scheduler.Chunk("a", 0, 100, False),
-    )
+    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 0, 100, False),)
 
 
 def test_render_system_and_go_template():
