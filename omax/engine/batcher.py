@@ -88,6 +88,7 @@ class Batcher:
         self.reused_tokens = 0
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
+        self.admitting: list[Sequence] = []  # taken from ``waiting`` this step, not yet placed
         self.decoding: list[Sequence] = []
         self._inbox: deque[Sequence] = deque()
         self._cancels: deque[str] = deque()
@@ -173,7 +174,10 @@ class Batcher:
             self.on_output()
 
     def _fail_all(self, msg: str) -> None:
+        placed = {id(s) for s in self.decoding} | {id(self.prefilling)}
         seqs = list(self.waiting) + self.decoding + ([self.prefilling] if self.prefilling else [])
+        seqs += [s for s in self.admitting if id(s) not in placed]
+        self.admitting = []
         self.waiting.clear()
         self.decoding = []
         self.prefilling = None
@@ -213,6 +217,7 @@ class Batcher:
         for rid in d.admit:
             admitted[rid] = self.waiting.popleft()
             assert admitted[rid].rid == rid  # the scheduler admits in FIFO order
+        self.admitting = list(admitted.values())  # a failing step must still answer them
         staged = [c for c in d.prefill if c.staged]
         if staged and staged[0].rid in admitted:
             self.prefilling = admitted[staged[0].rid]
@@ -244,6 +249,7 @@ class Batcher:
         # its reserved slot, so each moves down or stays, never onto one not yet moved).
         for (seq, c, at), last in zip(parts, lasts, strict=True):
             self._prefilled(seq, c.start + c.n, last, dt, at)
+        self.admitting = []
 
     def _reuse_prefix(self, seq: Sequence, hit: Hit, row: int) -> None:
         """Copy the KV of ``seq.prompt[:hit.n]`` from a prefix row into cache ``row``."""
