@@ -5,9 +5,8 @@ decodes every live sequence and prefills up to ``chunk`` prompt tokens: a chunk 
 long prompt (in the runner's staging slot) and any number of whole short prompts,
 straight into the rows they will decode from (``omax.engine.scheduler`` decides), all
 through ``Runner.step`` (one forward pass on the fast path). A prompt that completes
-joins the decoding sequences from the next step. Output
-chunks are appended to per-request outboxes that ``take`` drains for several requests
-at once.
+joins the decoding sequences from the next step. Output chunks are appended to
+per-request outboxes that ``take`` drains for several requests at once.
 
 A sequence that leaves the batch keeps its KV in one of the runner's prefix rows
 (``omax.engine.prefix``); a later prompt that starts with those tokens copies them into

@@ -1,10 +1,12 @@
 """The model runner: llama-family forward passes over a slot-based static KV cache.
 
 The cache holds ``max_slots`` decode slots, one staging slot (``max_slots``) where a
-prompt is prefilled, chunk by chunk, and ``prefix_rows`` rows after it that keep the KV
-of recently finished sequences for prompt-prefix reuse (``omax.engine.prefix``).
-Decoding sequences always occupy slots ``0..B-1`` so one decode step reads the cache through a view (no gather) and runs all
-of them in ONE forward pass, with a key mask for their different lengths.
+long prompt is prefilled chunk by chunk, and ``prefix_rows`` rows after it that keep
+the KV of recently finished sequences for prompt-prefix reuse (``omax.engine.prefix``).
+A short prompt is prefilled straight into the decode slot it will use. Decoding
+sequences always occupy slots ``0..B-1`` so one decode step reads the cache through a
+view (no gather) and runs all of them in ONE forward pass, with a key mask for their
+different lengths. ``step`` adds the step's prompt segments to that pass.
 
 The runner reuses the transformers modules (embeddings, norms, projections, MLP,
 rotary embedding) and only replaces attention + cache, so numerics follow

@@ -33,24 +33,13 @@ CLEANUP_TIMEOUT = 10.0  # seconds a runtime may take to clean up a cancelled str
 
 
 class Primed(Generic[T]):
-    """An async iterator whose first item has already been fetched."""
+    """A runtime stream whose first item has already been fetched; read it in
+    ``batches``."""
 
     def __init__(self, source: AsyncIterator[T], first: T | None, empty: bool) -> None:
         self.source = source
         self.first = first
         self.empty = empty
-
-    async def __aiter__(self) -> AsyncIterator[T]:
-        if self.empty:
-            return
-        assert self.first is not None
-        yield self.first
-        while True:
-            try:
-                item = await self._next()
-            except StopAsyncIteration:
-                return
-            yield item
 
     async def batches(self, limit: int = 64) -> AsyncIterator[list[T]]:
         """The items in groups: each awaited item together with those ready at once.
@@ -68,13 +57,12 @@ class Primed(Generic[T]):
         try:
             while True:
                 task = asyncio.ensure_future(self.source.__anext__())
-                if batch:
-                    await asyncio.sleep(0)  # an item already queued completes the task now
-                    if not task.done() or len(batch) >= limit:
-                        yield batch
-                        batch = []
+                await asyncio.sleep(0)  # an item already queued completes the task now
+                if not task.done() or len(batch) >= limit:  # (batch is never empty here)
+                    yield batch  # the fetch goes on while this group is written
+                    batch = []
                 try:
-                    item = await self._wait(task)
+                    batch.append(await self._wait(task))
                 except StopAsyncIteration:
                     if batch:
                         yield batch
@@ -83,16 +71,9 @@ class Primed(Generic[T]):
                     if batch:  # what came before a failure is sent before it
                         yield batch
                     raise
-                finally:
-                    task = None if task is None or task.done() else task
-                batch.append(item)
         finally:
-            if task is not None:  # closed at a yield while a fetch was under way
+            if task is not None and not task.done():  # closed at a yield mid-fetch
                 await self._settle(task)
-
-    async def _next(self) -> T:
-        """The next item, fetched in its own task."""
-        return await self._wait(asyncio.ensure_future(self.source.__anext__()))
 
     async def _wait(self, task: asyncio.Future[T]) -> T:
         """Await a fetch task, settling it on cancellation.
@@ -153,7 +134,7 @@ async def close_quietly(source: Any) -> None:
 
 async def collect(primed: Primed[T]) -> list[T]:
     try:
-        return [item async for item in primed]
+        return [item async for batch in primed.batches() for item in batch]
     finally:
         await primed.aclose()
 
