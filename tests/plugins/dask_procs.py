@@ -3,9 +3,11 @@ tests that need real processes (killing, restarting, separate configuration)."""
 
 from __future__ import annotations
 
+import collections
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -46,14 +48,39 @@ def start_scheduler(env: dict) -> tuple[subprocess.Popen, str]:
         text=True,
         env=env,
     )
-    return proc, wait_for_line(r"Scheduler at:\s+(tcp://\S+)", proc).group(1)
+    address = wait_for_line(r"Scheduler at:\s+(tcp://\S+)", proc).group(1)
+    _drain(proc)
+    return proc, address
 
 
 def start_worker(address: str, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [DASK, "worker", address, "--nthreads", "1", "--preload", "omax.plugins.worker", *args],
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
+    )
+    _drain(proc)
+    return proc
+
+
+def _drain(proc: subprocess.Popen) -> None:
+    """Keep reading ``proc``'s stderr so a chatty process never blocks on a full pipe;
+    its last lines stay in ``proc.log`` for a failing test to show (see `tail`)."""
+    proc.log = collections.deque(maxlen=200)  # type: ignore[attr-defined]
+
+    def read() -> None:
+        for line in proc.stderr:
+            proc.log.append(line)  # type: ignore[attr-defined]
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def tail(*procs: subprocess.Popen, lines: int = 40) -> str:
+    """The last ``lines`` stderr lines of each process, for an assertion message."""
+    return "\n".join(
+        f"--- {' '.join(p.args[1:3])} (exit {p.poll()}):\n" + "".join(list(p.log)[-lines:])
+        for p in procs
     )
 
 

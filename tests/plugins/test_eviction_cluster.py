@@ -10,7 +10,7 @@ from distributed import Client
 
 from omax.sharding.catalog import Catalog
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.dask_procs import start_scheduler, start_worker, stop
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop, tail
 from tests.plugins.test_replication_cluster import make_model
 from tests.tiny import tiny_llama
 
@@ -27,13 +27,13 @@ def _env(tmp_path, **extra):
     }
 
 
-def _wait(cond, timeout=60, what="condition"):
+def _wait(cond, timeout=60, what="condition", procs=()):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if out := cond():
             return out
         time.sleep(0.2)
-    raise AssertionError(f"{what} not reached in {timeout}s")
+    raise AssertionError(f"{what} not reached in {timeout}s\n{tail(*procs)}")
 
 
 def _by_name(client):
@@ -45,6 +45,13 @@ def _by_name(client):
 
 def _complete(worker):
     return {d for d, r in worker["replicas"].items() if r["complete"]}
+
+
+def _complete_on(client, name):
+    """The complete replicas of worker ``name``; None while the registry lacks it (a
+    worker that reconnects is re-registered a moment later)."""
+    worker = _by_name(client).get(name)
+    return None if worker is None else _complete(worker)
 
 
 def _held(worker):
@@ -131,8 +138,12 @@ def test_wanted_counts_survive_a_scheduler_restart_until_the_model_is_deleted(tm
             solo = r["workers"][0]
             r = client.sync(client.rpc(solo).omax_replicate, digest=stray)
             assert r["complete"], r
-            _wait(lambda: stray not in _complete(_by_name(client)["solo"]), what="stray evicted")
-            assert pulled in _complete(_by_name(client)["solo"])
+            _wait(
+                lambda: (held := _complete_on(client, "solo")) is not None and stray not in held,
+                what="stray evicted",
+                procs=(sched, worker),
+            )
+            assert pulled in (_complete_on(client, "solo") or ()), tail(sched, worker)
     finally:
         stop(worker, sched)
 
@@ -140,15 +151,23 @@ def test_wanted_counts_survive_a_scheduler_restart_until_the_model_is_deleted(tm
     try:
         with Client(addr, timeout=30) as client:
             client.wait_for_workers(1, timeout=60)
-            _wait(lambda: pulled in _complete(_by_name(client).get("solo", {"replicas": {}})))
+            _wait(
+                lambda: pulled in (_complete_on(client, "solo") or ()),
+                what="pulled registered again",
+                procs=(sched, worker),
+            )
             assert client.sync(client.scheduler.omax_cluster)["wanted"] == {pulled: 1}
             time.sleep(5)  # a few eviction rounds
-            assert pulled in _complete(_by_name(client)["solo"])
+            assert pulled in (_complete_on(client, "solo") or ()), tail(sched, worker)
 
             # deleting its last name un-wants it: the budget wins now
             gone = client.sync(client.scheduler.omax_catalog_delete, name="pulled")
             assert gone["entry"]["digest"] == pulled
             assert client.sync(client.scheduler.omax_cluster)["wanted"] == {}
-            _wait(lambda: not _complete(_by_name(client)["solo"]), what="pulled evicted")
+            _wait(
+                lambda: _complete_on(client, "solo") == set(),
+                what="pulled evicted",
+                procs=(sched, worker),
+            )
     finally:
         stop(worker, sched)
