@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from omax.engine import scheduler
 from omax.engine.prefix import Hit, PrefixCache
 from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
-from omax.engine.runner import Runner
+from omax.engine.runner import Runner, Segment
 from omax.engine.sampling import SamplerState, sample
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.engine.templates import ToolCallStream
@@ -57,6 +57,11 @@ class Sequence:
     def __post_init__(self) -> None:
         if self.req.tools and self.tool_stream is None:
             self.tool_stream = ToolCallStream()
+
+    @property
+    def pinned(self) -> bool:
+        """A seeded request must give the same text alone and in any batch."""
+        return self.req.options.seed >= 0
 
     @property
     def reserve(self) -> int:
@@ -237,9 +242,13 @@ class Batcher:
         if not parts and not self.decoding:
             return
         seqs = self.decoding
-        segments = [(s.prompt[c.start : c.start + c.n], c.start, at) for s, c, at in parts]
+        segments = [
+            Segment(s.prompt[c.start : c.start + c.n], c.start, at, s.pinned) for s, c, at in parts
+        ]
         t0 = time.perf_counter_ns()
-        logits, lasts = self.runner.step([s.last for s in seqs], [s.pos for s in seqs], segments)
+        logits, lasts = self.runner.step(
+            [s.last for s in seqs], [s.pos for s in seqs], segments, [s.pinned for s in seqs]
+        )
         tokens = sample(logits, [s.sampler for s in seqs]) if logits is not None else []
         dt = time.perf_counter_ns() - t0
         if seqs:

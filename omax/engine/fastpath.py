@@ -18,15 +18,22 @@ loading holds the quantised model plus at most one layer of dense weights.
 
 Numerics differ from transformers (bf16 activations; int8 re-rounds weights): it is
 the fast mode. Greedy top-1 agreement with exact fp32 along fp32's own 256-token path
-(SmolLM2 Q4_1): int4 0.992, int8 0.996, bf16 1.000. Batches of more than
-``Lin.SMALL`` rows use the dense bf16 copy, not the packed kernel, so a seeded request
-may sample differently alone and in a batch (or beside a prompt being prefilled in the
-same pass); that determinism holds only in exact mode. Exact fp32 generation uses
+(SmolLM2 Q4_1): int4 0.992, int8 0.996, bf16 1.000. Exact fp32 generation uses
 ``omax.engine.runner.Runner`` over the transformers model instead.
+
+Batch invariance. The packed kernels are row-invariant (a row's result does not depend
+on how many rows the call has); the dense matmul is not (its sums follow the row
+count), the kernel a linear takes follows the pass's row count (``Lin.SMALL``), and
+batched decode attention pads keys to the longest row. So the rows a caller pins
+(``Rows``: a seeded request's) take kernels fixed by their role, decode rows the packed
+one and each prompt segment a dense call of exactly its own rows, and the runner gives
+each pinned decode row its own unpadded attention: such a request computes the same
+bits alone and in any batch. The other rows keep the fastest kernels for the batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -93,10 +100,28 @@ class Lin:
         self.dense = w.to(act) if dense or self.w is None else None
         self.small = self.SMALL.get(quant, 0)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         dense = self.dense
-        if dense is not None and (self.w is None or x.shape[0] > self.small):
+        r = x.shape[0]
+        if dense is None:  # the packed kernel only: row-invariant as it is
+            return self._packed(x)
+        if rows is None:
+            return self._packed(x) if self.w is not None and r <= self.small else F.linear(x, dense)
+        packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
+        if packed is not None and len(packed) == r:
+            return self._packed(x)
+        if len(groups) == 1 and groups[0] == (0, r):
             return F.linear(x, dense)
+        out = x.new_empty(r, self.n)
+        if packed is not None:
+            out.index_copy_(0, packed, self._packed(x.index_select(0, packed)))
+        if free is not None:
+            out.index_copy_(0, free, F.linear(x.index_select(0, free), dense))
+        for first, n in groups:
+            out[first : first + n] = F.linear(x[first : first + n], dense)
+        return out
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant == "int4":
             return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.w, GROUP, self.s)
         return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
@@ -109,6 +134,47 @@ class Lin:
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.w, self.s, self.dense) if t is not None]
+
+
+class Rows:
+    """The rows of one pass that must not follow the batch (a seeded request's).
+
+    ``packed`` rows (decode rows, a prompt's last row at the head) take the packed
+    kernel, which is row-invariant for any row count; a linear without one runs each
+    of them alone. Each of ``groups``, ``(first, n)`` (a prompt segment's rows), gets a
+    dense call of its own: the dense kernel's sums follow the row count, and a segment
+    has the same rows alone and in a batch. The other rows take whichever kernel their
+    own count makes fastest, as without pins.
+    """
+
+    __slots__ = ("packed", "groups", "_plans")
+
+    def __init__(self, packed: list[int], groups: Sequence[tuple[int, int]] = ()) -> None:
+        self.packed, self.groups = packed, list(groups)
+        self._plans: dict[tuple[int, int, bool], tuple] = {}
+
+    def plan(self, n: int, small: int, has_packed: bool, device: torch.device) -> tuple:
+        """``(packed index | None, dense index | None, groups)`` for ``n`` rows and a
+        linear whose packed kernel (if ``has_packed``) wins up to ``small`` rows."""
+        key = (n, small, has_packed)
+        if key not in self._plans:
+            groups = list(self.groups)
+            packed = set(self.packed) if has_packed else set()
+            if not has_packed:
+                groups += [(r, 1) for r in self.packed]
+            taken = packed | {r for s, k in groups for r in range(s, s + k)}
+            free = [r for r in range(n) if r not in taken]
+            dense: list[int] = []
+            if has_packed and len(free) <= small:
+                packed |= set(free)
+            else:
+                dense = free
+
+            def index(rows):
+                return torch.tensor(sorted(rows), device=device) if rows else None
+
+            self._plans[key] = (index(packed), index(dense), groups)
+        return self._plans[key]
 
 
 @dataclass
@@ -183,11 +249,13 @@ class FastLlama:
         h = F.rms_norm(h, (h.shape[-1],), self.norm, self.eps)
         return SimpleNamespace(last_hidden_state=h.view(b, t, -1).float())
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor, attend) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, pos: torch.Tensor, attend, rows: Rows | None = None
+    ) -> torch.Tensor:
         """Hidden states [R, H] (before the final norm) of token rows ``ids`` at ``pos``.
 
         ``attend(layer_index, q [R, nh, hd], k [R, nkv, hd], v [R, nkv, hd])`` returns
-        the attention output [R, nh*hd]; it owns the KV cache.
+        the attention output [R, nh*hd]; it owns the KV cache. ``rows`` pins kernels.
         """
         act, eps, nh, nkv, hd = self.act, self.eps, self.n_heads, self.n_kv, self.head_dim
         r = ids.shape[0]
@@ -197,18 +265,18 @@ class FastLlama:
         qk_dim = (nh + nkv) * hd
         for i, layer in enumerate(self.layers):
             x = F.rms_norm(h, hidden, layer.ln1, eps)
-            y = layer.qkv(x)
+            y = layer.qkv(x, rows)
             qk = torch.view_as_complex(y[:, :qk_dim].reshape(r, nh + nkv, hd // 2, 2).float())
             qk = torch.view_as_real(qk * f).to(act).view(r, nh + nkv, hd)
             o = attend(i, qk[:, :nh], qk[:, nh:], y[:, qk_dim:].view(r, nkv, hd))
-            h.add_(layer.o(o))
-            gu = layer.gu(F.rms_norm(h, hidden, layer.ln2, eps))
+            h.add_(layer.o(o, rows))
+            gu = layer.gu(F.rms_norm(h, hidden, layer.ln2, eps), rows)
             n = gu.shape[1] // 2
-            h.add_(layer.down(F.silu(gu[:, :n]) * gu[:, n:]))
+            h.add_(layer.down(F.silu(gu[:, :n]) * gu[:, n:], rows))
         return h
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(F.rms_norm(h, (h.shape[-1],), self.norm, self.eps)).float()
+    def logits(self, h: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
+        return self.head(F.rms_norm(h, (h.shape[-1],), self.norm, self.eps), rows).float()
 
 
 def supports(config: dict[str, Any]) -> bool:

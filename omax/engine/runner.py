@@ -16,17 +16,30 @@ transformers' sdpa path: greedy output equals ``generate`` token for token.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from omax.engine.fastpath import QUANTS as FAST_QUANTS
-from omax.engine.fastpath import FastLlama
+from omax.engine.fastpath import FastLlama, Rows
 from omax.errors import EngineError
 
-Segments = Sequence[tuple[list[int], int, int]]  # (prompt token ids, start, cache row)
+
+class Segment(NamedTuple):
+    """A prompt's tokens ``ids`` at positions ``start..`` of cache row ``row``.
+
+    ``pinned``: the request must compute the same alone and in any batch (a seeded
+    one), so the fast path gives its rows kernels that do not follow the batch."""
+
+    ids: list[int]
+    start: int
+    row: int
+    pinned: bool = False
+
+
+Segments = Sequence[Segment | tuple[list[int], int, int]]
 
 
 class Runner:
@@ -166,16 +179,20 @@ class Runner:
         return self._logits(h[:, 0])
 
     def step(
-        self, tokens: list[int], positions: list[int], segments: Segments = ()
+        self,
+        tokens: list[int],
+        positions: list[int],
+        segments: Segments = (),
+        pinned: Sequence[bool] = (),
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """One batch step: decode slots ``0..B-1`` and prefill each of ``segments``.
 
-        A segment is ``(token_ids, start, row)``: a prompt's tokens at positions
-        ``start..`` of cache row ``row``. Returns the decode logits [B, V] (None with no
-        tokens) and each segment's last logits [V]. Here they are separate forward
-        passes; ``FastRunner`` runs them all in one.
+        Returns the decode logits [B, V] (None with no tokens) and each segment's last
+        logits [V]. ``pinned[i]``: decode row ``i`` must compute the same alone and in
+        any batch (see ``Segment.pinned``). Here the parts are separate forward passes
+        whose every row is batch-invariant already; ``FastRunner`` runs them in one.
         """
-        last = [self.prefill(ids, start, row) for ids, start, row in segments]
+        last = [self.prefill(s[0], s[1], s[2]) for s in segments]
         return (self.decode(tokens, positions) if tokens else None), last
 
     def _wrote(self, row: int, start: int, end: int) -> None:
@@ -236,11 +253,16 @@ class FastRunner(Runner):
 
         return attend
 
-    def _decode_attend(self, positions: list[int], pos: torch.Tensor):
-        """``attend`` for one token in each of slots ``0..B-1`` at ``positions``."""
+    def _decode_attend(self, positions: list[int], pos: torch.Tensor, pinned: Sequence[bool]):
+        """``attend`` for one token in each of slots ``0..B-1`` at ``positions``.
+
+        The rows share one SDPA call, keys padded to the longest and masked; a pinned
+        row gets a call of its own over exactly its keys, as it would alone (the
+        padding changes the kernel's reduction, so the last bits)."""
         b = len(positions)
         dev = self.device
         length = int(max(positions)) + 1
+        solo = [i for i, p in enumerate(pinned) if p]
         self._ensure_init(b, length)
         mask = None
         if b > 1 and min(positions) + 1 != length:
@@ -249,15 +271,23 @@ class FastRunner(Runner):
             ]
         ks, vs, nkv, g, hd = self.k, self.v, self.n_kv, self.group, self.head_dim
         idx = (torch.arange(b, device=dev), slice(None), pos)
+        sdpa = F.scaled_dot_product_attention
 
         def attend(i, q, k, v):
             kc, vc = ks[i], vs[i]
             kc[idx] = k
             vc[idx] = v
-            o = F.scaled_dot_product_attention(
-                q.view(b, nkv, g, hd), kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask
-            )
-            return o.view(b, -1)
+            q = q.view(b, nkv, g, hd)
+            if not solo:
+                return sdpa(q, kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask).view(b, -1)
+            if len(solo) < b:
+                o = sdpa(q, kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask).view(b, -1)
+            else:
+                o = q.new_empty(b, nkv * g * hd)
+            for r in solo:
+                n = positions[r] + 1
+                o[r] = sdpa(q[r : r + 1], kc[r : r + 1, :, :n], vc[r : r + 1, :, :n]).view(-1)
+            return o
 
         return attend
 
@@ -276,50 +306,68 @@ class FastRunner(Runner):
         return self.fast.logits(h[-1:])[0]
 
     @torch.inference_mode()
-    def decode(self, token_ids: list[int], positions: list[int]) -> torch.Tensor:
+    def decode(
+        self, token_ids: list[int], positions: list[int], pinned: Sequence[bool] = ()
+    ) -> torch.Tensor:
         """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        return self.fast.logits(self.fast.forward(ids, pos, self._decode_attend(positions, pos)))
+        rows = Rows([i for i, p in enumerate(pinned) if p]) if any(pinned) else None
+        h = self.fast.forward(ids, pos, self._decode_attend(positions, pos, pinned), rows)
+        return self.fast.logits(h, rows)
 
     @torch.inference_mode()
     def step(
-        self, tokens: list[int], positions: list[int], segments: Segments = ()
+        self,
+        tokens: list[int],
+        positions: list[int],
+        segments: Segments = (),
+        pinned: Sequence[bool] = (),
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """``Runner.step`` in ONE forward pass: decode rows first, then each segment's.
 
         Every projection reads its weights once for all of them (decode is memory
         bound, so a step that also prefills costs about what the larger part would
-        alone), and many short prompts join in one step.
+        alone), and many short prompts join in one step. Pinned rows take kernels that
+        do not follow the batch (``fastpath.Rows``).
         """
         if not segments:
-            return (self.decode(tokens, positions) if tokens else None), []
+            return (self.decode(tokens, positions, pinned) if tokens else None), []
         b = len(tokens)
         dev = self.device
         ids = [*tokens]
         pos = [*positions]
+        packed = [i for i, p in enumerate(pinned) if p]
+        groups: list[tuple[int, int]] = []  # rows of pinned segments in the pass
+        head = list(packed)  # pinned rows among the logits rows
         parts = []  # (first row, rows, attend)
         if b:
             parts.append(
-                (0, b, self._decode_attend(positions, torch.tensor(positions, device=dev)))
+                (0, b, self._decode_attend(positions, torch.tensor(positions, device=dev), pinned))
             )
-        for chunk, start, row in segments:
-            parts.append((len(ids), len(chunk), self._prefill_attend(len(chunk), start, row)))
-            ids += chunk
-            pos += range(start, start + len(chunk))
+        for j, seg in enumerate(Segment(*s) for s in segments):
+            r, n = len(ids), len(seg.ids)
+            parts.append((r, n, self._prefill_attend(n, seg.start, seg.row)))
+            if seg.pinned:
+                groups.append((r, n))
+                head.append(b + j)
+            ids += seg.ids
+            pos += range(seg.start, seg.start + n)
 
         def attend(i, q, k, v):
             return torch.cat(
                 [fn(i, q[r : r + n], k[r : r + n], v[r : r + n]) for r, n, fn in parts]
             )
 
+        pins = bool(head)
         h = self.fast.forward(
             torch.tensor(ids, dtype=torch.long, device=dev),
             torch.tensor(pos, dtype=torch.long, device=dev),
             attend,
+            Rows(packed, groups) if pins else None,
         )
         lasts = [r + n - 1 for r, n, _ in parts[1 if b else 0 :]]
-        logits = self.fast.logits(torch.cat([h[:b], h[lasts]]))
+        logits = self.fast.logits(torch.cat([h[:b], h[lasts]]), Rows(head) if pins else None)
         return (logits[:b] if b else None), list(logits[b:])
 
 

@@ -129,6 +129,16 @@ def smollm2_engine(smollm2_spec):
 
 
 @pytest.fixture(scope="session")
+def smollm2_int4_engine(smollm2_spec):
+    """SmolLM2 on the fast path as ``omax serve`` runs it by default (quant int4)."""
+    from omax.engine.engine import Engine
+
+    eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=2048)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_model_and_spec(smollm2_spec):
     model = tiny_llama()
     cfg = model.config.to_dict()

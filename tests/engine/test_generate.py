@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from omax.engine.engine import Engine
 from omax.engine.request import GenerateRequest, SamplingOptions
 
-from .conftest import state_dict_raw
+from .conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw
 
 GREEDY = SamplingOptions(temperature=0.0, num_predict=32)
 
@@ -102,6 +103,36 @@ def test_seeded_same_alone_and_batched(smollm2_engine):
     batched = run_all(eng, [*others[:7], target, *others[7:]])
     assert batched[7]["text"] == alone
     assert alone
+
+
+@pytest.mark.parametrize("quant", ["int4", "bf16"])
+def test_seeded_same_alone_and_batched_on_the_fast_path(smollm2_spec, smollm2_int4_engine, quant):
+    """The server's default (int4) and dense bf16: seeded requests, one with a prompt
+    long enough to be prefilled over several steps, give the same text alone and in a
+    batch of 16 beside unseeded requests of other lengths that come and go."""
+    eng = smollm2_int4_engine
+    if quant != "int4":
+        eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant=quant, max_ctx=2048)
+
+    def req(i: int, seed: int) -> GenerateRequest:
+        story = f" Remember forest {i}, its river and the old mill." * (40 if i == 0 else i % 3)
+        opts = SamplingOptions(
+            temperature=0.8, seed=seed, num_predict=12 + 2 * i, top_p=0.9, repeat_penalty=1.1
+        )
+        return GenerateRequest(model="s", prompt=f"Tell me about animal {i}.{story}", options=opts)
+
+    try:
+        seeded = [req(i, 1000 + i) for i in range(4)]
+        others = [req(100 + i, -1) for i in range(12)]
+        batch = [*others[:3], seeded[0], *others[3:6], seeded[1], seeded[2], *others[6:], seeded[3]]
+        assert len(eng.encode_prompt(seeded[0])[0]) > 300  # prefilled in chunks of 256
+        got = {id(r): out["text"] for r, out in zip(batch, run_all(eng, batch), strict=True)}
+        for r in seeded:
+            assert run_all(eng, [r])[0]["text"] == got[id(r)], r.prompt[:30]
+            assert got[id(r)]
+    finally:
+        if eng is not smollm2_int4_engine:
+            eng.close()
 
 
 def test_stop_strings_never_emitted(smollm2_engine):

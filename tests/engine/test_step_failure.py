@@ -21,10 +21,10 @@ def test_failing_prefill_step_errors_every_admitted_request(tiny_model_and_spec,
         real_step = runner.step
         broken = {"on": True}
 
-        def step(tokens, positions, segments=()):
+        def step(tokens, positions, segments=(), pinned=()):
             if segments and broken["on"]:
                 raise RuntimeError("kernel exploded")
-            return real_step(tokens, positions, segments)
+            return real_step(tokens, positions, segments, pinned)
 
         runner.step = step
         opts = SamplingOptions(temperature=0.0, num_predict=4)
