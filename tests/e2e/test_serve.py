@@ -146,3 +146,28 @@ def test_generate_streams_with_the_official_client(server, monkeypatch):
     )
     assert parts[-1].done and parts[-1].context and parts[-1].eval_count <= 6
     assert all(not p.done for p in parts[:-1])
+
+
+def test_seeded_request_same_alone_and_among_16_concurrent(server):
+    """Through HTTP and the embedded cluster on the default quant: a seeded chat gives
+    the same answer alone and while 15 other requests share its batch."""
+    import concurrent.futures
+
+    import ollama
+
+    client = ollama.Client(host=server, timeout=300)
+
+    def chat(i: int, seed: int) -> str:
+        reply = client.chat(
+            model=DEMO,
+            messages=[{"role": "user", "content": f"Invent a short story about creature {i}."}],
+            options={"temperature": 0.9, "seed": seed, "num_predict": 24, "top_p": 0.95},
+        )
+        return reply.message.content
+
+    alone = chat(0, 7)
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(chat, i, 7 if i == 0 else -1) for i in range(16)]
+        batched = futures[0].result()
+        assert all(f.result() for f in futures)
+    assert alone and batched == alone
