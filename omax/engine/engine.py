@@ -58,7 +58,8 @@ class Engine:
         self.loaded = loaded
         if quant not in QUANTS:
             raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
-        if quant != "none" and loaded.spec.is_generative and not is_fast(loaded.model):
+        cpu = loaded.device.type == "cpu"  # Int8Linear's packed kernel is a CPU one
+        if quant != "none" and cpu and loaded.spec.is_generative and not is_fast(loaded.model):
             from omax.engine.quant import quantize_int8
 
             quantize_int8(loaded.model)  # models the lean path does not cover

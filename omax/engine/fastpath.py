@@ -279,6 +279,13 @@ class FastLlama:
         return self.head(F.rms_norm(h, (h.shape[-1],), self.norm, self.eps), rows).float()
 
 
+def device_quant(quant: str, device: torch.device) -> str:
+    """The quant ``device`` can run. The packed int4/int8 kernels used here are CPU
+    kernels (``_weight_int4pack_mm_for_cpu``, ``_weight_int8pack_mm``), so on another
+    device the same fast path runs dense bf16 weights instead."""
+    return "bf16" if quant in ("int4", "int8") and device.type != "cpu" else quant
+
+
 def supports(config: dict[str, Any]) -> bool:
     """Whether the lean path can run this model (plain llama-family decoders)."""
     return (
@@ -316,6 +323,7 @@ class FastBuilder:
     def __init__(self, hf_config: Any, *, quant: str, act: torch.dtype, device: torch.device):
         if quant not in QUANTS:
             raise EngineError(f"unknown fast quant {quant!r}; use one of {QUANTS}")
+        quant = device_quant(quant, device)
         self.cfg = hf_config
         self.quant, self.act, self.device = quant, act, device
         self.n_heads = hf_config.num_attention_heads

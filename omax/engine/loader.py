@@ -160,10 +160,11 @@ def load_fast(
     """
     from accelerate import init_empty_weights
 
-    from omax.engine.fastpath import FastBuilder
+    from omax.engine.fastpath import FastBuilder, device_quant
 
     start = time.perf_counter_ns()
     dev = torch.device(device)
+    quant = device_quant(quant, dev)
     act = torch.bfloat16
     config = build_config(spec)
     with init_empty_weights(include_buffers=True):
