@@ -278,8 +278,6 @@ class FastRunner(Runner):
             kc[idx] = k
             vc[idx] = v
             q = q.view(b, nkv, g, hd)
-            if not solo:
-                return sdpa(q, kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask).view(b, -1)
             if len(solo) < b:
                 o = sdpa(q, kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask).view(b, -1)
             else:
