@@ -11,10 +11,12 @@ directly. Thread-safe: ``submit``/``poll``/``cancel`` may be called from any thr
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -32,6 +34,17 @@ from omax.engine.spec import ModelSpec
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.errors import EngineDead, EngineError, InvalidRequest
 from omax.sharding.tensors import RawTensor
+
+# Engines whose batching thread still runs. A script that never calls close() would
+# otherwise reach interpreter shutdown with that thread alive, and torch aborts the
+# process there ("terminate called without an active exception", exit 134).
+_OPEN: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_OPEN):
+        engine.close()
 
 
 class Engine:
@@ -85,6 +98,7 @@ class Engine:
                 chunk=prefill_chunk,
                 prefix_min=prefix_min,
             )
+            _OPEN.add(self)
 
     @classmethod
     def load(
@@ -239,3 +253,4 @@ class Engine:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        _OPEN.discard(self)
