@@ -86,6 +86,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.dropping: dict[tuple[str, str], asyncio.Task] = {}
         self._wanted_saved: dict[str, int] = {}  # as in the origin store
         self._wanted_lock = asyncio.Lock()
+        self._joining: dict[str, asyncio.Task] = {}  # worker -> its first state pull
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
@@ -124,7 +125,22 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
     # ---- worker membership ------------------------------------------------
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
-        asyncio.ensure_future(self._pull_state(worker))
+        task = asyncio.ensure_future(self._pull_state(worker))
+        self._joining = {**self._joining, worker: task}
+
+        def joined(_: asyncio.Task) -> None:
+            if self._joining.get(worker) is task:
+                self._joining = {w: t for w, t in self._joining.items() if w != worker}
+
+        task.add_done_callback(joined)
+
+    async def _settle(self, timeout: float = 10.0) -> None:
+        """Wait (bounded) for workers Dask has registered but whose omax state has not
+        arrived yet: a decision taken meanwhile would not see them (a pull or a load
+        just after a worker starts would find no worker)."""
+        pending = list(self._joining.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         lost = self._lost_replicas(worker)
@@ -290,6 +306,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             name = normalize_name(name)
             ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
             if not ready:
+                await self._settle()
                 await asyncio.shield(self._start_load(name, digest, num_ctx, keep_alive))
                 ready = [m for m in self.loaded.values() if m.digest == digest and m.ready]
             elif len(ready) < self.cfg.loaded_replicas and digest not in self.loading:
@@ -467,6 +484,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         Answers ``{"digest", "target", "workers": [holders], "complete": bool}`` or
         ``{"error", "status"}``. Progress flows meanwhile into ``omax_cluster``.
         """
+        await self._settle()
         n = max(target or self.cfg.replication_target, self.wanted.get(digest, 0))
         self.wanted = {**self.wanted, digest: n}
         await self._save_wanted()
