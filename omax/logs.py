@@ -1,8 +1,12 @@
 """Logging set up once for the CLI, the plugins and the app.
 
 Human-readable lines by default; ``json`` gives one JSON object per line. A log
-file rotates by size. ``setup_logging`` is idempotent: calling it again replaces the
-handlers it installed before and leaves everyone else's alone.
+file rotates by size. ``setup_logging`` (the ``omax`` CLI) is idempotent: calling it
+again replaces the handlers it installed before and leaves everyone else's alone.
+``setup_plugin_logging`` (the preloads, in ``dask scheduler`` / ``dask worker``
+processes that Dask's own logging config runs) gives only the ``omax`` logger a
+stderr handler at ``omax.log.level``: without it omax's INFO lines (replication,
+eviction, loads) never showed there.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def setup_logging(
         setattr(handler, _MARK, True)
         root.addHandler(handler)
     root.setLevel(level)
+    _own_omax_handlers(logging.getLogger("omax"), [])
     # Dask and uvicorn install their own stderr handlers; let records reach ours instead.
     for name in ("distributed", "uvicorn", "uvicorn.access", "uvicorn.error"):
         lg = logging.getLogger(name)
@@ -67,3 +72,35 @@ def setup_logging(
     logging.getLogger("distributed").setLevel(max(logging.getLevelName(level), logging.WARNING))
     # Per-request lines of HTTP clients are noise on a terminal.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _own_omax_handlers(lg: logging.Logger, handlers: list[logging.Handler]) -> None:
+    """Replace the handlers ``setup_plugin_logging`` put on ``omax`` by ``handlers``."""
+    for old in [h for h in lg.handlers if getattr(h, _MARK, False)]:
+        lg.removeHandler(old)
+        old.close()
+    for handler in handlers:
+        setattr(handler, _MARK, True)
+        lg.addHandler(handler)
+
+
+def setup_plugin_logging() -> None:
+    """In a Dask process started by ``dask scheduler`` or ``dask worker``: omax's own
+    records go to stderr in ``omax.log.format`` at ``omax.log.level``, beside Dask's
+    lines (Dask configures its own loggers only, so the root has no handler there and
+    nothing prints twice; records still propagate, e.g. to pytest's capture). Where
+    ``setup_logging`` already routes everything (``omax serve`` and its embedded
+    scheduler) this does nothing. ``omax.log.file`` is not used here: several
+    processes would rotate one file."""
+    if any(getattr(h, _MARK, False) for h in logging.getLogger().handlers):
+        return
+    from omax.config import settings
+
+    cfg = settings()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if cfg.log_format == "json" else logging.Formatter(_TEXT_FORMAT)
+    )
+    lg = logging.getLogger("omax")
+    _own_omax_handlers(lg, [handler])
+    lg.setLevel(cfg.log_level.upper())

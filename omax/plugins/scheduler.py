@@ -712,4 +712,7 @@ def plugin_of(scheduler: Scheduler) -> OmaxSchedulerPlugin:
 
 def dask_setup(scheduler: Scheduler) -> None:
     """Preload entry point: ``dask scheduler --preload omax.plugins.scheduler``."""
+    from omax.logs import setup_plugin_logging
+
+    setup_plugin_logging()
     scheduler.add_plugin(OmaxSchedulerPlugin(), name=PLUGIN_NAME)

@@ -277,4 +277,7 @@ def plugin_of(worker: Worker) -> OmaxWorkerPlugin:
 
 async def dask_setup(worker: Worker) -> None:
     """Preload entry point: ``dask worker ADDR --preload omax.plugins.worker``."""
+    from omax.logs import setup_plugin_logging
+
+    setup_plugin_logging()
     await worker.plugin_add(OmaxWorkerPlugin(), name=PLUGIN_NAME)

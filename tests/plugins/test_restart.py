@@ -8,10 +8,14 @@ import pytest
 from distributed import Client
 
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.dask_procs import start_scheduler, start_worker, stop
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop, tail
 from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+
+def _logged(proc, logger, words):
+    return any(logger in line and words in line for line in list(proc.log))
 
 
 def _start(env):
@@ -34,6 +38,12 @@ def test_registry_is_rebuilt_from_worker_reports(tmp_path):
             client.wait_for_workers(1, timeout=60)
             reply = client.sync(client.scheduler.omax_replicate_model, digest=digest)
             assert reply["complete"], reply
+        # omax's own INFO lines reach the processes' stderr beside Dask's
+        deadline = time.time() + 10
+        while time.time() < deadline and not _logged(worker, "omax.plugins.replicas", "complete"):
+            time.sleep(0.1)
+        assert _logged(sched, "omax.plugins.scheduler", "replicating"), tail(sched)
+        assert _logged(worker, "omax.plugins.replicas", "complete"), tail(worker)
     finally:
         stop(worker, sched)
 
