@@ -93,6 +93,11 @@ def test_json_logs_to_a_rotating_file(tmp_path):
         "@cli.command()\n"
         "def hello():\n"
         "    logging.getLogger('omax.test').info('hello %s', 'there')\n"
+        "    from distributed import LocalCluster\n"  # a worker process it starts
+        "    from omax.logs import setup_plugin_logging\n"
+        "    with LocalCluster(n_workers=1, processes=True) as c, c.get_client() as cl:\n"
+        "        cl.run(setup_plugin_logging)\n"
+        "        cl.run(lambda: logging.getLogger('omax.child').info('from the worker'))\n"
         "cli(['--log-format', 'json', '--log-file', sys.argv[1], 'hello'])\n"
     )
     out = subprocess.run(
@@ -104,6 +109,8 @@ def test_json_logs_to_a_rotating_file(tmp_path):
     assert hello and hello[0]["message"] == "hello there" and hello[0]["level"] == "INFO"
     stderr_records = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert any(r["message"] == "hello there" for r in stderr_records)
+    # a process the CLI starts (an embedded cluster's worker) logs JSON too
+    assert any(r["message"] == "from the worker" for r in stderr_records), out.stderr[-2000:]
 
 
 def test_verify_reports_damage_and_gc_is_a_dry_run_by_default(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+import dask.config
 
 import omax
 from omax.config import settings
@@ -41,13 +43,19 @@ class OmaxGroup(click.Group):
 def cli(log_format: str | None, log_file: str | None, log_level: str | None) -> None:
     """omax: serve large language models from a Dask cluster behind an Ollama-compatible API."""
     cfg = settings()
+    fmt, level = log_format or cfg.log_format, (log_level or cfg.log_level).upper()
     setup_logging(
-        fmt=log_format or cfg.log_format,
-        level=(log_level or cfg.log_level).upper(),
+        fmt=fmt,
+        level=level,
         file=log_file if log_file is not None else cfg.log_file,
         max_bytes=cfg.log_max_bytes,
         backups=cfg.log_backups,
     )
+    # Processes this one starts (the embedded cluster's workers) log the same way: a
+    # Dask nanny hands its config to the worker, other children read the environment.
+    dask.config.set({"omax.log.format": fmt, "omax.log.level": level})
+    os.environ["DASK_OMAX__LOG__FORMAT"] = fmt
+    os.environ["DASK_OMAX__LOG__LEVEL"] = level
 
 
 def main() -> None:
