@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -52,10 +51,8 @@ def cli(log_format: str | None, log_file: str | None, log_level: str | None) -> 
         backups=cfg.log_backups,
     )
     # Processes this one starts (the embedded cluster's workers) log the same way: a
-    # Dask nanny hands its config to the worker, other children read the environment.
+    # Dask nanny hands its config to the worker it starts.
     dask.config.set({"omax.log.format": fmt, "omax.log.level": level})
-    os.environ["DASK_OMAX__LOG__FORMAT"] = fmt
-    os.environ["DASK_OMAX__LOG__LEVEL"] = level
 
 
 def main() -> None:

@@ -69,9 +69,7 @@ class Lin:
     __slots__ = ("w", "s", "n", "dense", "quant", "small")
     SMALL = {"int4": 8, "int8": 4}
 
-    def __init__(
-        self, w: torch.Tensor | Q4Blocks, quant: str, act: torch.dtype, dense: bool = True
-    ) -> None:
+    def __init__(self, w: torch.Tensor | Q4Blocks, quant: str, act: torch.dtype) -> None:
         self.n, k = w.shape
         self.w: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
@@ -97,14 +95,12 @@ class Lin:
             w = q8 * self.s.float()[:, None]  # the dense copy holds the same weights
         elif quant not in ("int4", "none"):
             raise EngineError(f"unknown quant {quant!r}")
-        self.dense = w.to(act) if dense or self.w is None else None
+        self.dense = w.to(act)
         self.small = self.SMALL.get(quant, 0)
 
     def __call__(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         dense = self.dense
         r = x.shape[0]
-        if dense is None:  # the packed kernel only: row-invariant as it is
-            return self._packed(x)
         if rows is None:
             return self._packed(x) if self.w is not None and r <= self.small else F.linear(x, dense)
         packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
@@ -128,12 +124,10 @@ class Lin:
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows ``ids`` of the weight as ``dtype`` (embedding lookup of a tied head)."""
-        if self.dense is None:
-            raise EngineError("embedding rows need the dense copy")
         return self.dense[ids].to(dtype)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.w, self.s, self.dense) if t is not None]
+        return [t for t in (self.w, self.s) if t is not None] + [self.dense]
 
 
 class Rows:

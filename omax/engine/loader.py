@@ -160,11 +160,10 @@ def load_fast(
     """
     from accelerate import init_empty_weights
 
-    from omax.engine.fastpath import FastBuilder, device_quant
+    from omax.engine.fastpath import FastBuilder
 
     start = time.perf_counter_ns()
     dev = torch.device(device)
-    quant = device_quant(quant, dev)
     act = torch.bfloat16
     config = build_config(spec)
     with init_empty_weights(include_buffers=True):
@@ -178,7 +177,7 @@ def load_fast(
         config=spec.config,
         model=meta,
         dtype=torch.float32,
-        keep_q4_1=quant == "int4",
+        keep_q4_1=builder.quant == "int4",  # the quant this device runs
     ):
         builder.add(name, t)
     del meta

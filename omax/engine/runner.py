@@ -39,7 +39,7 @@ class Segment(NamedTuple):
     pinned: bool = False
 
 
-Segments = Sequence[Segment | tuple[list[int], int, int]]
+Segments = Sequence[Segment]
 
 
 class Runner:
@@ -192,7 +192,7 @@ class Runner:
         any batch (see ``Segment.pinned``). Here the parts are separate forward passes
         whose every row is batch-invariant already; ``FastRunner`` runs them in one.
         """
-        last = [self.prefill(s[0], s[1], s[2]) for s in segments]
+        last = [self.prefill(s.ids, s.start, s.row) for s in segments]
         return (self.decode(tokens, positions) if tokens else None), last
 
     def _wrote(self, row: int, start: int, end: int) -> None:
@@ -343,7 +343,7 @@ class FastRunner(Runner):
             parts.append(
                 (0, b, self._decode_attend(positions, torch.tensor(positions, device=dev), pinned))
             )
-        for j, seg in enumerate(Segment(*s) for s in segments):
+        for j, seg in enumerate(segments):
             r, n = len(ids), len(seg.ids)
             parts.append((r, n, self._prefill_attend(n, seg.start, seg.row)))
             if seg.pinned:

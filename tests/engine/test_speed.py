@@ -6,7 +6,7 @@ import torch
 
 from omax.engine import loader, weights
 from omax.engine.fastpath import FastBuilder, Lin
-from omax.engine.runner import FastRunner, Runner
+from omax.engine.runner import FastRunner, Runner, Segment
 from omax.engine.weights import Q4Blocks
 from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw
 
@@ -104,7 +104,9 @@ def test_fused_step_matches_separate_prefill_and_decode(tiny_model_and_spec):
         r.prefill(ids[:5], 0, slot=1)
         r.prefill([11, 12, 13], 0)  # the staging slot's first chunk
     chunk, whole = [14, 15, 16, 17], [21, 22, 23, 24, 25]
-    dec, lasts = fused.step([7, 8], [len(ids), 5], [(chunk, 3, fused.staging), (whole, 0, 2)])
+    dec, lasts = fused.step(
+        [7, 8], [len(ids), 5], [Segment(chunk, 3, fused.staging), Segment(whole, 0, 2)]
+    )
     want = [apart.prefill(chunk, 3), apart.prefill(whole, 0, slot=2)]
     want_dec = apart.decode([7, 8], [len(ids), 5])
     assert dec is not None and len(lasts) == 2
@@ -114,5 +116,5 @@ def test_fused_step_matches_separate_prefill_and_decode(tiny_model_and_spec):
     # The caches agree too: the next decode from either gives the same logits.
     pos = [len(ids) + 1, 6, len(whole)]
     assert torch.allclose(fused.decode([9, 9, 9], pos), apart.decode([9, 9, 9], pos), atol=1e-4)
-    assert fused.step([], [], [(chunk, 3, fused.staging)])[0] is None
+    assert fused.step([], [], [Segment(chunk, 3, fused.staging)])[0] is None
     assert fused.step([7], [3])[1] == []
