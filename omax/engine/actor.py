@@ -13,7 +13,9 @@ worker's local replica of ``model_digest`` (omax.sharding); tests pass files.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -27,6 +29,7 @@ from omax.sharding.tensors import RawTensor
 LoadSource = Callable[[], tuple[ModelSpec, Iterable[RawTensor]]]
 
 POLL_INTERVAL = 0.002
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 def store_load_source(model_digest: str, store_url: str) -> LoadSource:
@@ -57,6 +60,29 @@ def _use_cpu_threads() -> None:
         torch.set_num_threads(n)
 
 
+def _keep_step_buffers() -> None:
+    """Let glibc reuse a decode step's freed buffers instead of unmapping them.
+
+    Dask starts worker processes with ``MALLOC_TRIM_THRESHOLD_=65536``
+    (``distributed.nanny.pre-spawn-environ``). Setting it also turns off glibc's
+    dynamic mmap threshold, which then stays at 128 KiB: every tensor of a step above
+    that (logits, activations, attention scratch) is a fresh mmap, faulted in page by
+    page and unmapped when freed. For SmolLM2 that is ~7,500 page faults and ~13% more
+    CPU per 128-token stream. Raising the mmap threshold to the ceiling glibc's own
+    dynamic rule reaches (32 MiB) and the trim threshold above it keeps those buffers
+    on the heap; weights and KV caches, allocated once and larger, are unaffected.
+    Only done where the variable is set: otherwise glibc's dynamic rule already works.
+    """
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class ModelActor:
     """One model on one device slot. ``__init__`` is cheap; call ``load()`` next."""
 
@@ -79,6 +105,9 @@ class ModelActor:
         self.engine: Engine | None = None
         self._loading: asyncio.Task | None = None
         self._ready: asyncio.Event | None = None
+        # Polls waiting for any chunk, and polls lingering for an urgent one.
+        self._waiting = 0
+        self._lingering = 0
         self._streaming: set[str] = set()  # requests whose first chunk was delivered
         self.load_duration_ns = 0
 
@@ -86,6 +115,7 @@ class ModelActor:
         start = time.perf_counter_ns()
         if self.device == "cpu":
             _use_cpu_threads()
+            _keep_step_buffers()
         spec, tensors = self._load_source()
         engine = Engine.load(
             spec, tensors, device=self.device, dtype=self.dtype, **self.engine_options
@@ -130,9 +160,9 @@ class ModelActor:
         start = time.monotonic()
         out = eng.poll(ids, 0.0)
         if not out and timeout > 0:
-            out = await self._gather(eng, ids, start + timeout, out, bool)
+            out = await self._gather(eng, ids, start + timeout, out, linger=False)
         if out and linger > 0 and not self._urgent(out):
-            out = await self._gather(eng, ids, start + linger, out, self._urgent)
+            out = await self._gather(eng, ids, start + linger, out, linger=True)
         for rid, chunks in out.items():
             if chunks and chunks[-1].done:
                 self._streaming.discard(rid)
@@ -153,29 +183,46 @@ class ModelActor:
         ids: list[str],
         deadline: float,
         out: dict[str, list[GenerateChunk]],
-        enough: Callable[[dict[str, list[GenerateChunk]]], bool],
+        linger: bool,
     ) -> dict[str, list[GenerateChunk]]:
-        """Add new chunks of ``ids`` to ``out`` until ``enough(out)`` or the deadline."""
+        """Add new chunks of ``ids`` to ``out`` until the deadline or, waiting, until
+        there is one, or, lingering, until one is urgent (a first or a last chunk).
+
+        A lingering poll is woken by urgent chunks only: one wake-up of this event loop
+        per token would take the GIL from the batching thread at every step."""
+        enough = self._urgent if linger else bool
         ready = self._output_event(eng)
-        while True:
-            ready.clear()
-            for rid, chunks in eng.poll(ids, 0.0).items():  # after clear(): a later emit sets it
-                out.setdefault(rid, []).extend(chunks)
-            remaining = deadline - time.monotonic()
-            if enough(out) or remaining <= 0:
-                return out
-            try:
-                await asyncio.wait_for(ready.wait(), min(remaining, POLL_INTERVAL * 10))
-            except TimeoutError:
-                pass
+        self._count(linger, 1)
+        try:
+            while True:
+                ready.clear()
+                for rid, chunks in eng.poll(ids, 0.0).items():  # after clear(): an emit sets it
+                    out.setdefault(rid, []).extend(chunks)
+                remaining = deadline - time.monotonic()
+                if enough(out) or remaining <= 0:
+                    return out
+                wait = remaining if linger else min(remaining, POLL_INTERVAL * 10)
+                try:
+                    await asyncio.wait_for(ready.wait(), wait)
+                except TimeoutError:
+                    pass
+        finally:
+            self._count(linger, -1)
+
+    def _count(self, linger: bool, delta: int) -> None:
+        if linger:
+            self._lingering += delta
+        else:
+            self._waiting += delta
 
     def _output_event(self, eng: Engine) -> asyncio.Event:
         if self._ready is None:
             loop = asyncio.get_running_loop()
             event = asyncio.Event()
 
-            def wake() -> None:
-                if not event.is_set():
+            def wake(urgent: bool) -> None:  # on the batching thread
+                wanted = self._waiting or (urgent and self._lingering)
+                if wanted and not event.is_set():
                     loop.call_soon_threadsafe(event.set)
 
             if eng.batcher is not None:

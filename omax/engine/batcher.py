@@ -53,6 +53,7 @@ class Sequence:
     prefill_ns: int = 0
     eval_ns: int = 0
     tool_stream: ToolCallStream | None = None  # set when the request has tools
+    emitted: bool = False  # a chunk was emitted
 
     def __post_init__(self) -> None:
         if self.req.tools and self.tool_stream is None:
@@ -101,9 +102,10 @@ class Batcher:
         self._wake = threading.Event()
         self._stop = False
         self.dead: str | None = None
-        # Called (from this loop's thread) whenever a chunk is ready: lets an asyncio
-        # caller wake at once instead of polling on a timer.
-        self.on_output: Callable[[], None] | None = None
+        # Called (from this loop's thread) whenever a chunk is ready, with whether it is
+        # urgent (a request's first or last): lets an asyncio caller wake at once instead
+        # of polling on a timer.
+        self.on_output: Callable[[bool], None] | None = None
         self._thread = threading.Thread(target=self._run, name="omax-batcher", daemon=True)
         self._thread.start()
 
@@ -174,8 +176,10 @@ class Batcher:
             if seq.rid in self._outbox:
                 self._outbox[seq.rid].append(chunk)
             self._cond.notify_all()
+        urgent = chunk.done or not seq.emitted
+        seq.emitted = True
         if self.on_output is not None:
-            self.on_output()
+            self.on_output(urgent)
 
     def _fail_all(self, msg: str) -> None:
         placed = {id(s) for s in self.decoding} | {id(self.prefilling)}

@@ -1,0 +1,31 @@
+"""The embedded cluster keeps Dask's housekeeping off the cores a CPU model decodes on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dask.config
+from distributed import Client
+
+from omax.embedded import start_cluster
+
+
+def _settings() -> tuple[bool, str]:
+    return (
+        dask.config.get("distributed.worker.profile.enabled"),
+        dask.config.get("distributed.admin.tick.interval"),
+    )
+
+
+def test_embedded_workers_skip_the_profiler_and_tick_slowly_unless_the_user_set_them():
+    async def worker_settings() -> tuple[bool, str]:
+        cluster = await start_cluster(1, ":0")
+        try:
+            async with Client(cluster, asynchronous=True) as client:
+                return next(iter((await client.run(_settings)).values()))
+        finally:
+            await cluster.close()
+
+    assert asyncio.run(worker_settings()) == (False, "1s")
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
+        assert asyncio.run(worker_settings()) == (False, "50ms")  # the user's value wins
