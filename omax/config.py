@@ -105,6 +105,7 @@ class Settings:
     engine_dtype: str
     engine_quant: str
     prefix_cache: str
+    native_decode: str
     host: str
     port: int
     keep_alive: float
@@ -206,6 +207,7 @@ def settings() -> Settings:
             "engine.quant", _choice("none", "int8", "int4", "bf16"), "none, int8, int4 or bf16"
         ),
         prefix_cache=_check("engine.prefix-cache", _choice("auto", "on", "off"), "auto, on or off"),
+        native_decode=_check("engine.native-decode", _choice("auto", "off"), "auto or off"),
         host=_check("serve.host", _nonempty, "a host name or address"),
         port=_check("serve.port", _port, "a port number 0-65535"),
         keep_alive=_check(

@@ -209,8 +209,16 @@ class FastRunner(Runner):
     """
 
     def __init__(  # noqa: D107
-        self, model: FastLlama, *, max_slots: int, max_len: int, prefix_rows: int = 0
+        self,
+        model: FastLlama,
+        *,
+        max_slots: int,
+        max_len: int,
+        prefix_rows: int = 0,
+        native: bool = True,
     ) -> None:
+        """``native``: decode steps without pinned rows take the native step
+        (``omax.engine.native``) if it is already built when the runner is made."""
         self.fast = model
         self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
         self.group = self.n_heads // self.n_kv
@@ -225,6 +233,14 @@ class FastRunner(Runner):
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.hw = [0] * shape[0]
+        self.native = _native_decoder(model) if native else None
+
+    def _decode_mask(self, positions: list[int], pos: torch.Tensor, length: int):
+        """Rows shorter than the longest attend only to their own keys."""
+        if len(positions) > 1 and min(positions) + 1 != length:
+            keys = torch.arange(length, device=self.device).unsqueeze(0)
+            return (keys <= pos.unsqueeze(1))[:, None, None, :]
+        return None
 
     def _prefill_attend(self, t: int, start: int, slot: int):
         """``attend`` for ``t`` prompt rows at ``start..`` of ``slot`` (causal)."""
@@ -264,11 +280,7 @@ class FastRunner(Runner):
         length = int(max(positions)) + 1
         solo = [i for i, p in enumerate(pinned) if p]
         self._ensure_init(b, length)
-        mask = None
-        if b > 1 and min(positions) + 1 != length:
-            mask = (torch.arange(length, device=dev).unsqueeze(0) <= pos.unsqueeze(1))[
-                :, None, None, :
-            ]
+        mask = self._decode_mask(positions, pos, length)
         ks, vs, nkv, g, hd = self.k, self.v, self.n_kv, self.group, self.head_dim
         idx = (torch.arange(b, device=dev), slice(None), pos)
         sdpa = F.scaled_dot_product_attention
@@ -310,6 +322,12 @@ class FastRunner(Runner):
         """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        if self.native is not None and not any(pinned):
+            length = max(positions) + 1
+            self._check_len(length)
+            self._ensure_init(len(positions), length)
+            mask = self._decode_mask(positions, pos, length)
+            return self.native.decode(ids, positions, length, mask, self.k, self.v)
         rows = Rows([i for i, p in enumerate(pinned) if p]) if any(pinned) else None
         h = self.fast.forward(ids, pos, self._decode_attend(positions, pos, pinned), rows)
         return self.fast.logits(h, rows)
@@ -374,6 +392,15 @@ QUANTS = ("none", *FAST_QUANTS)
 
 def is_fast(model: object) -> bool:
     return isinstance(model, FastLlama)
+
+
+def _native_decoder(model: FastLlama):
+    from omax.engine import native
+
+    if not (native.NativeDecoder.supports(model) and native.enabled()):
+        return None
+    mod = native.module()
+    return native.NativeDecoder(mod, model) if mod is not None else None
 
 
 def make_runner(model: object, *, max_slots: int, max_len: int, prefix_rows: int = 0) -> Runner:

@@ -1,0 +1,166 @@
+"""The native decode step: ``native_decode.cpp``, compiled once per machine.
+
+At one stream, a decode step of the lean path spends about as long dispatching its
+~1,200 small torch ops from Python as in its matmuls. ``native_decode.cpp`` runs the
+same step in one call: the same ATen matmul and attention kernels, with RMSNorm,
+rotary embedding + KV write and silu*mul as single loops (SmolLM2 int4, 2 cores:
+~9 ms a step against ~14 ms).
+
+It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
+torch's extension cache, named by a hash of the source, in a background thread the
+first time a runner asks for it; a runner created before the build is done keeps the
+Python step for its whole life, so one engine never mixes the two (their last bits
+differ for batches that take the dense kernels). Without a compiler, or with
+``omax.engine.native-decode: off``, everything runs in Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native_decode.cpp")
+KINDS = {"int4": 4, "int8": 8}  # Lin.quant -> the kernel native_decode.cpp calls
+PER_LAYER = 14  # ln1, qkv (w, s, dense), o (w, s, dense), ln2, gu (...), down (...)
+
+_lock = threading.Lock()
+_module: Any = None
+_build: threading.Thread | None = None
+
+
+def _name() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()
+    return f"omax_native_decode_{digest[:12]}"
+
+
+def _flags() -> list[str]:
+    return ["-O3", "-march=native", "-fopenmp"]
+
+
+def _compile() -> Any:
+    from torch.utils.cpp_extension import load
+
+    return load(_name(), sources=[str(SOURCE)], extra_cflags=_flags(), verbose=False)
+
+
+def _built_path() -> Path:
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = _name()
+    return Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+
+
+def _background() -> None:
+    global _module
+    try:
+        log.info("building the native decode step (once per machine, about a minute)")
+        module = _compile()
+    except Exception as e:  # no compiler, no ninja, a build error: Python it is
+        log.info("native decode step unavailable, decoding in Python: %s", e)
+        return
+    with _lock:
+        _module = module
+    log.info("native decode step built")
+
+
+def module(start_build: bool = True) -> Any:
+    """The compiled module if it is ready now; otherwise None, and (``start_build``)
+    a background build is started for runners created later."""
+    try:
+        return _module_now(start_build)
+    except Exception as e:  # torch's extension tooling changed, a read-only cache, ...
+        log.info("native decode step unavailable, decoding in Python: %s", e)
+        return None
+
+
+def _module_now(start_build: bool) -> Any:
+    global _module, _build
+    with _lock:
+        if _module is not None:
+            return _module
+        if _build is None and _built_path().exists():
+            try:  # built earlier on this machine: loading takes well under a second
+                _module = _compile()
+                return _module
+            except Exception as e:
+                log.info("native decode step failed to load: %s", e)
+        if start_build and _build is None:
+            _build = threading.Thread(target=_background, name="omax-native-build", daemon=True)
+            _build.start()
+        return None
+
+
+def wait(timeout: float | None = None) -> Any:
+    """The module once a background build has finished (None if it failed)."""
+    build = _build
+    if build is not None:
+        build.join(timeout)
+    return _module
+
+
+def enabled() -> bool:
+    """``omax.engine.native-decode`` is not "off" (validated by ``omax.config``)."""
+    import dask.config
+
+    return dask.config.get("omax.engine.native-decode", "auto") != "off" and os.name == "posix"
+
+
+class NativeDecoder:
+    """A ``FastLlama``'s weights laid out for ``native_decode.cpp``'s ``decode``."""
+
+    def __init__(self, mod: Any, model: Any) -> None:
+        empty = torch.empty(0)
+        tensors: list[torch.Tensor] = []
+        kinds: list[int] = []
+        smalls: list[int] = []
+
+        def lin(x: Any) -> list[torch.Tensor]:
+            kinds.append(KINDS.get(x.quant, 0) if x.w is not None else 0)
+            smalls.append(x.small)
+            return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, x.dense]
+
+        for layer in model.layers:
+            tensors += [layer.ln1, *lin(layer.qkv), *lin(layer.o), layer.ln2]
+            tensors += [*lin(layer.gu), *lin(layer.down)]
+        tensors += [model.embed.dense, model.norm, *lin(model.head)]
+        self.mod, self.model = mod, model
+        self.tensors, self.kinds, self.smalls = tensors, kinds, smalls
+
+    @staticmethod
+    def supports(model: Any) -> bool:
+        return model.device.type == "cpu" and model.act == torch.bfloat16
+
+    def decode(
+        self,
+        ids: torch.Tensor,
+        positions: list[int],
+        length: int,
+        mask: torch.Tensor | None,
+        k: list[torch.Tensor],
+        v: list[torch.Tensor],
+    ) -> torch.Tensor:
+        m = self.model
+        return self.mod.decode(
+            ids,
+            positions,
+            length,
+            mask,
+            self.tensors,
+            self.kinds,
+            self.smalls,
+            k,
+            v,
+            m.freqs,
+            m.n_heads,
+            m.n_kv,
+            m.head_dim,
+            m.eps,
+        )

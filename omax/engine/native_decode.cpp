@@ -1,0 +1,145 @@
+// The decode step of omax.engine.fastpath.FastLlama in one native call.
+//
+// Python runs ~40 torch ops per layer for a decode step (rms_norm alone is eight),
+// and at one stream their dispatch costs as much as the matmuls. Here the matmuls and
+// attention are the same ATen kernels, and RMSNorm, rotary embedding with the KV
+// write, and silu*mul are one loop each. Rows are bf16 tokens [R, H]; row i is cache
+// slot i at position positions[i]. Built on first use by omax.engine.native.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+using at::Tensor;
+using c10::BFloat16;
+
+namespace {
+
+constexpr int64_t kGroup = 32;
+constexpr int64_t kLin = 3;  // tensors per linear: packed weight, scales, dense
+
+Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, int64_t small, const Tensor& x) {
+  const Tensor& w = t[at];
+  if (kind != 0 && x.size(0) <= small) {
+    if (kind == 4) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, t[at + 1]);
+    return at::_weight_int8pack_mm(x, w, t[at + 1]);
+  }
+  return at::linear(x, t[at + 2]);
+}
+
+// RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
+Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
+  const int64_t r = h.size(0), n = h.size(1);
+  Tensor out = at::empty_like(h);
+  const BFloat16* x = h.data_ptr<BFloat16>();
+  const BFloat16* g = w.data_ptr<BFloat16>();
+  BFloat16* o = out.data_ptr<BFloat16>();
+  for (int64_t i = 0; i < r; ++i) {
+    const BFloat16* xi = x + i * n;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = static_cast<float>(xi[j]);
+      acc += v * v;
+    }
+    const float rstd = 1.f / std::sqrt(acc / static_cast<float>(n) + static_cast<float>(eps));
+    BFloat16* oi = o + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      oi[j] = static_cast<BFloat16>(static_cast<float>(xi[j]) * rstd * static_cast<float>(g[j]));
+    }
+  }
+  return out;
+}
+
+// Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd]; k and v are
+// written to the caches at (row, :, pos[row]); returns q [R, nh*hd].
+Tensor rope_store(const Tensor& y, const Tensor& freqs, const std::vector<int64_t>& pos,
+                  Tensor& kc, Tensor& vc, int64_t nh, int64_t nkv, int64_t hd) {
+  const int64_t r = y.size(0), width = y.size(1);
+  Tensor q = at::empty({r, nh * hd}, y.options());
+  const BFloat16* py = y.data_ptr<BFloat16>();
+  const float* pf = reinterpret_cast<const float*>(freqs.data_ptr());  // complex64 -> (cos, sin)
+  const int64_t half = hd / 2;
+  BFloat16* pq = q.data_ptr<BFloat16>();
+  BFloat16* pk = kc.data_ptr<BFloat16>();
+  BFloat16* pv = vc.data_ptr<BFloat16>();
+  const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
+  for (int64_t i = 0; i < r; ++i) {
+    const BFloat16* yi = py + i * width;
+    const float* f = pf + pos[i] * half * 2;
+    for (int64_t head = 0; head < nh + nkv; ++head) {
+      BFloat16* dst = head < nh ? pq + i * nh * hd + head * hd
+                                : pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2;
+      const BFloat16* src = yi + head * hd;
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = static_cast<float>(src[2 * j]), b = static_cast<float>(src[2 * j + 1]);
+        const float c = f[2 * j], s = f[2 * j + 1];
+        dst[2 * j] = static_cast<BFloat16>(a * c - b * s);
+        dst[2 * j + 1] = static_cast<BFloat16>(a * s + b * c);
+      }
+    }
+    const BFloat16* vsrc = yi + (nh + nkv) * hd;
+    for (int64_t head = 0; head < nkv; ++head) {
+      std::memcpy(pv + i * ks0 + head * ks1 + pos[i] * ks2, vsrc + head * hd, hd * sizeof(BFloat16));
+    }
+  }
+  return q;
+}
+
+// silu(gu[:, :n]) * gu[:, n:], each rounded to bf16 as torch does.
+Tensor silu_mul(const Tensor& gu) {
+  const int64_t r = gu.size(0), n = gu.size(1) / 2;
+  Tensor out = at::empty({r, n}, gu.options());
+  const BFloat16* p = gu.data_ptr<BFloat16>();
+  BFloat16* o = out.data_ptr<BFloat16>();
+  for (int64_t i = 0; i < r; ++i) {
+    const BFloat16* a = p + i * 2 * n;
+    const BFloat16* b = a + n;
+    BFloat16* oi = o + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      const float x = static_cast<float>(a[j]);
+      const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
+      oi[j] = static_cast<BFloat16>(static_cast<float>(s) * static_cast<float>(b[j]));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
+              const c10::optional<Tensor>& mask, const std::vector<Tensor>& t,
+              const std::vector<int64_t>& kinds, const std::vector<int64_t>& smalls,
+              std::vector<Tensor> kc, std::vector<Tensor> vc, const Tensor& freqs, int64_t nh,
+              int64_t nkv, int64_t hd, double eps) {
+  at::InferenceMode guard;
+  const int64_t r = ids.size(0);
+  const int64_t n_layers = static_cast<int64_t>(kc.size());
+  const int64_t per_layer = 2 + 4 * kLin;
+  const size_t tail = static_cast<size_t>(n_layers * per_layer);
+  Tensor h = at::index_select(t[tail], 0, ids);
+  const int64_t g = nh / nkv;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const size_t b = static_cast<size_t>(i * per_layer);
+    const int64_t* kd = kinds.data() + 4 * i;
+    const int64_t* sm = smalls.data() + 4 * i;
+    Tensor y = lin(t, b + 1, kd[0], sm[0], rms_norm(h, t[b], eps));
+    Tensor q = rope_store(y, freqs, positions, kc[i], vc[i], nh, nkv, hd);
+    Tensor o = at::scaled_dot_product_attention(
+                   q.view({r, nkv, g, hd}), kc[i].slice(0, 0, r).slice(2, 0, length),
+                   vc[i].slice(0, 0, r).slice(2, 0, length), mask)
+                   .view({r, -1});
+    h.add_(lin(t, b + 1 + kLin, kd[1], sm[1], o));
+    Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], sm[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
+    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], sm[3], silu_mul(gu)));
+  }
+  return lin(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers], rms_norm(h, t[tail + 1], eps))
+      .to(at::kFloat);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode", &decode, "one batched decode step of a FastLlama");
+}
