@@ -160,7 +160,8 @@ class ClusterRuntime:
         rid = request.request_id or uuid.uuid4().hex
         num_ctx = request.options.num_ctx
         for attempt in range(_RETRIES + 1):
-            actor = await self._acquire(request.model, digest, num_ctx, request.keep_alive)
+            actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
+            self._outstanding[actor.key] += 1
             poller = self._pollers.get(actor.key)
             if poller is None:
                 poller = self._pollers[actor.key] = Poller(
@@ -170,7 +171,21 @@ class ClusterRuntime:
             done = False
             try:
                 queue = poller.register(rid)
-                await actor.call("submit", _with_id(request, rid))
+                # Counting the request with the scheduler (which also finds a cached actor
+                # that was unloaded meanwhile) and submitting it are independent round
+                # trips: both go at once, off the time to first token.
+                replies: tuple[Any, Any] = await asyncio.gather(
+                    self.client.scheduler.omax_touch(
+                        key=actor.key, delta=1, keep_alive=request.keep_alive
+                    ),
+                    actor.call("submit", _with_id(request, rid)),
+                    return_exceptions=True,
+                )
+                touched, submitted = replies
+                if isinstance(submitted, BaseException):
+                    raise submitted
+                if touched is not True:
+                    raise EngineDead(f"model actor {actor.key} is no longer loaded")
                 while True:
                     item = await queue.get()
                     if isinstance(item, Exception):
@@ -180,10 +195,10 @@ class ClusterRuntime:
                     if item.done:
                         done = True
                         return
-            except EngineDead:
+            except EngineDead as e:
                 if started or attempt == _RETRIES:
                     raise
-                logger.warning("actor %s died before the first token; retrying", actor.key)
+                logger.warning("actor %s before the first token: %s; retrying", actor.key, e)
                 self._forget_actor(digest, actor)
                 await self.client.scheduler.omax_unload(key=actor.key)
             finally:

@@ -159,6 +159,35 @@ def test_queue_bound_and_cancel_on_close(cluster3):
     assert stats["live"] == 0 and stats["kv_tokens"] == 0
 
 
+def test_a_request_after_its_cached_actor_was_unloaded_loads_the_model_again(cluster3):
+    """The front door caches a model's actors for a moment; one unloaded meanwhile is
+    found out when the request is counted with the scheduler, and the request goes to
+    a fresh load instead of failing."""
+    addr, store, workers, names = cluster3
+    digest, _ = store.resolve("small")
+
+    async def scenario():
+        runtime = await ClusterRuntime.connect(addr)
+        try:
+            req = GenerateRequest(
+                model="small",
+                prompt="hello",
+                raw=True,
+                options=SamplingOptions(temperature=0, num_predict=3),
+            )
+            first = [c async for c in runtime.generate(req)]
+            assert await runtime.client.scheduler.omax_unload(digest=digest) == 1
+            second = [c async for c in runtime.generate(req)]  # within the actor cache
+            return first, second
+        finally:
+            await runtime.close()
+
+    first, second = asyncio.run(scenario())
+    assert first[-1].done and second[-1].done
+    assert second[-1].metrics.eval_count == 3
+    assert "".join(c.text for c in second) == "".join(c.text for c in first)
+
+
 def test_dashboard_page_shows_slots_replicas_and_loaded_models(cluster3):
     import httpx
 
