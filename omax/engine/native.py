@@ -8,7 +8,8 @@ rotary embedding + KV write and silu*mul as single loops (SmolLM2 int4, 2 cores:
 
 It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
 ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash of the
-source and the torch version, in a background thread the
+source, the torch version and the CPU (it is built for this CPU's instruction set),
+in a background thread the
 first time a runner asks for it; a runner created before the build is done keeps the
 Python step for its whole life, so one engine never mixes the two (their last bits
 differ for batches that take the dense kernels). Without a compiler, or with
@@ -17,10 +18,12 @@ differ for batches that take the dense kernels). Without a compiler, or with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import platform
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,21 @@ _module: Any = None
 _build: threading.Thread | None = None
 
 
+def _cpu() -> bytes:
+    """This CPU's model and instruction-set flags: the build uses -march=native, so a
+    cache shared by machines of different CPUs must keep one build per kind."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            lines = [ln for ln in f.read().splitlines() if ln.startswith((b"model name", b"flags"))]
+        return b"\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor().encode()
+
+
+@functools.cache
 def _name() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()
-    return f"omax_native_decode_{digest[:12]}"
+    key = SOURCE.read_bytes() + torch.__version__.encode() + _cpu() + " ".join(_flags()).encode()
+    return f"omax_native_decode_{hashlib.sha256(key).hexdigest()[:12]}"
 
 
 def _flags() -> list[str]:
