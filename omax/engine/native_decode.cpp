@@ -141,5 +141,8 @@ Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode", &decode, "one batched decode step of a FastLlama");
+  // The step runs without the GIL, like torch's own ops: the worker's event loop and
+  // other threads keep running Python while it computes.
+  m.def("decode", &decode, "one batched decode step of a FastLlama",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
 }
