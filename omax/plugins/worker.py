@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
+import threading
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -280,4 +282,14 @@ async def dask_setup(worker: Worker) -> None:
     from omax.logs import setup_plugin_logging
 
     setup_plugin_logging()
+    _leave_ctrl_c_to_the_nanny(worker)
     await worker.plugin_add(OmaxWorkerPlugin(), name=PLUGIN_NAME)
+
+
+def _leave_ctrl_c_to_the_nanny(worker: Worker) -> None:
+    """A terminal's Ctrl-C goes to every process of its group: the worker process a
+    nanny started died of it with a KeyboardInterrupt traceback while its nanny (in
+    ``omax serve`` or ``dask worker``) was closing it cleanly. Under a nanny the worker
+    leaves SIGINT to the nanny; a worker without one still stops on it."""
+    if worker.nanny and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

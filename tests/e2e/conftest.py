@@ -70,7 +70,9 @@ def server(tmp_path_factory):
     proc, url, log = start_server(tmp)
     yield url
     code = stop_server(proc)
-    assert code == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert code == 0, text[-4000:]
+    assert "KeyboardInterrupt" not in text, text[-4000:]  # Ctrl-C stops every process cleanly
 
 
 @pytest.fixture(scope="session")
