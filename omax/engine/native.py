@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_decode.cpp")
 KINDS = {"int4": 4, "int8": 8}  # Lin.quant -> the kernel native_decode.cpp calls
-PER_LAYER = 14  # ln1, qkv (w, s, dense), o (w, s, dense), ln2, gu (...), down (...)
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
 
 _lock = threading.Lock()
 _module: Any = None
@@ -54,12 +54,8 @@ def _cpu() -> bytes:
 
 @functools.cache
 def _name() -> str:
-    key = SOURCE.read_bytes() + torch.__version__.encode() + _cpu() + " ".join(_flags()).encode()
+    key = SOURCE.read_bytes() + torch.__version__.encode() + _cpu() + " ".join(FLAGS).encode()
     return f"omax_native_decode_{hashlib.sha256(key).hexdigest()[:12]}"
-
-
-def _flags() -> list[str]:
-    return ["-O3", "-march=native", "-fopenmp"]
 
 
 def _build_dir() -> Path:
@@ -75,7 +71,7 @@ def _compile() -> Any:
     return load(
         _name(),
         sources=[str(SOURCE)],
-        extra_cflags=_flags(),
+        extra_cflags=FLAGS,
         build_directory=str(build),
         verbose=False,
     )
