@@ -37,10 +37,12 @@ def _runners(model, built):
 def test_native_decode_matches_the_python_step(smollm2_int4_engine, built):
     model = smollm2_int4_engine.loaded.model
     py, nat = _runners(model, built)
-    # one stream (packed int4 kernels): the same kernels, the same numbers
+    # The same matmul kernels; its own attention sums in another order, so the bf16
+    # logits may differ by a few units in the last place, never in the chosen token.
     for step in range(4):
         a, b = py.decode([7 + step], [30 + step]), nat.decode([7 + step], [30 + step])
-        assert torch.allclose(a, b, atol=1e-3, rtol=0), (a - b).abs().max()
+        assert (a - b).abs().max() < 1.0, (a - b).abs().max()
+        assert int(a.argmax()) == int(b.argmax())
     # 16 rows at their own positions (dense kernels, masked attention): same argmax
     agree = total = 0
     for step in range(4):
@@ -51,6 +53,26 @@ def test_native_decode_matches_the_python_step(smollm2_int4_engine, built):
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         total += 16
     assert agree >= 0.9 * total
+
+
+@pytest.mark.parametrize("positions", [[0], [63], [700], [40, 9, 300, 0]])
+def test_native_attention_matches_sdpa(built, positions):
+    """Each row attends to exactly its own keys 0..position, as torch's SDPA does
+    with the padding masked."""
+    torch.manual_seed(0)
+    nh, nkv, hd, rows = 9, 3, 64, len(positions)
+    k = torch.randn(rows + 2, nkv, 1024, hd).bfloat16()
+    v = torch.randn(rows + 2, nkv, 1024, hd).bfloat16()
+    q = torch.randn(rows, nh * hd).bfloat16()
+    length = max(positions) + 1
+    keys = torch.arange(length).unsqueeze(0)
+    mask = (keys <= torch.tensor(positions).unsqueeze(1))[:, None, None, :]
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.view(rows, nkv, nh // nkv, hd), k[:rows, :, :length], v[:rows, :, :length], mask
+    ).view(rows, -1)
+    got = built.attend(q, k, v, positions, length, None, nh, nkv, hd)
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert (got.float() - want.float()).abs().max() < 0.01
 
 
 def test_native_decode_is_faster_for_one_stream(smollm2_int4_engine, built):
