@@ -12,7 +12,8 @@ One-stream tok/s is decode only (eval_count / eval_duration for omax, the timed 
 loop for llama.cpp). 16-stream tok/s is wall clock from submission to the last token,
 prefill included, for both. The 16 seeded streams sample (temperature 0.8) with a seed
 each, so their rows take batch-invariant kernels (same text alone and batched).
-Targets (issue 4): one stream >= 1.0x llama.cpp (~100 tok/s on 2 cores), 16 streams
+Targets (issue 4): one stream >= 1.0x llama.cpp (~100 tok/s on 2 cores; judged by the
+median of each repeat's omax / llama.cpp ratio, the two run back to back), 16 streams
 >= 1.5x llama.cpp's ~170 tok/s, cold load <= 1.5 s, load peak <= 1.5x model size,
 MiniLM >= 1.0x sentence-transformers encode.
 """
@@ -267,8 +268,17 @@ def main() -> None:
     emb.close()
 
     best_l16 = max(res["l16"], default=float("nan"))
+    # Each repeat runs omax, then llama.cpp straight after: a pair that saw the same
+    # machine (its speed drifts by +-30% over minutes), so the pairs' ratios are the
+    # steadiest comparison.
+    ratios = [o / ref for o, ref in zip(res["one"], res["l1"], strict=False)]
     rows = [
         ("1 stream decode tok/s: omax", stats(res["one"]), f">= llama.cpp {stats(res['l1'])}"),
+        (
+            "1 stream omax / llama.cpp, median of pairs",
+            f"{statistics.median(ratios):.2f}" if ratios else "n/a",
+            ">= 1.0",
+        ),
         (
             "16 streams aggregate tok/s: omax",
             stats(res["many"]),

@@ -37,11 +37,12 @@ def _runners(model, built):
 def test_native_decode_matches_the_python_step(smollm2_int4_engine, built):
     model = smollm2_int4_engine.loaded.model
     py, nat = _runners(model, built)
-    # The same matmul kernels; its own attention sums in another order, so the bf16
-    # logits may differ by a few units in the last place, never in the chosen token.
+    # Its own matmul and attention kernels sum in another order, so each layer's bf16
+    # results may differ in the last bit, and 30 layers carry that into the logits
+    # (~0.1 on average, up to ~0.8 measured); never into the chosen token here.
     for step in range(4):
         a, b = py.decode([7 + step], [30 + step]), nat.decode([7 + step], [30 + step])
-        assert (a - b).abs().max() < 1.0, (a - b).abs().max()
+        assert (a - b).abs().max() < 2.0, (a - b).abs().max()
         assert int(a.argmax()) == int(b.argmax())
     # 16 rows at their own positions (dense kernels, masked attention): same argmax
     agree = total = 0
@@ -104,3 +105,22 @@ def test_a_pinned_row_takes_the_python_step(smollm2_int4_engine, built):
     a = py.decode([5, 6], [30, 31], pinned=[True, False])
     b = nat.decode([5, 6], [30, 31], pinned=[True, False])
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_native_packed_matmuls_match_torch(smollm2_int4_engine, built, rows):
+    """The native int4 and int8 kernels read torch's packed weights and give torch's
+    products, up to the last bit of a bf16 result."""
+    model = smollm2_int4_engine.loaded.model
+    torch.manual_seed(rows)
+    for lin in (model.layers[0].qkv, model.layers[3].down):  # int4: K 576 and 1536
+        x = torch.randn(rows, lin.w.shape[1] * 2).bfloat16()
+        want = torch.ops.aten._weight_int4pack_mm_for_cpu(x, lin.w, 32, lin.s).float()
+        got = built.int4_mm(x, lin.w, lin.s).float()
+        assert got.shape == want.shape
+        assert ((got - want).abs() <= 0.02 * want.abs() + 0.02).all(), (got - want).abs().max()
+    head = model.head  # int8, per-row scales
+    x = torch.randn(rows, head.w.shape[1]).bfloat16()
+    want = torch.ops.aten._weight_int8pack_mm(x, head.w, head.s).float()
+    got = built.int8_mm(x, head.w, head.s).float()
+    assert ((got - want).abs() <= 0.02 * want.abs() + 0.02).all(), (got - want).abs().max()
