@@ -11,8 +11,8 @@ It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
 source, the torch version and the CPU (it is built for this CPU's instruction set),
 in a background thread the
 first time a runner asks for it; a runner created before the build is done keeps the
-Python step for its whole life, so one engine never mixes the two (their last bits
-differ for batches that take the dense kernels). Without a compiler, or with
+Python step for its whole life, so one engine never mixes the two (its kernels sum
+in another order: the last bits of its logits differ). Without a compiler, or with
 ``omax.engine.native-decode: off``, everything runs in Python.
 """
 
