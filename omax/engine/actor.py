@@ -55,9 +55,9 @@ def _use_cpu_threads() -> None:
 
     from omax.config import settings
 
-    n = settings().cpu_threads or len(os.sched_getaffinity(0))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    # Always set: the call also sets this (loading) thread's OpenMP count
+    # (``omax.engine.threads``).
+    torch.set_num_threads(settings().cpu_threads or len(os.sched_getaffinity(0)))
 
 
 def _keep_step_buffers() -> None:

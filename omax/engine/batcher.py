@@ -31,6 +31,7 @@ from omax.engine.runner import Runner, Segment
 from omax.engine.sampling import SamplerState, sample
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.engine.templates import ToolCallStream
+from omax.engine.threads import adopt_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class Batcher:
 
     # ---- the loop thread -----------------------------------------------------------
     def _run(self) -> None:
+        adopt_torch_threads()
         while not self._stop:
             if not (
                 self._inbox or self._cancels or self.waiting or self.decoding or self.prefilling

@@ -31,6 +31,7 @@ from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, Genera
 from omax.engine.runner import QUANTS, is_fast, make_runner
 from omax.engine.sampling import SamplerState
 from omax.engine.spec import ModelSpec
+from omax.engine.threads import adopt_torch_threads
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.errors import EngineDead, EngineError, InvalidRequest
 from omax.sharding.tensors import RawTensor
@@ -216,6 +217,7 @@ class Engine:
     # ---- embeddings ----------------------------------------------------------------
     def embed(self, req: EmbedRequest) -> EmbedResult:
         start = time.perf_counter_ns()
+        adopt_torch_threads()  # callers run this in pool threads (the actor does)
         try:
             vecs, n_tokens = embeddings.embed(self.loaded, req)
         except (RuntimeError, ValueError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,49 @@ def test_a_cpu_model_reuses_step_buffers_in_a_dask_worker_process():
     dask_default, kept = map(int, out.stdout.split())
     assert dask_default > 50 * 200  # the problem is real under Dask's setting
     assert kept < 500
+
+
+OPENMP = """
+import ctypes, threading, torch
+torch.set_num_threads(2)  # as the actor does, in the thread that loads the model
+from omax.engine.engine import Engine
+from omax.engine.request import EmbedRequest, GenerateRequest, SamplingOptions
+from tests.engine.conftest import SMOLLM2_GGUF, gguf_spec, gguf_tensors
+
+omp = ctypes.CDLL("libgomp.so.1")  # torch's OpenMP runtime, already loaded
+eng = Engine.load(gguf_spec(SMOLLM2_GGUF), gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=256)
+seen = []
+step = eng.batcher.runner.step
+
+def spy(*args, **kwargs):  # on the batching thread
+    seen.append(omp.omp_get_max_threads())
+    return step(*args, **kwargs)
+
+eng.batcher.runner.step = spy
+list(eng.generate(GenerateRequest(model="s", prompt="Hi", options=SamplingOptions(num_predict=2))))
+
+def embed():  # as the actor runs embeddings: in a pool thread
+    eng.embed(EmbedRequest(model="s", inputs=("hi",)))
+    seen.append(omp.omp_get_max_threads())
+
+worker = threading.Thread(target=embed)
+worker.start()
+worker.join()
+eng.close()
+print(min(seen))
+"""
+
+
+def test_the_model_threads_use_every_core_for_bf16_matmuls_in_a_one_thread_worker():
+    """oneDNN (torch's bf16 matmuls: prefill, dense decode) sizes its work by the
+    calling thread's OpenMP count, which a new thread takes from OMP_NUM_THREADS=1 in
+    a Dask worker: the batching thread and an embedding's thread must apply torch's
+    count, or a prompt is prefilled on one core."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", OPENMP], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == 2
