@@ -31,8 +31,8 @@ from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, Genera
 from omax.engine.runner import QUANTS, is_fast, make_runner
 from omax.engine.sampling import SamplerState
 from omax.engine.spec import ModelSpec
-from omax.engine.threads import adopt_torch_threads
 from omax.engine.stops import Detokenizer, StopMatcher
+from omax.engine.threads import adopt_torch_threads
 from omax.errors import EngineDead, EngineError, InvalidRequest
 from omax.sharding.tensors import RawTensor
 
