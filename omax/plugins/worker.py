@@ -87,6 +87,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         worker.handlers["omax_blob_stream"] = self.blob_stream
         worker.handlers["omax_verify_replica"] = self.verify_replica
         worker.handlers["omax_drop_replica"] = self.drop_replica
+        _answer_calls_to_gone_actors(worker)
         logger.info(
             "omax worker plugin: %d slot(s) %s, store %s",
             len(self.slots),
@@ -284,6 +285,25 @@ async def dask_setup(worker: Worker) -> None:
     setup_plugin_logging()
     _leave_ctrl_c_to_the_nanny(worker)
     await worker.plugin_add(OmaxWorkerPlugin(), name=PLUGIN_NAME)
+
+
+def _answer_calls_to_gone_actors(worker: Worker) -> None:
+    """A call to an actor this worker no longer holds (a model unloaded while a front
+    door still had its handle) is answered with the KeyError such a call gets, which
+    the front door turns into a retry elsewhere. Dask's handler raises it instead, and
+    the worker logs that at ERROR with a traceback: noise in an operator's log for a
+    request that succeeds."""
+    execute = worker.actor_execute
+
+    async def actor_execute(
+        actor: Any = None, function: Any = None, args: Any = (), kwargs: Any = None
+    ) -> dict[str, Any]:
+        if actor not in worker.state.actors:
+            gone = KeyError(f"actor {actor} is not on this worker")
+            return {"status": "error", "exception": to_serialize(gone)}
+        return await execute(actor=actor, function=function, args=args, kwargs=kwargs)
+
+    worker.handlers["actor_execute"] = actor_execute
 
 
 def _leave_ctrl_c_to_the_nanny(worker: Worker) -> None:
