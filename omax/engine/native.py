@@ -177,7 +177,6 @@ class NativeDecoder:
         ids: torch.Tensor,
         positions: list[int],
         length: int,
-        mask: torch.Tensor | None,
         k: list[torch.Tensor],
         v: list[torch.Tensor],
     ) -> torch.Tensor:
@@ -186,7 +185,6 @@ class NativeDecoder:
             ids,
             positions,
             length,
-            mask,
             self.tensors,
             self.kinds,
             self.smalls,

@@ -1,9 +1,10 @@
 // The decode step of omax.engine.fastpath.FastLlama in one native call.
 //
 // Python runs ~40 torch ops per layer for a decode step (rms_norm alone is eight),
-// and at one stream their dispatch costs as much as the matmuls. Here the matmuls and
-// attention are the same ATen kernels, and RMSNorm, rotary embedding with the KV
-// write, and silu*mul are one loop each. Rows are bf16 tokens [R, H]; row i is cache
+// and at one stream their dispatch costs as much as the matmuls. Here RMSNorm, rotary
+// embedding with the KV write, and silu*mul are one loop each, and attention and the
+// packed matmuls have kernels of their own (below), torch's where the CPU lacks the
+// instructions. Rows are bf16 tokens [R, H]; row i is cache
 // slot i at position positions[i]. Built on first use by omax.engine.native.
 //
 // Attention has a kernel of its own where the CPU has AVX512-BF16 (torch's SDPA spends
@@ -19,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -370,8 +372,8 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
 
 // Row i's query heads q [R, nh*hd] against keys 0..pos[i] of cache slot i -> [R, nh*hd].
 Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
-              const std::vector<int64_t>& pos, int64_t length, const c10::optional<Tensor>& mask,
-              int64_t nh, int64_t nkv, int64_t hd) {
+              const std::vector<int64_t>& pos, int64_t length, int64_t nh, int64_t nkv,
+              int64_t hd) {
   const int64_t r = q.size(0), g = nh / nkv;
 #ifdef OMAX_ATTEND_KERNEL
   if (hd % 32 == 0 && hd <= 256 && kc.stride(3) == 1 && kc.strides() == vc.strides()) {
@@ -393,6 +395,12 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
     return o;
   }
 #endif
+  // torch's SDPA: rows shorter than the longest attend only to their own keys.
+  c10::optional<Tensor> mask;
+  if (*std::min_element(pos.begin(), pos.end()) + 1 != length) {
+    Tensor p = at::tensor(pos, q.options().dtype(at::kLong)).unsqueeze(1);
+    mask = at::le(at::arange(length, p.options()).unsqueeze(0), p).view({r, 1, 1, length});
+  }
   return at::scaled_dot_product_attention(q.view({r, nkv, g, hd}),
                                           kc.slice(0, 0, r).slice(2, 0, length),
                                           vc.slice(0, 0, r).slice(2, 0, length), mask)
@@ -402,7 +410,7 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
 }  // namespace
 
 Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
-              const c10::optional<Tensor>& mask, const std::vector<Tensor>& t,
+              const std::vector<Tensor>& t,
               const std::vector<int64_t>& kinds, const std::vector<int64_t>& smalls,
               std::vector<Tensor> kc, std::vector<Tensor> vc, const Tensor& freqs, int64_t nh,
               int64_t nkv, int64_t hd, double eps) {
@@ -418,7 +426,7 @@ Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t 
     const int64_t* sm = smalls.data() + 4 * i;
     Tensor y = lin(t, b + 1, kd[0], sm[0], rms_norm(h, t[b], eps));
     Tensor q = rope_store(y, freqs, positions, kc[i], vc[i], nh, nkv, hd);
-    Tensor o = attend(q, kc[i], vc[i], positions, length, mask, nh, nkv, hd);
+    Tensor o = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd);
     h.add_(lin(t, b + 1 + kLin, kd[1], sm[1], o));
     Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], sm[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
     h.add_(lin(t, b + 2 + 3 * kLin, kd[3], sm[3], silu_mul(gu)));

@@ -321,13 +321,12 @@ class FastRunner(Runner):
     ) -> torch.Tensor:
         """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         if self.native is not None and not any(pinned):
             length = max(positions) + 1
             self._check_len(length)
             self._ensure_init(len(positions), length)
-            mask = self._decode_mask(positions, pos, length)
-            return self.native.decode(ids, positions, length, mask, self.k, self.v)
+            return self.native.decode(ids, positions, length, self.k, self.v)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         rows = Rows([i for i, p in enumerate(pinned) if p]) if any(pinned) else None
         h = self.fast.forward(ids, pos, self._decode_attend(positions, pos, pinned), rows)
         return self.fast.logits(h, rows)

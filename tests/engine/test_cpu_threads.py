@@ -96,6 +96,9 @@ def test_the_model_threads_use_every_core_for_bf16_matmuls_in_a_one_thread_worke
     count, or a prompt is prefilled on one core."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # This short-lived process must not start the native build: killed at its exit
+    # mid-build, it would leave torch's build lock behind for every later build.
+    env["DASK_OMAX__ENGINE__NATIVE_DECODE"] = "off"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     out = subprocess.run(
         [sys.executable, "-c", OPENMP], env=env, cwd=root, capture_output=True, text=True

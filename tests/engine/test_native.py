@@ -71,7 +71,7 @@ def test_native_attention_matches_sdpa(built, positions):
     want = torch.nn.functional.scaled_dot_product_attention(
         q.view(rows, nkv, nh // nkv, hd), k[:rows, :, :length], v[:rows, :, :length], mask
     ).view(rows, -1)
-    got = built.attend(q, k, v, positions, length, None, nh, nkv, hd)
+    got = built.attend(q, k, v, positions, length, nh, nkv, hd)
     assert got.dtype == torch.bfloat16 and got.shape == want.shape
     assert (got.float() - want.float()).abs().max() < 0.01
 
