@@ -163,7 +163,7 @@ def main() -> None:
             Client(lc) as client,
         ):
             client.wait_for_workers(4)
-            a, b, c, d = sorted(client.scheduler_info()["workers"])
+            a, b, c, d = sorted(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
             def rep(worker: str, dg: str, peers: list[str]) -> tuple[float, dict]:
                 t = time.perf_counter()

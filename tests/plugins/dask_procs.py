@@ -92,3 +92,12 @@ def stop(*procs: subprocess.Popen) -> None:
             p.wait(20)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def worker_records(client) -> dict:
+    """Address -> the scheduler's record of each worker, fetched now.
+
+    Not ``client.scheduler_info()["workers"]``: that returns the client's cached
+    identity, which its periodic refresh (asked without workers) can overwrite
+    between the fetch and the return, so it is sometimes empty."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]

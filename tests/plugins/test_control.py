@@ -13,7 +13,7 @@ from distributed import Client
 from omax.engine.request import GenerateRequest, SamplingOptions
 from omax.serve.cluster import ClusterRuntime
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.dask_procs import start_scheduler, start_worker, stop
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop, worker_records
 from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -49,7 +49,7 @@ def cluster3(tmp_path_factory):
         with Client(addr, timeout=30) as client:
             client.wait_for_workers(3, timeout=60)
             _wait_registry(client, 3)
-            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            names = {a: w["name"] for a, w in worker_records(client).items()}
             yield addr, store, workers, names
     finally:
         stop(*workers.values(), sched)

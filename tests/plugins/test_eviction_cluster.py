@@ -10,7 +10,7 @@ from distributed import Client
 
 from omax.sharding.catalog import Catalog
 from omax.sharding.modelstore import ModelStore
-from tests.plugins.dask_procs import start_scheduler, start_worker, stop, tail
+from tests.plugins.dask_procs import start_scheduler, start_worker, stop, tail, worker_records
 from tests.plugins.test_replication_cluster import make_model
 from tests.tiny import tiny_llama
 
@@ -38,7 +38,7 @@ def _wait(cond, timeout=60, what="condition", procs=()):
 
 def _by_name(client):
     """Worker name -> its registry entry (address, disk_budget, replicas, loaded)."""
-    names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+    names = {a: w["name"] for a, w in worker_records(client).items()}
     state = client.sync(client.scheduler.omax_cluster)
     return {names.get(w["address"], w["address"]): w for w in state["workers"]}
 

@@ -22,6 +22,7 @@ from distributed import Client, LocalCluster
 from omax.plugins.worker import plugin_of
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest, TensorEntry
+from tests.plugins.dask_procs import worker_records
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -165,7 +166,7 @@ def test_a_killed_target_resumes_without_refetching_verified_blobs(cluster):
     digest, manifest, total = make_model(str(tmp / "origin"), 24, 1 << 20, seed=2)
     r = client.sync(client.scheduler.omax_replicate_model, digest=digest, target=1)
     (source,) = r["workers"]
-    before = set(client.scheduler_info()["workers"])
+    before = set(worker_records(client))
     store = tmp / "target"
     root = str(Path(__file__).resolve().parents[2])  # so it can unpickle this module's functions
     env = {**os.environ, "DASK_OMAX__WORKER__STORE": str(store), "PYTHONPATH": root}
@@ -174,8 +175,8 @@ def test_a_killed_target_resumes_without_refetching_verified_blobs(cluster):
 
     def start():
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-        _wait(lambda: set(client.scheduler_info()["workers"]) - before, what="worker joined")
-        (addr,) = set(client.scheduler_info()["workers"]) - before
+        _wait(lambda: set(worker_records(client)) - before, what="worker joined")
+        (addr,) = set(worker_records(client)) - before
         return proc, addr
 
     proc, target = start()
@@ -212,7 +213,7 @@ def test_a_killed_target_resumes_without_refetching_verified_blobs(cluster):
         assert not any((store / "replicas").glob("*.complete"))
         assert any((store / "replicas").glob("*.partial"))
 
-        before = set(client.scheduler_info()["workers"])
+        before = set(worker_records(client))
         proc, target = start()
         served = on(client, source, _served)
         r = client.sync(client.rpc(target).omax_replicate, digest=digest, peers=[source])
@@ -245,7 +246,7 @@ def test_a_drop_is_refused_while_a_fetch_runs_and_allowed_after(cluster):
     origin = str(tmp / "origin")
     kept, _, _ = make_model(origin, 2, 100_000, seed=31)
     slow, _, _ = make_model(origin, 4, 250_000, seed=32)
-    worker = sorted(client.scheduler_info()["workers"])[0]
+    worker = sorted(worker_records(client))[0]
     assert client.sync(client.rpc(worker).omax_replicate, digest=kept)["complete"]
 
     async def race():
