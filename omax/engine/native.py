@@ -2,18 +2,19 @@
 
 At one stream, a decode step of the lean path spends about as long dispatching its
 ~1,200 small torch ops from Python as in its matmuls. ``native_decode.cpp`` runs the
-same step in one call: the same ATen matmul kernels, with RMSNorm, rotary embedding
-+ KV write and silu*mul as single loops and decode attention of its own (SmolLM2
-int4, 2 cores, ~220 tokens of context: ~8 ms a step against ~14 ms).
+same step in one call: RMSNorm, rotary embedding + KV write and silu*mul as single
+loops, decode attention of its own, and packed int4/int8 matmuls of its own for a
+few rows where the CPU has the instructions (ATen's kernels otherwise), on the same
+packed weights (SmolLM2 int4, 2 cores: ~6 ms a step against ~14 ms in Python).
 
 It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
 ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash of the
 source, the torch version and the CPU (it is built for this CPU's instruction set),
-in a background thread the
-first time a runner asks for it; a runner created before the build is done keeps the
-Python step for its whole life, so one engine never mixes the two (its kernels sum
-in another order: the last bits of its logits differ). Without a compiler, or with
-``omax.engine.native-decode: off``, everything runs in Python.
+by one process at a time (the others wait and load its result), in a background
+thread the first time a runner asks for it; a runner created before the build is
+done keeps the Python step for its whole life, so one engine never mixes the two
+(its kernels sum in another order: the last bits of its logits differ). Without a
+compiler, or with ``omax.engine.native-decode: off``, everything runs in Python.
 """
 
 from __future__ import annotations
@@ -64,17 +65,43 @@ def _build_dir() -> Path:
 
 
 def _compile() -> Any:
+    """Build the module once per machine, whatever else is building it.
+
+    Builders queue on an exclusive ``flock`` of ``<name>.lock`` beside the build
+    directory: the kernel drops it when its holder dies, where torch's own lock file
+    (``lock`` in its build directory) outlives a build killed midway and makes every
+    later build wait for ever. The holder builds in a fresh directory of its own and
+    moves the library into place, so a half-written build is never found."""
+    import fcntl
+    import shutil
+    import tempfile
+
     from torch.utils.cpp_extension import load  # imports setuptools: only to build
 
-    build = _build_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    return load(
-        _name(),
-        sources=[str(SOURCE)],
-        extra_cflags=FLAGS,
-        build_directory=str(build),
-        verbose=False,
-    )
+    final = _build_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f"{_name()}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or we die
+        built = _import_built()
+        if built is not None:  # another process built it while we waited
+            return built
+        for leftover in final.parent.glob(f"{_name()}.build-*"):  # from a killed build
+            shutil.rmtree(leftover, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{_name()}.build-", dir=final.parent))
+        try:
+            log.info("compiling the native decode step in %s", work)
+            mod = load(
+                _name(),
+                sources=[str(SOURCE)],
+                extra_cflags=FLAGS,
+                build_directory=str(work),
+                verbose=False,
+            )
+            final.mkdir(exist_ok=True)
+            os.replace(work / f"{_name()}.so", final / f"{_name()}.so")  # loaded stays mapped
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return mod
 
 
 def _import_built() -> Any:
