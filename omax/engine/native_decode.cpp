@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__)
@@ -67,9 +68,9 @@ __m512i pair_index(int p) {
 }
 
 // Rows m0..m0+MT of y [M, N] for the output block nb (64 rows of w).
-template <int MT>
+template <int MT, typename Out>
 void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
-                BFloat16* y, int64_t n_out, int64_t k_in, int64_t nb) {
+                Out* y, int64_t n_out, int64_t k_in, int64_t nb) {
   const int64_t groups = k_in / kGroup;
   const __m512i i0 = pair_index(0), i1 = pair_index(1);
   const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
@@ -115,9 +116,13 @@ void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BF
     }
   }
   for (int m = 0; m < MT; ++m)
-    for (int q = 0; q < 4; ++q)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * n_out + nb * 64 + 16 * q),
-                          (__m256i)_mm512_cvtneps_pbh(o[m][q]));
+    for (int q = 0; q < 4; ++q) {
+      Out* dst = y + m * n_out + nb * 64 + 16 * q;
+      if constexpr (std::is_same_v<Out, float>)
+        _mm512_storeu_ps(dst, o[m][q]);
+      else
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(o[m][q]));
+    }
 }
 #endif
 
@@ -132,14 +137,15 @@ bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 #endif
 }
 
-// x [M, K] bf16 @ the int4-packed w -> [M, N] bf16, as _weight_int4pack_mm_for_cpu.
-// Faster than torch's kernel up to two rows; from three, torch's (its tiles share
-// more of the unpacking across rows).
-Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz) {
+// x [M, K] bf16 @ the int4-packed w -> [M, N] bf16, as _weight_int4pack_mm_for_cpu
+// (fp32 with ``f32``: the kernel's own sums, unrounded; bf16 where it falls back to
+// torch's). Faster than torch's kernel
+// up to two rows; from three, torch's (its tiles share more of the unpacking).
+Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = false) {
   if (x.size(0) > 2 || !int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
 #ifdef OMAX_INT4_KERNEL
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0), groups = k_in / kGroup;
-  Tensor y = at::empty({rows, n_out}, x.options());
+  Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
   const BFloat16* px = x.data_ptr<BFloat16>();
   std::vector<float> sums(rows * groups);  // X: each row's sum over each group
   for (int64_t i = 0; i < rows * groups; ++i) {
@@ -149,26 +155,31 @@ Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz) {
   }
   const uint8_t* pw = w.data_ptr<uint8_t>();
   const BFloat16* ps = sz.data_ptr<BFloat16>();
-  BFloat16* py = y.data_ptr<BFloat16>();
-  at::parallel_for(0, n_out / 64, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t nb = b0; nb < b1; ++nb) {
-      int64_t m = 0;
-      for (; m + 2 <= rows; m += 2)
-        int4_block<2>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
-                      k_in, nb);
-      if (m < rows)
-        int4_block<1>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
-                      k_in, nb);
-    }
-  });
+  auto run = [&](auto* py) {
+    at::parallel_for(0, n_out / 64, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t nb = b0; nb < b1; ++nb) {
+        int64_t m = 0;
+        for (; m + 2 <= rows; m += 2)
+          int4_block<2>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
+                        k_in, nb);
+        if (m < rows)
+          int4_block<1>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
+                        k_in, nb);
+      }
+    });
+  };
+  if (f32)
+    run(y.data_ptr<float>());
+  else
+    run(y.data_ptr<BFloat16>());
   return y;
 #endif
 }
 
 #if defined(__AVX512F__)
 // Rows of y [M, N] (M = MT) for weight rows n..n+4: int8 w [N, K] per-row scale s.
-template <int MT>
-void int8_rows(const float* x, const int8_t* w, const BFloat16* s, BFloat16* y, int64_t n_out,
+template <int MT, typename Out>
+void int8_rows(const float* x, const int8_t* w, const BFloat16* s, Out* y, int64_t n_out,
                int64_t k_in, int64_t n) {
   __m512 a[MT][4];
   for (int m = 0; m < MT; ++m)
@@ -190,32 +201,38 @@ void int8_rows(const float* x, const int8_t* w, const BFloat16* s, BFloat16* y, 
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 4; ++r)
       y[m * n_out + n + r] =
-          static_cast<BFloat16>(_mm512_reduce_add_ps(a[m][r]) * static_cast<float>(s[n + r]));
+          static_cast<Out>(_mm512_reduce_add_ps(a[m][r]) * static_cast<float>(s[n + r]));
 }
 #endif
 
-// x [M, K] bf16 @ int8 w [N, K].T * s -> [M, N] bf16, as _weight_int8pack_mm.
-Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s) {
+// x [M, K] bf16 @ int8 w [N, K].T * s -> [M, N] bf16, as _weight_int8pack_mm (fp32
+// with ``f32``: the kernel's own sums, unrounded; bf16 where it falls back to torch's).
+Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = false) {
 #if defined(__AVX512F__)
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0);
   if (x.dim() == 2 && rows <= 4 && k_in % 16 == 0 && n_out % 4 == 0 &&
       s.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kChar && w.is_contiguous()) {
     Tensor xf = x.to(at::kFloat).contiguous();
-    Tensor y = at::empty({rows, n_out}, x.options());
+    Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
     const float* px = xf.data_ptr<float>();
     const int8_t* pw = w.data_ptr<int8_t>();
     const BFloat16* ps = s.data_ptr<BFloat16>();
-    BFloat16* py = y.data_ptr<BFloat16>();
-    at::parallel_for(0, n_out / 4, 16, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        switch (rows) {
-          case 1: int8_rows<1>(px, pw, ps, py, n_out, k_in, 4 * b); break;
-          case 2: int8_rows<2>(px, pw, ps, py, n_out, k_in, 4 * b); break;
-          case 3: int8_rows<3>(px, pw, ps, py, n_out, k_in, 4 * b); break;
-          default: int8_rows<4>(px, pw, ps, py, n_out, k_in, 4 * b); break;
+    auto run = [&](auto* py) {
+      at::parallel_for(0, n_out / 4, 16, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          switch (rows) {
+            case 1: int8_rows<1>(px, pw, ps, py, n_out, k_in, 4 * b); break;
+            case 2: int8_rows<2>(px, pw, ps, py, n_out, k_in, 4 * b); break;
+            case 3: int8_rows<3>(px, pw, ps, py, n_out, k_in, 4 * b); break;
+            default: int8_rows<4>(px, pw, ps, py, n_out, k_in, 4 * b); break;
+          }
         }
-      }
-    });
+      });
+    };
+    if (f32)
+      run(y.data_ptr<float>());
+    else
+      run(y.data_ptr<BFloat16>());
     return y;
   }
 #endif
@@ -229,6 +246,32 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, int64_t small,
     return int8_mm(x, w, t[at + 1]);
   }
   return at::linear(x, t[at + 2]);
+}
+
+// bf16 logits are 1/8 apart between 16 and 32, so the top ones often tie and the
+// greedy token would hang on rounding: the top kRefine are recomputed in fp32 from the
+// dense weight's rows (as fastpath.refine_top does).
+constexpr int64_t kRefine = 8;
+
+Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
+  const int64_t k = std::min(kRefine, logits.size(1));
+  Tensor idx = std::get<1>(at::topk(logits, k, 1));  // [R, k]
+  Tensor w = at::index_select(dense, 0, idx.reshape(-1)).view({idx.size(0), k, -1});
+  Tensor exact = at::bmm(w.to(at::kFloat), x.to(at::kFloat).unsqueeze(-1)).squeeze(-1);
+  return logits.scatter_(1, idx, exact);
+}
+
+// The fp32 logits of the normed rows x: straight from the packed kernels where they
+// run, otherwise refined.
+Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, int64_t small,
+              const Tensor& x) {
+  const Tensor& dense = t[at + 2];
+  Tensor y;
+  if (kind != 0 && x.size(0) <= small)
+    y = kind == 4 ? int4_mm(x, t[at], t[at + 1], true) : int8_mm(x, t[at], t[at + 1], true);
+  else
+    y = at::linear(x, dense);
+  return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, dense);
 }
 
 // RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
@@ -431,8 +474,8 @@ Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t 
     Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], sm[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
     h.add_(lin(t, b + 2 + 3 * kLin, kd[3], sm[3], silu_mul(gu)));
   }
-  return lin(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers], rms_norm(h, t[tail + 1], eps))
-      .to(at::kFloat);
+  return logits(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers],
+                rms_norm(h, t[tail + 1], eps));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -441,8 +484,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode", &decode, "one batched decode step of a FastLlama",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("int4_mm", &int4_mm, "x @ torch's CPU int4-packed weight (as _weight_int4pack_mm_for_cpu)",
+        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("sz"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("int8_mm", &int8_mm, "x @ an int8 weight with row scales (as _weight_int8pack_mm)",
+        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("s"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("attend", &attend, "rows' query heads against their own cached keys (decode attention)",
         pybind11::call_guard<pybind11::gil_scoped_release>());

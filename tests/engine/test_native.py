@@ -124,3 +124,25 @@ def test_native_packed_matmuls_match_torch(smollm2_int4_engine, built, rows):
     want = torch.ops.aten._weight_int8pack_mm(x, head.w, head.s).float()
     got = built.int8_mm(x, head.w, head.s).float()
     assert ((got - want).abs() <= 0.02 * want.abs() + 0.02).all(), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_native_packed_matmuls_give_fp32_logits(smollm2_int4_engine, built, rows):
+    """Asked for fp32 (the head), the kernels return their sums unrounded: as close to
+    an fp32 product of the same weights as fp32 sums in another order get, far closer
+    than bf16's 1/8 steps between 16 and 32 (which made greedy tokens tie)."""
+    model = smollm2_int4_engine.loaded.model
+    torch.manual_seed(rows)
+    head = model.head  # int8: w * s per row
+    x = torch.randn(rows, head.w.shape[1]).bfloat16()
+    want = x.float() @ (head.w.float() * head.s.float()[:, None]).T
+    got = built.int8_mm(x, head.w, head.s, True)
+    assert got.dtype == torch.float32
+    assert ((got - want).abs() <= 1e-4 * want.abs() + 1e-3).all(), (got - want).abs().max()
+    lin = model.layers[0].qkv  # int4
+    x = torch.randn(rows, lin.w.shape[1] * 2).bfloat16()
+    got = built.int4_mm(x, lin.w, lin.s, True)
+    bf16 = built.int4_mm(x, lin.w, lin.s)
+    assert got.dtype == torch.float32
+    assert ((got - bf16.float()).abs() <= 0.01 * got.abs() + 1e-2).all()
+    assert not torch.equal(got, bf16.float())  # not merely widened

@@ -110,3 +110,22 @@ def test_parse_tool_calls():
     _, calls = parse_tool_calls('{"name": "g", "arguments": "{\\"y\\": 2}"}')
     assert calls[0].arguments == {"y": 2}
     assert parse_tool_calls("plain text") == ("plain text", ())
+
+
+def test_refine_top_breaks_bf16_ties_by_the_fp32_logits():
+    """Two vocabulary rows whose bf16 logits tie at 25.25 differ in fp32: the refined
+    logits rank them by their fp32 values; the rest are left as they were."""
+    import torch
+
+    from omax.engine.fastpath import refine_top
+
+    x = torch.ones(1, 4, dtype=torch.bfloat16)
+    dense = torch.tensor(
+        [[1.0, 1.0, 1.0, 1.0], [6.3125] * 4, [6.3125, 6.3125, 6.3125, 6.34375], [6.28125] * 4]
+    ).bfloat16()
+    bf16 = torch.nn.functional.linear(x, dense).float()
+    assert bf16[0, 1] == bf16[0, 2] == 25.25  # a tie: argmax would take the first
+    refined = refine_top(bf16.clone(), x, dense)
+    assert int(bf16.argmax()) == 1  # the first of the tie
+    assert refined[0, 2] == 25.28125 and refined[0, 1] == 25.25
+    assert int(refined.argmax()) == 2
