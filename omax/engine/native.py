@@ -25,6 +25,8 @@ import importlib.util
 import logging
 import os
 import platform
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,9 +74,7 @@ def _compile() -> Any:
     (``lock`` in its build directory) outlives a build killed midway and makes every
     later build wait for ever. The holder builds in a fresh directory of its own and
     moves the library into place, so a half-written build is never found."""
-    import fcntl
-    import shutil
-    import tempfile
+    import fcntl  # POSIX only, as the native step (``enabled``)
 
     from torch.utils.cpp_extension import load  # imports setuptools: only to build
 

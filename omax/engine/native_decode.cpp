@@ -276,8 +276,8 @@ bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 
 // x [M, K] bf16 @ the int4-packed w -> [M, N] bf16, as _weight_int4pack_mm_for_cpu
 // (fp32 with ``f32``: the kernel's own sums, unrounded; bf16 where it falls back to
-// torch's). Faster than torch's kernel
-// up to two rows; from three, torch's (its tiles share more of the unpacking).
+// torch's). Faster than torch's kernel up to two rows; from three, torch's (its tiles
+// share more of the unpacking).
 Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = false) {
   if (x.size(0) > 2 || !int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
 #ifdef OMAX_INT4_KERNEL
@@ -603,6 +603,9 @@ Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t 
   int64_t packed_rows = std::numeric_limits<int64_t>::max();
   for (size_t j = 0; j < 4 * static_cast<size_t>(n_layers); ++j)
     packed_rows = std::min(packed_rows, kinds[j] != 0 ? smalls[j] : int64_t{0});
+  struct Restore {  // the kernels called on their own (tests) use the team
+    ~Restore() { use_team = true; }
+  } restore;
   use_team = r <= packed_rows;
   Tensor h = at::index_select(t[tail], 0, ids);
   for (int64_t i = 0; i < n_layers; ++i) {
@@ -616,10 +619,8 @@ Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t 
     Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], sm[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
     h.add_(lin(t, b + 2 + 3 * kLin, kd[3], sm[3], silu_mul(gu)));
   }
-  Tensor out = logits(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers],
-                      rms_norm(h, t[tail + 1], eps));
-  use_team = true;
-  return out;
+  return logits(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers],
+                rms_norm(h, t[tail + 1], eps));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
