@@ -3,9 +3,10 @@
 At one stream, a decode step of the lean path spends about as long dispatching its
 ~1,200 small torch ops from Python as in its matmuls. ``native_decode.cpp`` runs the
 same step in one call: RMSNorm, rotary embedding + KV write and silu*mul as single
-loops, decode attention of its own, and packed int4/int8 matmuls of its own for a
-few rows where the CPU has the instructions (ATen's kernels otherwise), on the same
-packed weights (SmolLM2 int4, 2 cores: ~6 ms a step against ~14 ms in Python).
+loops, decode attention of its own, and matmuls of its own where the CPU has the
+instructions (ATen's kernels otherwise) on the same weights: int4 for any number of
+rows, int8 for a few, bf16 for the rest (SmolLM2 int4, 2 cores: one row ~6 ms a step
+against ~14 ms in Python, 16 rows ~23 ms against ~45 ms).
 
 It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
 ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash of the
@@ -181,11 +182,9 @@ class NativeDecoder:
         empty = torch.empty(0)
         tensors: list[torch.Tensor] = []
         kinds: list[int] = []
-        smalls: list[int] = []
 
         def lin(x: Any) -> list[torch.Tensor]:
             kinds.append(KINDS.get(x.quant, 0) if x.w is not None else 0)
-            smalls.append(x.small)
             return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, x.dense]
 
         for layer in model.layers:
@@ -193,7 +192,7 @@ class NativeDecoder:
             tensors += [*lin(layer.gu), *lin(layer.down)]
         tensors += [model.embed.dense, model.norm, *lin(model.head)]
         self.mod, self.model = mod, model
-        self.tensors, self.kinds, self.smalls = tensors, kinds, smalls
+        self.tensors, self.kinds = tensors, kinds
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -214,7 +213,6 @@ class NativeDecoder:
             length,
             self.tensors,
             self.kinds,
-            self.smalls,
             k,
             v,
             m.freqs,

@@ -12,11 +12,13 @@
 // its own keys, in fp32 with a bf16 result, as SDPA computes it; the order of the
 // sums differs, so the last bits of the output may.
 //
-// So do the packed matmuls for a few rows where the CPU has the instructions (int4:
-// AVX512-BF16 and VBMI; int8: AVX512F), on the same packed weights as torch's kernels
-// (the Python step uses those). A decode step reads every weight once, from memory:
-// these prefetch ahead of their reads and take ~35% less time than torch's over a
-// whole model's weights (SmolLM2 int4, 2 cores: ~6 ms against ~9.5 ms).
+// So do the matmuls where the CPU has the instructions (AVX512-BF16 and VBMI), on the
+// same weights as torch's kernels (the Python step uses those): int4 on torch's packed
+// weights for any row count, int8 for up to 4 rows, and the dense bf16 copy past that
+// (an int8 head) or without packed weights. A decode step reads every weight once, from
+// memory: these prefetch ahead of their reads. SmolLM2 int4 on 2 cores: one row ~6 ms
+// a step against ~9.5 ms with torch's kernels; 16 rows ~23 ms against ~43 ms with
+// torch's dense ones (its packed int4 kernel is no faster there).
 //
 // These kernels split their work over a Team of their own, not OpenMP: a step runs
 // ~150 short parallel loops, and libgomp lets its idle threads spin between loops
@@ -261,6 +263,97 @@ void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BF
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(o[m][q]));
     }
 }
+
+// MT rows' dot products with one group's unpacked weights (buf: 16 pairs x 4 vectors),
+// added to acc [MT, 64] as int4_block does to its registers.
+template <int MT>
+void int4_tile(const BFloat16* x, const float* sums, int64_t k_in, int64_t groups, int64_t g,
+               const __m512i* buf, const __m512* s, const __m512* zc, float* acc) {
+  __m512 a[MT][4];
+  for (int m = 0; m < MT; ++m)
+    for (int q = 0; q < 4; ++q) a[m][q] = _mm512_setzero_ps();
+  for (int p = 0; p < kGroup / 2; ++p) {
+    const __m512bh w0 = (__m512bh)buf[4 * p], w1 = (__m512bh)buf[4 * p + 1];
+    const __m512bh w2 = (__m512bh)buf[4 * p + 2], w3 = (__m512bh)buf[4 * p + 3];
+    for (int m = 0; m < MT; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * k_in + g * kGroup + 2 * p, sizeof(pair));
+      const __m512bh xp = (__m512bh)_mm512_set1_epi32(pair);
+      a[m][0] = _mm512_dpbf16_ps(a[m][0], w0, xp);
+      a[m][1] = _mm512_dpbf16_ps(a[m][1], w1, xp);
+      a[m][2] = _mm512_dpbf16_ps(a[m][2], w2, xp);
+      a[m][3] = _mm512_dpbf16_ps(a[m][3], w3, xp);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    const __m512 sum = _mm512_set1_ps(sums[m * groups + g]);
+    for (int q = 0; q < 4; ++q) {
+      float* o = acc + m * 64 + 16 * q;
+      __m512 v = _mm512_fmadd_ps(s[q], a[m][q], _mm512_loadu_ps(o));
+      _mm512_storeu_ps(o, _mm512_fmadd_ps(zc[q], sum, v));
+    }
+  }
+}
+
+// All rows of y [M, N] for the output block nb, as int4_block computes them, for any M:
+// each group's weights are unpacked once and serve the rows in tiles of up to six
+// (int4_block unpacks them again for every pair of rows), the scaled sums kept in
+// acc [M, 64].
+template <typename Out>
+void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
+                     Out* y, int64_t rows, int64_t n_out, int64_t k_in, int64_t nb, float* acc) {
+  const int64_t groups = k_in / kGroup;
+  const __m512i i0 = pair_index(0), i1 = pair_index(1);
+  const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512 c136 = _mm512_set1_ps(136.f);
+  const uint8_t* wb = w + nb * 64 * (k_in / 2);
+  std::fill(acc, acc + rows * 64, 0.f);
+  alignas(64) __m512i buf[4 * kGroup / 2];
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* wg = wb + g * kGroup * 32;
+    for (int p = 0; p < kGroup / 2; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(wg + p * 64 + kAhead), _MM_HINT_T0);
+      const __m512i v = _mm512_loadu_si512(wg + p * 64);
+      const __m512i lo = _mm512_and_si512(v, m0f);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+      buf[4 * p] = _mm512_permutex2var_epi8(lo, i0, c43);
+      buf[4 * p + 1] = _mm512_permutex2var_epi8(lo, i1, c43);
+      buf[4 * p + 2] = _mm512_permutex2var_epi8(hi, i0, c43);
+      buf[4 * p + 3] = _mm512_permutex2var_epi8(hi, i1, c43);
+    }
+    const BFloat16* sg = sz + (g * n_out + nb * 64) * 2;
+    __m512 s[4], zc[4];
+    for (int q = 0; q < 4; ++q) {
+      const __m512i lane = _mm512_loadu_si512(sg + q * 32);  // (s, z) of 16 rows
+      s[q] = _mm512_castsi512_ps(_mm512_slli_epi32(lane, 16));
+      zc[q] = _mm512_fnmadd_ps(c136, s[q], _mm512_castsi512_ps(_mm512_and_si512(lane, hi16)));
+    }
+    int64_t m = 0;
+    for (; m + 6 <= rows; m += 6)
+      int4_tile<6>(x + m * k_in, sums + m * groups, k_in, groups, g, buf, s, zc, acc + m * 64);
+    const BFloat16* xm = x + m * k_in;
+    const float* sm = sums + m * groups;
+    float* am = acc + m * 64;
+    switch (rows - m) {
+      case 5: int4_tile<5>(xm, sm, k_in, groups, g, buf, s, zc, am); break;
+      case 4: int4_tile<4>(xm, sm, k_in, groups, g, buf, s, zc, am); break;
+      case 3: int4_tile<3>(xm, sm, k_in, groups, g, buf, s, zc, am); break;
+      case 2: int4_tile<2>(xm, sm, k_in, groups, g, buf, s, zc, am); break;
+      case 1: int4_tile<1>(xm, sm, k_in, groups, g, buf, s, zc, am); break;
+      default: break;
+    }
+  }
+  for (int64_t m = 0; m < rows; ++m)
+    for (int q = 0; q < 4; ++q) {
+      const __m512 o = _mm512_loadu_ps(acc + m * 64 + 16 * q);
+      Out* dst = y + m * n_out + nb * 64 + 16 * q;
+      if constexpr (std::is_same_v<Out, float>)
+        _mm512_storeu_ps(dst, o);
+      else
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(o));
+    }
+}
 #endif
 
 bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
@@ -276,32 +369,35 @@ bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 
 // x [M, K] bf16 @ the int4-packed w -> [M, N] bf16, as _weight_int4pack_mm_for_cpu
 // (fp32 with ``f32``: the kernel's own sums, unrounded; bf16 where it falls back to
-// torch's). Faster than torch's kernel up to two rows; from three, torch's (its tiles
-// share more of the unpacking).
+// torch's). One or two rows read each weight straight into registers; more share
+// each group's unpacking (int4_block_rows).
 Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = false) {
-  if (x.size(0) > 2 || !int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
+  if (!int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
 #ifdef OMAX_INT4_KERNEL
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0), groups = k_in / kGroup;
   Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
   const BFloat16* px = x.data_ptr<BFloat16>();
   std::vector<float> sums(rows * groups);  // X: each row's sum over each group
   for (int64_t i = 0; i < rows * groups; ++i) {
-    float acc = 0.f;
-    for (int64_t k = 0; k < kGroup; ++k) acc += static_cast<float>(px[i * kGroup + k]);
-    sums[i] = acc;
+    const __m256i* g = reinterpret_cast<const __m256i*>(px + i * kGroup);
+    sums[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256(g)),
+                                                 _mm512_cvtpbh_ps((__m256bh)_mm256_loadu_si256(g + 1))));
   }
   const uint8_t* pw = w.data_ptr<uint8_t>();
   const BFloat16* ps = sz.data_ptr<BFloat16>();
   auto run = [&](auto* py) {
     parallel_for(0, n_out / 64, 1, [&](int64_t b0, int64_t b1) {
+      if (rows > 2) {
+        std::vector<float> acc(rows * 64);
+        for (int64_t nb = b0; nb < b1; ++nb)
+          int4_block_rows(px, sums.data(), pw, ps, py, rows, n_out, k_in, nb, acc.data());
+        return;
+      }
       for (int64_t nb = b0; nb < b1; ++nb) {
-        int64_t m = 0;
-        for (; m + 2 <= rows; m += 2)
-          int4_block<2>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
-                        k_in, nb);
-        if (m < rows)
-          int4_block<1>(px + m * k_in, sums.data() + m * groups, pw, ps, py + m * n_out, n_out,
-                        k_in, nb);
+        if (rows == 2)
+          int4_block<2>(px, sums.data(), pw, ps, py, n_out, k_in, nb);
+        else
+          int4_block<1>(px, sums.data(), pw, ps, py, n_out, k_in, nb);
       }
     });
   };
@@ -376,13 +472,84 @@ Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = fal
   return at::_weight_int8pack_mm(x, w, s);
 }
 
-Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, int64_t small, const Tensor& x) {
-  const Tensor& w = t[at];
-  if (kind != 0 && x.size(0) <= small) {
-    if (kind == 4) return int4_mm(x, w, t[at + 1]);
-    return int8_mm(x, w, t[at + 1]);
+// x [M, K] bf16 @ w [N, K].T bf16 -> [M, N] bf16 (fp32 with ``f32``; bf16 where it
+// falls back to torch's), for many rows.
+// A lane per row: x is laid out as pairs of k [ceil(M/16)][K/2][16], and each weight
+// pair is broadcast into vdpbf16ps, so the weights are read in their own layout once
+// per 16 rows, and the next block of weight rows is prefetched a line per pair of k.
+Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
+#ifdef OMAX_INT4_KERNEL
+  const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0);
+  if (x.dim() == 2 && w.dim() == 2 && x.scalar_type() == at::kBFloat16 &&
+      w.scalar_type() == at::kBFloat16 && x.is_contiguous() && w.is_contiguous() &&
+      k_in % 2 == 0 && w.size(1) == k_in) {
+    constexpr int64_t kNT = 16;  // weight rows per block: 16 accumulators
+    const int64_t kp_n = k_in / 2, tiles = (rows + 15) / 16;
+    std::vector<uint32_t> xt(static_cast<size_t>(tiles * kp_n * 16), 0u);
+    const uint32_t* px = reinterpret_cast<const uint32_t*>(x.data_ptr<BFloat16>());
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t kp = 0; kp < kp_n; ++kp) xt[((m / 16) * kp_n + kp) * 16 + m % 16] = px[m * kp_n + kp];
+    Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
+    const uint32_t* pw = reinterpret_cast<const uint32_t*>(w.data_ptr<BFloat16>());
+    auto run = [&](auto* py) {
+      using Out = std::remove_pointer_t<decltype(py)>;
+      parallel_for(0, (n_out + kNT - 1) / kNT, 1, [&](int64_t b0, int64_t b1) {
+        alignas(64) float out[kNT][16];
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t n0 = b * kNT, nn = std::min(kNT, n_out - n0);
+          const uint32_t* wr[kNT];
+          for (int64_t j = 0; j < kNT; ++j) wr[j] = pw + std::min(n0 + j, n_out - 1) * kp_n;
+          const char* next = reinterpret_cast<const char*>(pw + std::min(n0 + kNT, n_out - 1) * kp_n);
+          const char* last = reinterpret_cast<const char*>(pw + n_out * kp_n);
+          for (int64_t t = 0; t < tiles; ++t) {
+            __m512 acc[kNT];
+            for (int64_t j = 0; j < kNT; ++j) acc[j] = _mm512_setzero_ps();
+            const uint32_t* xv = xt.data() + t * kp_n * 16;
+            for (int64_t kp = 0; kp < kp_n; ++kp) {
+              if (t == 0 && next + kp * 64 < last) _mm_prefetch(next + kp * 64, _MM_HINT_T0);
+              const __m512bh xk = (__m512bh)_mm512_loadu_si512(xv + kp * 16);
+              for (int64_t j = 0; j < kNT; ++j)
+                acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_set1_epi32(static_cast<int>(wr[j][kp])));
+            }
+            for (int64_t j = 0; j < kNT; ++j) _mm512_store_ps(out[j], acc[j]);
+            const int64_t mm = std::min<int64_t>(16, rows - 16 * t);
+            for (int64_t m = 0; m < mm; ++m) {
+              Out* dst = py + (16 * t + m) * n_out + n0;
+              for (int64_t j = 0; j < nn; ++j) dst[j] = static_cast<Out>(out[j][m]);
+            }
+          }
+        }
+      });
+    };
+    if (f32)
+      run(y.data_ptr<float>());
+    else
+      run(y.data_ptr<BFloat16>());
+    return y;
   }
-  return at::linear(x, t[at + 2]);
+#endif
+  return at::linear(x, w);
+}
+
+// Whether the step's kernels are this file's own (this CPU has their instructions):
+// then they all split their work over the Team; otherwise over OpenMP throughout, as
+// torch's kernels do (the Team's workers, spinning after a loop, would take a core
+// from the OpenMP threads of the next torch kernel).
+#ifdef OMAX_INT4_KERNEL
+constexpr bool kOwnKernels = true;
+#else
+constexpr bool kOwnKernels = false;
+#endif
+
+// The int8 kernel for up to this many rows; dense_mm on the bf16 copy beyond.
+constexpr int64_t kInt8Rows = 4;
+
+// x @ the linear's weight: t[at..at+3] = packed weight, scales, dense copy.
+Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x,
+           bool f32 = false) {
+  if (kind == 4) return int4_mm(x, t[at], t[at + 1], f32);
+  if (kind == 8 && x.size(0) <= kInt8Rows) return int8_mm(x, t[at], t[at + 1], f32);
+  return dense_mm(x, t[at + 2], f32);
 }
 
 // bf16 logits are 1/8 apart between 16 and 32, so the top ones often tie and the
@@ -398,17 +565,11 @@ Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
   return logits.scatter_(1, idx, exact);
 }
 
-// The fp32 logits of the normed rows x: straight from the packed kernels where they
-// run, otherwise refined.
-Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, int64_t small,
-              const Tensor& x) {
-  const Tensor& dense = t[at + 2];
-  Tensor y;
-  if (kind != 0 && x.size(0) <= small)
-    y = kind == 4 ? int4_mm(x, t[at], t[at + 1], true) : int8_mm(x, t[at], t[at + 1], true);
-  else
-    y = at::linear(x, dense);
-  return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, dense);
+// The fp32 logits of the normed rows x: the kernels' own fp32 sums, or (torch's
+// kernels, which round to bf16) refined.
+Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x) {
+  Tensor y = lin(t, at, kind, x, true);
+  return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, t[at + 2]);
 }
 
 // RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
@@ -590,37 +751,29 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
 }  // namespace
 
 Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
-              const std::vector<Tensor>& t,
-              const std::vector<int64_t>& kinds, const std::vector<int64_t>& smalls,
+              const std::vector<Tensor>& t, const std::vector<int64_t>& kinds,
               std::vector<Tensor> kc, std::vector<Tensor> vc, const Tensor& freqs, int64_t nh,
               int64_t nkv, int64_t hd, double eps) {
   at::InferenceMode guard;
-  const int64_t r = ids.size(0);
   const int64_t n_layers = static_cast<int64_t>(kc.size());
   const int64_t per_layer = 2 + 4 * kLin;
   const size_t tail = static_cast<size_t>(n_layers * per_layer);
-  // the most rows that every layer's packed kernels take
-  int64_t packed_rows = std::numeric_limits<int64_t>::max();
-  for (size_t j = 0; j < 4 * static_cast<size_t>(n_layers); ++j)
-    packed_rows = std::min(packed_rows, kinds[j] != 0 ? smalls[j] : int64_t{0});
   struct Restore {  // the kernels called on their own (tests) use the team
     ~Restore() { use_team = true; }
   } restore;
-  use_team = r <= packed_rows;
+  use_team = kOwnKernels;
   Tensor h = at::index_select(t[tail], 0, ids);
   for (int64_t i = 0; i < n_layers; ++i) {
     const size_t b = static_cast<size_t>(i * per_layer);
     const int64_t* kd = kinds.data() + 4 * i;
-    const int64_t* sm = smalls.data() + 4 * i;
-    Tensor y = lin(t, b + 1, kd[0], sm[0], rms_norm(h, t[b], eps));
+    Tensor y = lin(t, b + 1, kd[0], rms_norm(h, t[b], eps));
     Tensor q = rope_store(y, freqs, positions, kc[i], vc[i], nh, nkv, hd);
     Tensor o = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd);
-    h.add_(lin(t, b + 1 + kLin, kd[1], sm[1], o));
-    Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], sm[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
-    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], sm[3], silu_mul(gu)));
+    h.add_(lin(t, b + 1 + kLin, kd[1], o));
+    Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
+    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], silu_mul(gu)));
   }
-  return logits(t, tail + 2, kinds[4 * n_layers], smalls[4 * n_layers],
-                rms_norm(h, t[tail + 1], eps));
+  return logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps));
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -633,6 +786,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("int8_mm", &int8_mm, "x @ an int8 weight with row scales (as _weight_int8pack_mm)",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("s"), pybind11::arg("f32") = false,
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("dense_mm", &dense_mm, "x @ a bf16 weight's transpose, a lane per row (as F.linear)",
+        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("attend", &attend, "rows' query heads against their own cached keys (decode attention)",
         pybind11::call_guard<pybind11::gil_scoped_release>());
