@@ -233,7 +233,7 @@ class FastRunner(Runner):
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.hw = [0] * shape[0]
-        self.native = _native_decoder(model) if native else None
+        self.native = _native_decoder(model, self.k, self.v) if native else None
 
     def _decode_mask(self, positions: list[int], pos: torch.Tensor, length: int):
         """Rows shorter than the longest attend only to their own keys."""
@@ -325,7 +325,7 @@ class FastRunner(Runner):
             length = max(positions) + 1
             self._check_len(length)
             self._ensure_init(len(positions), length)
-            return self.native.decode(ids, positions, length, self.k, self.v)
+            return self.native.decode(ids, positions, length)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         rows = Rows([i for i, p in enumerate(pinned) if p]) if any(pinned) else None
         h = self.fast.forward(ids, pos, self._decode_attend(positions, pos, pinned), rows)
@@ -393,13 +393,13 @@ def is_fast(model: object) -> bool:
     return isinstance(model, FastLlama)
 
 
-def _native_decoder(model: FastLlama):
+def _native_decoder(model: FastLlama, k: list[torch.Tensor], v: list[torch.Tensor]):
     from omax.engine import native
 
     if not (native.NativeDecoder.supports(model) and native.enabled()):
         return None
     mod = native.module()
-    return native.NativeDecoder(mod, model) if mod is not None else None
+    return native.NativeDecoder(mod, model, k, v) if mod is not None else None
 
 
 def make_runner(model: object, *, max_slots: int, max_len: int, prefix_rows: int = 0) -> Runner:
