@@ -67,7 +67,7 @@ inline void cpu_relax() {
 class Team {
  public:
   explicit Team(int n) : n_(n) {
-    for (int i = 1; i < n; ++i) threads_.emplace_back([this, i] { work(i); });
+    for (int i = 1; i < n; ++i) threads_.emplace_back([this] { work(); });
   }
 
   ~Team() {
@@ -81,14 +81,18 @@ class Team {
 
   int size() const { return n_; }
 
-  // f(b, e) over [begin, end) in at most size() contiguous parts of at least grain,
-  // as at::parallel_for; returns when every part is done.
+  // f(b, e) over [begin, end) in contiguous parts of at least grain, as
+  // at::parallel_for; returns when every part is done. The parts (up to kParts per
+  // thread) are claimed one by one, so a thread the OS preempts (the worker's event
+  // loop, another process) holds up only the part it is in: the others take the rest
+  // instead of waiting for its fixed share.
   template <typename F>
   void run(int64_t begin, int64_t end, int64_t grain, const F& f) {
     const int64_t range = end - begin;
     if (range <= 0) return;
-    int64_t parts = std::min<int64_t>(n_, (range + grain - 1) / std::max<int64_t>(grain, 1));
-    if (parts <= 1) {
+    int64_t parts =
+        std::min<int64_t>(kParts * n_, (range + grain - 1) / std::max<int64_t>(grain, 1));
+    if (n_ <= 1 || parts <= 1) {
       f(begin, end);
       return;
     }
@@ -98,26 +102,29 @@ class Team {
     end_ = end;
     ctx_ = &f;
     call_ = [](const void* ctx, int64_t b, int64_t e) { (*static_cast<const F*>(ctx))(b, e); };
+    next_.store(0);
     pending_.store(n_ - 1);
     gen_.fetch_add(1);  // publishes the fields above to the workers
     if (sleeping_.load() > 0) {
       std::lock_guard<std::mutex> lock(m_);
       cv_.notify_all();
     }
-    part(0);
+    drain();
     while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
   }
 
  private:
   static constexpr auto kSpin = std::chrono::microseconds(200);
+  static constexpr int64_t kParts = 4;
 
-  void part(int64_t i) const {
-    if (i >= parts_) return;
-    const int64_t b = begin_ + i * step_;
-    call_(ctx_, b, std::min(end_, b + step_));
+  void drain() {
+    for (int64_t i = next_.fetch_add(1); i < parts_; i = next_.fetch_add(1)) {
+      const int64_t b = begin_ + i * step_;
+      call_(ctx_, b, std::min(end_, b + step_));
+    }
   }
 
-  void work(int id) {
+  void work() {
     uint64_t seen = 0;
     for (;;) {
       uint64_t g = gen_.load();
@@ -137,7 +144,7 @@ class Team {
         g = gen_.load();
       }
       seen = g;
-      part(id);
+      drain();
       pending_.fetch_sub(1, std::memory_order_release);
     }
   }
@@ -145,6 +152,7 @@ class Team {
   const int n_;
   std::vector<std::thread> threads_;
   std::atomic<uint64_t> gen_{0};
+  std::atomic<int64_t> next_{0};  // the next part to claim
   std::atomic<int> pending_{0};
   std::atomic<int> sleeping_{0};
   std::atomic<bool> stop_{false};

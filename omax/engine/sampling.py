@@ -104,7 +104,9 @@ def sample(logits: torch.Tensor, states: list[SamplerState]) -> list[int]:
         rows = logits[constrained]
         apply_bitmask(rows, mask)
         logits[constrained] = rows
-    out = torch.argmax(logits, dim=-1).tolist()
+    # numpy's argmax runs in this thread; torch's splits a row of a large vocabulary
+    # over OpenMP, whose woken threads then spin against the native step's own team.
+    out = logits.numpy().argmax(-1).tolist()
     for i, s in enumerate(states):
         o = s.options
         if o.temperature <= 0:
