@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -169,6 +170,17 @@ class ModelActor:
             else:
                 self._streaming.add(rid)
         return out
+
+    async def poll_wire(
+        self, request_ids: list[str], timeout: float = 0.05, linger: float = 0.0
+    ) -> bytes:
+        """``poll``'s reply as one pickle, for a front door calling over Dask's RPC.
+
+        Dask serializes a reply object through its generic path (collections walked
+        and checked item by item, each part pickled on its own); one ``bytes`` goes out
+        as a single frame. Several polls a second per stream, on the event loop beside
+        the batching thread, make that cost count."""
+        return pickle.dumps(await self.poll(request_ids, timeout, linger), protocol=5)
 
     def _urgent(self, out: dict[str, list[GenerateChunk]]) -> bool:
         """Whether ``out`` holds a request's first chunk or a last one."""

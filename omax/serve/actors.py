@@ -27,8 +27,8 @@ class ActorHandle:
             result = await self.client.rpc(self.worker).actor_execute(
                 function=method,
                 actor=self.key,
-                args=[to_serialize(a) for a in args],
-                kwargs={k: to_serialize(v) for k, v in kwargs.items()},
+                args=[_wire(a) for a in args],
+                kwargs={k: _wire(v) for k, v in kwargs.items()},
             )
         except (OSError, KeyError) as e:
             raise EngineDead(f"model actor on {self.worker} is unreachable: {e}") from e
@@ -43,3 +43,13 @@ class ActorHandle:
 
     def __repr__(self) -> str:
         return f"<ActorHandle {self.key} on {self.worker}>"
+
+
+def _wire(arg: Any) -> Any:
+    """``arg`` as msgpack carries it where it can (numbers, strings, lists of
+    strings: a poll's arguments), else pickled."""
+    if arg is None or isinstance(arg, (bool, int, float, str)):
+        return arg
+    if isinstance(arg, list) and all(isinstance(a, str) for a in arg):
+        return arg
+    return to_serialize(arg)

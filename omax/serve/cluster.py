@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import tempfile
 import time
 import uuid
@@ -332,8 +333,8 @@ def _poll_fn(actor: ActorHandle, linger: float) -> Callable[[list[str]], Awaitab
     """One call for every live request on ``actor``: waits up to 50 ms for new chunks,
     and lets a started stream's chunks gather for ``linger`` s."""
 
-    def poll(ids: list[str]) -> Awaitable[Any]:
-        return actor.call("poll", ids, 0.05, linger)
+    async def poll(ids: list[str]) -> Any:
+        return pickle.loads(await actor.call("poll_wire", ids, 0.05, linger))
 
     return poll
 
