@@ -209,6 +209,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
+    from omax.engine import native
+
+    # An engine made while the native step is still building keeps the Python step for
+    # its life: build it (once per machine, shared by the server's worker) first.
+    native.module()
+    print("native decode step:", "on" if native.wait(900) is not None else "unavailable")
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(tmp)
