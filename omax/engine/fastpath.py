@@ -29,6 +29,9 @@ batched decode attention pads keys to the longest row. So the rows a caller pins
 one and each prompt segment a dense call of exactly its own rows, and the runner gives
 each pinned decode row its own unpadded attention: such a request computes the same
 bits alone and in any batch. The other rows keep the fastest kernels for the batch.
+Where the native decode step runs (``omax.engine.native``), decode rows take it,
+pinned or not: its kernels compute each row alike for any row count, and a pass with
+a pinned row keeps its int8 kernel past the rows where it would switch to bf16.
 """
 
 from __future__ import annotations

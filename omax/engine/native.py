@@ -202,6 +202,9 @@ class NativeDecoder:
     def supports(model: Any) -> bool:
         return model.device.type == "cpu" and model.act == torch.bfloat16
 
-    def decode(self, ids: torch.Tensor, positions: list[int], length: int) -> torch.Tensor:
-        """Logits [R, V] (fp32) of one token for each of cache slots ``0..R-1``."""
-        return self.native.decode(ids, positions, length)
+    def decode(
+        self, ids: torch.Tensor, positions: list[int], length: int, invariant: bool = False
+    ) -> torch.Tensor:
+        """Logits [R, V] (fp32) of one token for each of cache slots ``0..R-1``;
+        ``invariant``: each row's bits as alone or in any batch (a seeded request's)."""
+        return self.native.decode(ids, positions, length, invariant)

@@ -485,12 +485,20 @@ Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = fal
 // A lane per row: x is laid out as pairs of k [ceil(M/16)][K/2][16], and each weight
 // pair is broadcast into vdpbf16ps, so the weights are read in their own layout once
 // per 16 rows, and the next block of weight rows is prefetched a line per pair of k.
+bool dense_fits(const Tensor& x, const Tensor& w) {
+#ifdef OMAX_INT4_KERNEL
+  return x.dim() == 2 && w.dim() == 2 && x.scalar_type() == at::kBFloat16 &&
+         w.scalar_type() == at::kBFloat16 && x.is_contiguous() && w.is_contiguous() &&
+         x.size(1) % 2 == 0 && w.size(1) == x.size(1);
+#else
+  return false;
+#endif
+}
+
 Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
 #ifdef OMAX_INT4_KERNEL
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0);
-  if (x.dim() == 2 && w.dim() == 2 && x.scalar_type() == at::kBFloat16 &&
-      w.scalar_type() == at::kBFloat16 && x.is_contiguous() && w.is_contiguous() &&
-      k_in % 2 == 0 && w.size(1) == k_in) {
+  if (dense_fits(x, w)) {
     constexpr int64_t kNT = 16;  // weight rows per block: 16 accumulators
     const int64_t kp_n = k_in / 2, tiles = (rows + 15) / 16;
     std::vector<uint32_t> xt(static_cast<size_t>(tiles * kp_n * 16), 0u);
@@ -553,10 +561,27 @@ constexpr bool kOwnKernels = false;
 constexpr int64_t kInt8Rows = 4;
 
 // x @ the linear's weight: t[at..at+3] = packed weight, scales, dense copy.
+//
+// With the own kernels every row's result is the same bits whatever the other rows
+// (each kernel computes a row in the same order for any row count), except where an
+// int8 linear passes from its kernel to dense_mm past kInt8Rows: ``invariant`` keeps
+// the int8 kernel there, over groups of kInt8Rows rows.
 Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x,
-           bool f32 = false) {
+           bool f32 = false, bool invariant = false) {
+  const int64_t rows = x.size(0);
   if (kind == 4) return int4_mm(x, t[at], t[at + 1], f32);
-  if (kind == 8 && x.size(0) <= kInt8Rows) return int8_mm(x, t[at], t[at + 1], f32);
+  if (kind == 8 && rows <= kInt8Rows) return int8_mm(x, t[at], t[at + 1], f32);
+  if (kind == 8 && invariant) {
+    std::vector<Tensor> parts;
+    for (int64_t r = 0; r < rows; r += kInt8Rows)
+      parts.push_back(int8_mm(x.narrow(0, r, std::min(kInt8Rows, rows - r)), t[at], t[at + 1], f32));
+    return at::cat(parts);
+  }
+  if (invariant && rows > 1 && !dense_fits(x, t[at + 2])) {  // torch's: a call per row
+    std::vector<Tensor> parts;
+    for (int64_t r = 0; r < rows; ++r) parts.push_back(dense_mm(x.narrow(0, r, 1), t[at + 2], f32));
+    return at::cat(parts);
+  }
   return dense_mm(x, t[at + 2], f32);
 }
 
@@ -575,8 +600,9 @@ Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
 
 // The fp32 logits of the normed rows x: the kernels' own fp32 sums, or (torch's
 // kernels, which round to bf16) refined.
-Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x) {
-  Tensor y = lin(t, at, kind, x, true);
+Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x,
+              bool invariant) {
+  Tensor y = lin(t, at, kind, x, true, invariant);
   return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, t[at + 2]);
 }
 
@@ -720,9 +746,11 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
 #endif
 
 // Row i's query heads q [R, nh*hd] against keys 0..pos[i] of cache slot i -> [R, nh*hd].
+// ``invariant``: where torch's SDPA runs, each row over exactly its own keys in a call
+// of its own (the padded batch's sums would follow the longest row).
 Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
               const std::vector<int64_t>& pos, int64_t length, int64_t nh, int64_t nkv,
-              int64_t hd) {
+              int64_t hd, bool invariant = false) {
   const int64_t r = q.size(0), g = nh / nkv;
 #ifdef OMAX_ATTEND_KERNEL
   if (hd % 32 == 0 && hd <= 256 && kc.stride(3) == 1 && kc.strides() == vc.strides()) {
@@ -744,6 +772,13 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
     return o;
   }
 #endif
+  if (invariant && r > 1) {
+    std::vector<Tensor> rows;
+    for (int64_t i = 0; i < r; ++i)
+      rows.push_back(attend(q.narrow(0, i, 1), kc.narrow(0, i, 1), vc.narrow(0, i, 1), {pos[i]},
+                            pos[i] + 1, nh, nkv, hd));
+    return at::cat(rows);
+  }
   // torch's SDPA: rows shorter than the longest attend only to their own keys.
   c10::optional<Tensor> mask;
   if (*std::min_element(pos.begin(), pos.end()) + 1 != length) {
@@ -768,11 +803,15 @@ struct Model {
   int64_t nh, nkv, hd;
   double eps;
 
-  Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length) const;
+  Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
+                bool invariant) const;
 };
 
-Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions,
-                     int64_t length) const {
+// Logits [R, V] fp32 of one token for each of cache slots 0..R-1. ``invariant``: every
+// row computes the same bits as it would alone or in any other batch (a seeded
+// request's rows; see lin and attend), at some cost where torch's kernels run.
+Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
+                     bool invariant) const {
   at::InferenceMode guard;
   const int64_t n_layers = static_cast<int64_t>(kc.size());
   const int64_t per_layer = 2 + 4 * kLin;
@@ -785,14 +824,15 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions,
   for (int64_t i = 0; i < n_layers; ++i) {
     const size_t b = static_cast<size_t>(i * per_layer);
     const int64_t* kd = kinds.data() + 4 * i;
-    Tensor y = lin(t, b + 1, kd[0], rms_norm(h, t[b], eps));
+    Tensor y = lin(t, b + 1, kd[0], rms_norm(h, t[b], eps), false, invariant);
     Tensor q = rope_store(y, freqs, positions, kc[i], vc[i], nh, nkv, hd);
-    Tensor o = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd);
-    h.add_(lin(t, b + 1 + kLin, kd[1], o));
-    Tensor gu = lin(t, b + 2 + 2 * kLin, kd[2], rms_norm(h, t[b + 1 + 2 * kLin], eps));
-    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], silu_mul(gu)));
+    Tensor o = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd, invariant);
+    h.add_(lin(t, b + 1 + kLin, kd[1], o, false, invariant));
+    Tensor gu =
+        lin(t, b + 2 + 2 * kLin, kd[2], rms_norm(h, t[b + 1 + 2 * kLin], eps), false, invariant);
+    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], silu_mul(gu), false, invariant));
   }
-  return logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps));
+  return logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps), invariant);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -804,8 +844,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::arg("tensors"), pybind11::arg("kinds"), pybind11::arg("k"),
            pybind11::arg("v"), pybind11::arg("freqs"), pybind11::arg("n_heads"),
            pybind11::arg("n_kv"), pybind11::arg("head_dim"), pybind11::arg("eps"))
-      .def("decode", &Model::decode, "one batched decode step",
+      .def("decode", &Model::decode, "one batched decode step", pybind11::arg("ids"),
+           pybind11::arg("positions"), pybind11::arg("length"), pybind11::arg("invariant") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
+
   m.def("int4_mm", &int4_mm, "x @ torch's CPU int4-packed weight (as _weight_int4pack_mm_for_cpu)",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("sz"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
@@ -816,5 +858,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("attend", &attend, "rows' query heads against their own cached keys (decode attention)",
+        pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("positions"),
+        pybind11::arg("length"), pybind11::arg("n_heads"), pybind11::arg("n_kv"),
+        pybind11::arg("head_dim"), pybind11::arg("invariant") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

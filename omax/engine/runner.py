@@ -217,8 +217,8 @@ class FastRunner(Runner):
         prefix_rows: int = 0,
         native: bool = True,
     ) -> None:
-        """``native``: decode steps without pinned rows take the native step
-        (``omax.engine.native``) if it is already built when the runner is made."""
+        """``native``: decode rows take the native step (``omax.engine.native``) if it
+        is already built when the runner is made."""
         self.fast = model
         self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
         self.group = self.n_heads // self.n_kv
@@ -321,11 +321,11 @@ class FastRunner(Runner):
     ) -> torch.Tensor:
         """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        if self.native is not None and not any(pinned):
+        if self.native is not None:
             length = max(positions) + 1
             self._check_len(length)
             self._ensure_init(len(positions), length)
-            return self.native.decode(ids, positions, length)
+            return self.native.decode(ids, positions, length, invariant=any(pinned))
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         rows = Rows([i for i, p in enumerate(pinned) if p]) if any(pinned) else None
         h = self.fast.forward(ids, pos, self._decode_attend(positions, pos, pinned), rows)
@@ -344,10 +344,14 @@ class FastRunner(Runner):
         Every projection reads its weights once for all of them (decode is memory
         bound, so a step that also prefills costs about what the larger part would
         alone), and many short prompts join in one step. Pinned rows take kernels that
-        do not follow the batch (``fastpath.Rows``).
+        do not follow the batch (``fastpath.Rows``). With the native step, a pass with
+        a pinned decode row runs the decode rows natively and the prompts apart: that
+        row must take the kernels it takes in a step that only decodes.
         """
         if not segments:
             return (self.decode(tokens, positions, pinned) if tokens else None), []
+        if tokens and self.native is not None and any(pinned):
+            return self.decode(tokens, positions, pinned), self.step([], [], segments)[1]
         b = len(tokens)
         dev = self.device
         ids = [*tokens]

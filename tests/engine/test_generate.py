@@ -113,6 +113,16 @@ def test_seeded_same_alone_and_batched_on_the_fast_path(smollm2_spec, smollm2_in
     eng = smollm2_int4_engine
     if quant != "int4":
         eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant=quant, max_ctx=2048)
+    try:
+        check_seeded_alone_and_batched(eng)
+    finally:
+        if eng is not smollm2_int4_engine:
+            eng.close()
+
+
+def check_seeded_alone_and_batched(eng: Engine) -> None:
+    """Four seeded requests (one prefilled in chunks) give the same text alone and in
+    a batch of 16 with twelve unseeded ones of other lengths."""
 
     def req(i: int, seed: int) -> GenerateRequest:
         story = f" Remember forest {i}, its river and the old mill." * (40 if i == 0 else i % 3)
@@ -121,18 +131,14 @@ def test_seeded_same_alone_and_batched_on_the_fast_path(smollm2_spec, smollm2_in
         )
         return GenerateRequest(model="s", prompt=f"Tell me about animal {i}.{story}", options=opts)
 
-    try:
-        seeded = [req(i, 1000 + i) for i in range(4)]
-        others = [req(100 + i, -1) for i in range(12)]
-        batch = [*others[:3], seeded[0], *others[3:6], seeded[1], seeded[2], *others[6:], seeded[3]]
-        assert len(eng.encode_prompt(seeded[0])[0]) > 300  # prefilled in chunks of 256
-        got = {id(r): out["text"] for r, out in zip(batch, run_all(eng, batch), strict=True)}
-        for r in seeded:
-            assert run_all(eng, [r])[0]["text"] == got[id(r)], r.prompt[:30]
-            assert got[id(r)]
-    finally:
-        if eng is not smollm2_int4_engine:
-            eng.close()
+    seeded = [req(i, 1000 + i) for i in range(4)]
+    others = [req(100 + i, -1) for i in range(12)]
+    batch = [*others[:3], seeded[0], *others[3:6], seeded[1], seeded[2], *others[6:], seeded[3]]
+    assert len(eng.encode_prompt(seeded[0])[0]) > 300  # prefilled in chunks of 256
+    got = {id(r): out["text"] for r, out in zip(batch, run_all(eng, batch), strict=True)}
+    for r in seeded:
+        assert run_all(eng, [r])[0]["text"] == got[id(r)], r.prompt[:30]
+        assert got[id(r)]
 
 
 def test_stop_strings_never_emitted(smollm2_engine):

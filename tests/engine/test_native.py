@@ -12,7 +12,10 @@ import pytest
 import torch
 
 from omax.engine import native
+from omax.engine.engine import Engine
 from omax.engine.runner import FastRunner
+
+from .test_generate import check_seeded_alone_and_batched
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +107,32 @@ def test_native_decode_off_keeps_python(smollm2_int4_engine, built):
     assert runner.native is None
 
 
-def test_a_pinned_row_takes_the_python_step(smollm2_int4_engine, built):
-    """Seeded rows keep the batch-invariant kernels of the Python step."""
-    model = smollm2_int4_engine.loaded.model
-    py, nat = _runners(model, built)
-    a = py.decode([5, 6], [30, 31], pinned=[True, False])
-    b = nat.decode([5, 6], [30, 31], pinned=[True, False])
-    assert torch.equal(a, b)
+def test_a_pinned_row_computes_the_same_bits_alone_and_in_any_batch(smollm2_int4_engine, built):
+    """A seeded request's decode rows take the native step too: every kernel computes
+    a row alike for any row count, and a pinned pass keeps the int8 head's kernel past
+    the 4 rows where an unpinned one switches to bf16."""
+    _, nat = _runners(smollm2_int4_engine.loaded.model, built)
+    alone = nat.decode([5], [30], pinned=[True])[0]
+    for rows in (2, 5, 16):
+        batch = nat.decode(
+            [5, *range(6, 5 + rows)],
+            [30 + slot for slot in range(rows)],
+            pinned=[True] + [False] * (rows - 1),
+        )
+        assert torch.equal(batch[0], alone), rows
+    unpinned = nat.decode([5, *range(6, 21)], [30 + slot for slot in range(16)])[0]
+    assert not torch.equal(unpinned, alone)  # the bf16 head: the pin is what holds it
+
+
+def test_seeded_requests_on_the_native_step_same_alone_and_batched(smollm2_int4_engine, built):
+    """End to end through an engine whose runner has the native step (made after the
+    build): seeded decode rows run natively, also in steps that prefill others."""
+    eng = Engine(smollm2_int4_engine.loaded, quant="int4", max_ctx=2048)
+    try:
+        assert eng.batcher is not None and eng.batcher.runner.native is not None
+        check_seeded_alone_and_batched(eng)
+    finally:
+        eng.close()
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 7, 16])
