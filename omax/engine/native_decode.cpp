@@ -613,21 +613,23 @@ Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
   const BFloat16* x = h.data_ptr<BFloat16>();
   const BFloat16* g = w.data_ptr<BFloat16>();
   BFloat16* o = out.data_ptr<BFloat16>();
-  for (int64_t i = 0; i < r; ++i) {
-    const BFloat16* xi = x + i * n;
-    float acc = 0.f;
+  parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const BFloat16* xi = x + i * n;
+      float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = static_cast<float>(xi[j]);
-      acc += v * v;
-    }
-    const float rstd = 1.f / std::sqrt(acc / static_cast<float>(n) + static_cast<float>(eps));
-    BFloat16* oi = o + i * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = static_cast<float>(xi[j]);
+        acc += v * v;
+      }
+      const float rstd = 1.f / std::sqrt(acc / static_cast<float>(n) + static_cast<float>(eps));
+      BFloat16* oi = o + i * n;
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      oi[j] = static_cast<BFloat16>(static_cast<float>(xi[j]) * rstd * static_cast<float>(g[j]));
+      for (int64_t j = 0; j < n; ++j) {
+        oi[j] = static_cast<BFloat16>(static_cast<float>(xi[j]) * rstd * static_cast<float>(g[j]));
+      }
     }
-  }
+  });
   return out;
 }
 
@@ -672,17 +674,20 @@ Tensor silu_mul(const Tensor& gu) {
   Tensor out = at::empty({r, n}, gu.options());
   const BFloat16* p = gu.data_ptr<BFloat16>();
   BFloat16* o = out.data_ptr<BFloat16>();
-  for (int64_t i = 0; i < r; ++i) {
-    const BFloat16* a = p + i * 2 * n;
-    const BFloat16* b = a + n;
-    BFloat16* oi = o + i * n;
+  parallel_for(0, r * n, 512, [&](int64_t e0, int64_t e1) {  // ~5 ns an element (exp)
+    for (int64_t i = e0 / n; i * n < e1; ++i) {
+      const BFloat16* a = p + i * 2 * n;
+      const BFloat16* b = a + n;
+      BFloat16* oi = o + i * n;
+      const int64_t j1 = std::min(n, e1 - i * n);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-      const float x = static_cast<float>(a[j]);
-      const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
-      oi[j] = static_cast<BFloat16>(static_cast<float>(s) * static_cast<float>(b[j]));
+      for (int64_t j = std::max<int64_t>(0, e0 - i * n); j < j1; ++j) {
+        const float x = static_cast<float>(a[j]);
+        const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
+        oi[j] = static_cast<BFloat16>(static_cast<float>(s) * static_cast<float>(b[j]));
+      }
     }
-  }
+  });
   return out;
 }
 
