@@ -6,7 +6,7 @@ same step in one call: RMSNorm, rotary embedding + KV write and silu*mul as sing
 loops, decode attention of its own, and matmuls of its own where the CPU has the
 instructions (ATen's kernels otherwise) on the same weights: int4 for any number of
 rows, int8 for a few, bf16 for the rest (SmolLM2 int4, 2 cores: one row ~6 ms a step
-against ~14 ms in Python, 16 rows ~23 ms against ~45 ms).
+against ~14 ms in Python, 16 rows ~20 ms against ~45 ms).
 
 It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
 ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash of the

@@ -17,7 +17,7 @@
 // weights for any row count, int8 for up to 4 rows, and the dense bf16 copy past that
 // (an int8 head) or without packed weights. A decode step reads every weight once, from
 // memory: these prefetch ahead of their reads. SmolLM2 int4 on 2 cores: one row ~6 ms
-// a step against ~9.5 ms with torch's kernels; 16 rows ~23 ms against ~43 ms with
+// a step against ~9.5 ms with torch's kernels; 16 rows ~20 ms against ~43 ms with
 // torch's dense ones (its packed int4 kernel is no faster there).
 //
 // These kernels split their work over a Team of their own, not OpenMP: a step runs
