@@ -214,15 +214,61 @@ __m512i pair_index(int p) {
   return _mm512_load_si512(b);
 }
 
+// The unpacking the int4 kernels share: a pair of k's for the 64 output rows of a
+// block (64 bytes) into four vectors of bf16 pairs 128 + q (16 rows each), and a
+// group's scales s and offsets zc = z - 136 s for those rows.
+struct Int4Unpack {
+  const __m512i i0 = pair_index(0), i1 = pair_index(1);
+  const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
+  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m512 c136 = _mm512_set1_ps(136.f);
+
+  void pair(const uint8_t* wp, __m512i* out) const {
+    _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead), _MM_HINT_T0);
+    const __m512i v = _mm512_loadu_si512(wp);
+    const __m512i lo = _mm512_and_si512(v, m0f);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+    out[0] = _mm512_permutex2var_epi8(lo, i0, c43);
+    out[1] = _mm512_permutex2var_epi8(lo, i1, c43);
+    out[2] = _mm512_permutex2var_epi8(hi, i0, c43);
+    out[3] = _mm512_permutex2var_epi8(hi, i1, c43);
+  }
+
+  void scales(const BFloat16* sg, __m512* s, __m512* zc) const {
+    for (int q = 0; q < 4; ++q) {
+      const __m512i lane = _mm512_loadu_si512(sg + q * 32);  // (s, z) of 16 rows
+      s[q] = _mm512_castsi512_ps(_mm512_slli_epi32(lane, 16));
+      zc[q] = _mm512_fnmadd_ps(c136, s[q], _mm512_castsi512_ps(_mm512_and_si512(lane, hi16)));
+    }
+  }
+};
+
+// a[m][q] += row m's pair of x at column ``at`` . the unpacked pair w[q], for MT rows.
+template <int MT>
+inline void dot_pair(__m512 (*a)[4], const BFloat16* x, int64_t k_in, int64_t at,
+                     const __m512i* w) {
+  for (int m = 0; m < MT; ++m) {
+    int32_t pair;
+    std::memcpy(&pair, x + m * k_in + at, sizeof(pair));
+    const __m512bh xp = (__m512bh)_mm512_set1_epi32(pair);
+    for (int q = 0; q < 4; ++q) a[m][q] = _mm512_dpbf16_ps(a[m][q], (__m512bh)w[q], xp);
+  }
+}
+
+template <typename Out>
+inline void store16(Out* dst, __m512 v) {
+  if constexpr (std::is_same_v<Out, float>)
+    _mm512_storeu_ps(dst, v);
+  else
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
 // Rows m0..m0+MT of y [M, N] for the output block nb (64 rows of w).
 template <int MT, typename Out>
 void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
                 Out* y, int64_t n_out, int64_t k_in, int64_t nb) {
   const int64_t groups = k_in / kGroup;
-  const __m512i i0 = pair_index(0), i1 = pair_index(1);
-  const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
-  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m512 c136 = _mm512_set1_ps(136.f);
+  const Int4Unpack u;
   const uint8_t* wb = w + nb * 64 * (k_in / 2);
   __m512 o[MT][4];
   for (int m = 0; m < MT; ++m)
@@ -233,43 +279,20 @@ void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BF
       for (int q = 0; q < 4; ++q) a[m][q] = _mm512_setzero_ps();
     const uint8_t* wg = wb + g * kGroup * 32;
     for (int p = 0; p < kGroup / 2; ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(wg + p * 64 + kAhead), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(wg + p * 64);
-      const __m512i lo = _mm512_and_si512(v, m0f);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
-      const __m512bh w0 = (__m512bh)_mm512_permutex2var_epi8(lo, i0, c43);
-      const __m512bh w1 = (__m512bh)_mm512_permutex2var_epi8(lo, i1, c43);
-      const __m512bh w2 = (__m512bh)_mm512_permutex2var_epi8(hi, i0, c43);
-      const __m512bh w3 = (__m512bh)_mm512_permutex2var_epi8(hi, i1, c43);
-      for (int m = 0; m < MT; ++m) {
-        int32_t pair;
-        std::memcpy(&pair, x + m * k_in + g * kGroup + 2 * p, sizeof(pair));
-        const __m512bh xp = (__m512bh)_mm512_set1_epi32(pair);
-        a[m][0] = _mm512_dpbf16_ps(a[m][0], w0, xp);
-        a[m][1] = _mm512_dpbf16_ps(a[m][1], w1, xp);
-        a[m][2] = _mm512_dpbf16_ps(a[m][2], w2, xp);
-        a[m][3] = _mm512_dpbf16_ps(a[m][3], w3, xp);
-      }
+      __m512i wp[4];
+      u.pair(wg + p * 64, wp);
+      dot_pair<MT>(a, x, k_in, g * kGroup + 2 * p, wp);
     }
-    const BFloat16* sg = sz + (g * n_out + nb * 64) * 2;
-    for (int q = 0; q < 4; ++q) {
-      const __m512i lane = _mm512_loadu_si512(sg + q * 32);  // (s, z) of 16 rows
-      const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(lane, 16));
-      const __m512 zc = _mm512_fnmadd_ps(c136, s, _mm512_castsi512_ps(_mm512_and_si512(lane, hi16)));
+    __m512 s[4], zc[4];
+    u.scales(sz + (g * n_out + nb * 64) * 2, s, zc);
+    for (int q = 0; q < 4; ++q)
       for (int m = 0; m < MT; ++m) {
-        o[m][q] = _mm512_fmadd_ps(s, a[m][q], o[m][q]);
-        o[m][q] = _mm512_fmadd_ps(zc, _mm512_set1_ps(sums[m * groups + g]), o[m][q]);
+        o[m][q] = _mm512_fmadd_ps(s[q], a[m][q], o[m][q]);
+        o[m][q] = _mm512_fmadd_ps(zc[q], _mm512_set1_ps(sums[m * groups + g]), o[m][q]);
       }
-    }
   }
   for (int m = 0; m < MT; ++m)
-    for (int q = 0; q < 4; ++q) {
-      Out* dst = y + m * n_out + nb * 64 + 16 * q;
-      if constexpr (std::is_same_v<Out, float>)
-        _mm512_storeu_ps(dst, o[m][q]);
-      else
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(o[m][q]));
-    }
+    for (int q = 0; q < 4; ++q) store16(y + m * n_out + nb * 64 + 16 * q, o[m][q]);
 }
 
 // MT rows' dot products with one group's unpacked weights (buf: 16 pairs x 4 vectors),
@@ -280,19 +303,7 @@ void int4_tile(const BFloat16* x, const float* sums, int64_t k_in, int64_t group
   __m512 a[MT][4];
   for (int m = 0; m < MT; ++m)
     for (int q = 0; q < 4; ++q) a[m][q] = _mm512_setzero_ps();
-  for (int p = 0; p < kGroup / 2; ++p) {
-    const __m512bh w0 = (__m512bh)buf[4 * p], w1 = (__m512bh)buf[4 * p + 1];
-    const __m512bh w2 = (__m512bh)buf[4 * p + 2], w3 = (__m512bh)buf[4 * p + 3];
-    for (int m = 0; m < MT; ++m) {
-      int32_t pair;
-      std::memcpy(&pair, x + m * k_in + g * kGroup + 2 * p, sizeof(pair));
-      const __m512bh xp = (__m512bh)_mm512_set1_epi32(pair);
-      a[m][0] = _mm512_dpbf16_ps(a[m][0], w0, xp);
-      a[m][1] = _mm512_dpbf16_ps(a[m][1], w1, xp);
-      a[m][2] = _mm512_dpbf16_ps(a[m][2], w2, xp);
-      a[m][3] = _mm512_dpbf16_ps(a[m][3], w3, xp);
-    }
-  }
+  for (int p = 0; p < kGroup / 2; ++p) dot_pair<MT>(a, x, k_in, g * kGroup + 2 * p, buf + 4 * p);
   for (int m = 0; m < MT; ++m) {
     const __m512 sum = _mm512_set1_ps(sums[m * groups + g]);
     for (int q = 0; q < 4; ++q) {
@@ -311,32 +322,15 @@ template <typename Out>
 void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
                      Out* y, int64_t rows, int64_t n_out, int64_t k_in, int64_t nb, float* acc) {
   const int64_t groups = k_in / kGroup;
-  const __m512i i0 = pair_index(0), i1 = pair_index(1);
-  const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
-  const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  const __m512 c136 = _mm512_set1_ps(136.f);
+  const Int4Unpack u;
   const uint8_t* wb = w + nb * 64 * (k_in / 2);
   std::fill(acc, acc + rows * 64, 0.f);
   alignas(64) __m512i buf[4 * kGroup / 2];
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* wg = wb + g * kGroup * 32;
-    for (int p = 0; p < kGroup / 2; ++p) {
-      _mm_prefetch(reinterpret_cast<const char*>(wg + p * 64 + kAhead), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(wg + p * 64);
-      const __m512i lo = _mm512_and_si512(v, m0f);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
-      buf[4 * p] = _mm512_permutex2var_epi8(lo, i0, c43);
-      buf[4 * p + 1] = _mm512_permutex2var_epi8(lo, i1, c43);
-      buf[4 * p + 2] = _mm512_permutex2var_epi8(hi, i0, c43);
-      buf[4 * p + 3] = _mm512_permutex2var_epi8(hi, i1, c43);
-    }
-    const BFloat16* sg = sz + (g * n_out + nb * 64) * 2;
+    for (int p = 0; p < kGroup / 2; ++p) u.pair(wg + p * 64, buf + 4 * p);
     __m512 s[4], zc[4];
-    for (int q = 0; q < 4; ++q) {
-      const __m512i lane = _mm512_loadu_si512(sg + q * 32);  // (s, z) of 16 rows
-      s[q] = _mm512_castsi512_ps(_mm512_slli_epi32(lane, 16));
-      zc[q] = _mm512_fnmadd_ps(c136, s[q], _mm512_castsi512_ps(_mm512_and_si512(lane, hi16)));
-    }
+    u.scales(sz + (g * n_out + nb * 64) * 2, s, zc);
     int64_t m = 0;
     for (; m + 6 <= rows; m += 6)
       int4_tile<6>(x + m * k_in, sums + m * groups, k_in, groups, g, buf, s, zc, acc + m * 64);
@@ -353,14 +347,8 @@ void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, con
     }
   }
   for (int64_t m = 0; m < rows; ++m)
-    for (int q = 0; q < 4; ++q) {
-      const __m512 o = _mm512_loadu_ps(acc + m * 64 + 16 * q);
-      Out* dst = y + m * n_out + nb * 64 + 16 * q;
-      if constexpr (std::is_same_v<Out, float>)
-        _mm512_storeu_ps(dst, o);
-      else
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(o));
-    }
+    for (int q = 0; q < 4; ++q)
+      store16(y + m * n_out + nb * 64 + 16 * q, _mm512_loadu_ps(acc + m * 64 + 16 * q));
 }
 #endif
 
