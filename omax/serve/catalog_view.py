@@ -135,7 +135,18 @@ def _forward(report: Callable[..., None]) -> Callable[[str, int, int], None]:
 
 async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
     def work(report: Callable[..., None]) -> None:
-        report("gathering model components")
+        # The first line waits for the store's first progress: a model it refuses
+        # (an architecture or tensor type omax cannot run) fails before any line is
+        # sent, so the client gets a 400 even on a stream.
+        started = False
+
+        def first(status: str, *args: Any) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                report("gathering model components")
+            report(status, *args)
+
         result = store.create(
             request.model,
             from_=request.from_,
@@ -145,9 +156,9 @@ async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
             parameters=request.parameters or None,
             messages=list(request.messages) or None,
             license=request.license,
-            progress=_forward(report),
+            progress=_forward(first),
         )
-        report(dedup_status(result))
+        first(dedup_status(result))
 
     async for p in _progress_of(work):
         yield p

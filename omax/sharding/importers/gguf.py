@@ -2,21 +2,21 @@
 
 - Tensors: quantised types are stored as their raw uint8 blocks (``ggml_type`` and the
   logical shape recorded), F32/F16 and integer types as typed arrays, BF16 as a uint16
-  view. Only types ``gguf.quants`` can dequantise are accepted.
-- Config: transformers' ``load_gguf_checkpoint(path, return_tensors=False)``, so every
-  architecture transformers can build from GGUF is supported and nothing else.
-- Tokenizer: transformers' GGUF tokenizer converter writes ``tokenizer.json``; the chat
-  template is ``tokenizer.chat_template``.
+  view. Only the types in ``omax.sharding.support`` are accepted.
+- Config: ``ggufconfig.hf_config``, the config transformers' ``load_gguf_checkpoint``
+  builds; an architecture transformers cannot map or build is refused.
+- Tokenizer: ``gguftokenizer.tokenizer_files``, the ``tokenizer.json`` transformers'
+  GGUF converter writes; the chat template is ``tokenizer.chat_template``.
 
-Metadata parsing costs seconds (tens of thousands of vocabulary strings); it is cached
-per file identity (device, inode, size, mtime) so importing one file under two names in
-one process parses it once.
+Every refusal (corrupt file, tensor type, architecture, tokenizer) is an ImportFailed
+raised before the first blob is written. The derived config and tokenizer are cached
+per file identity (device, inode, size, mtime) so importing one file under two names
+in one process builds them once.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 
 from omax.errors import ImportFailed
+from omax.sharding import support
 from omax.sharding.importers.common import BlobWriter
+from omax.sharding.importers.ggufconfig import hf_config, supported_architectures
+from omax.sharding.importers.ggufheader import GGUFFile, TensorInfo, open_gguf
+from omax.sharding.importers.gguftokenizer import tokenizer_files
 from omax.sharding.manifest import Manifest, TensorEntry, format_parameter_count
 
 GGUF_MAGIC = b"GGUF"
@@ -50,31 +54,26 @@ def is_gguf(path: Path) -> bool:
         return False
 
 
-def supported_types() -> set[QT]:
-    from gguf import quants
-
-    return set(PLAIN_TYPES) | {QT.BF16} | set(quants._type_traits)
-
-
 def import_gguf(writer: BlobWriter, path: str | Path) -> Manifest:
     """Store every tensor of the GGUF file at ``path``; return its manifest."""
     path = Path(path)
-    reader = _open_reader(path)
-    arch = _field(reader, "general.architecture")
+    file = _open(path)
+    arch = file.metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise ImportFailed(f"{path}: no general.architecture in GGUF metadata")
-    _check_tensors(path, reader)
-    config, tokenizer_json, tokenizer_config = _derived_metadata(path, _file_key(path))
-    writer.total = sum(int(t.n_bytes) for t in reader.tensors)
+    sizes = _check_tensors(file)
+    config, tokenizer_json, tokenizer_config = _derived_metadata(path, _file_key(path), file)
+    writer.total = sum(sizes)
     writer.stage("importing tensors")
-    entries = [_write_tensor(writer, t) for t in reader.tensors]
+    entries = [_write_tensor(writer, file, t, n) for t, n in zip(file.tensors, sizes, strict=True)]
     files: dict[str, tuple[str, int]] = {}
     if tokenizer_json is not None:
         files["tokenizer.json"] = writer.put_bytes(tokenizer_json)
     template = tokenizer_config.get("chat_template") or ""
-    n_params = int(sum(t.n_elements for t in reader.tensors))
-    quant = _quantization_level(reader)
-    model_info = _model_info(reader, n_params)
+    n_params = sum(t.n_elements for t in file.tensors)
+    quant = _quantization_level(file)
+    model_info = _model_info(file, n_params)
+    license = file.metadata.get("general.license")
     return Manifest(
         format="gguf",
         family=arch,
@@ -83,13 +82,13 @@ def import_gguf(writer: BlobWriter, path: str | Path) -> Manifest:
         files=files,
         tokenizer_config=tokenizer_config,
         template=template if isinstance(template, str) else "",
-        license=_license(reader),
+        license=license if isinstance(license, str) else "",
         model_info=model_info,
         details={
             "format": "gguf",
             "family": arch,
             "families": [arch],
-            "parameter_size": _field(reader, "general.size_label")
+            "parameter_size": file.metadata.get("general.size_label")
             or format_parameter_count(n_params),
             "quantization_level": quant,
             "parent_model": "",
@@ -97,42 +96,57 @@ def import_gguf(writer: BlobWriter, path: str | Path) -> Manifest:
     )
 
 
-def _open_reader(path: Path) -> gguf.GGUFReader:
+def _open(path: Path) -> GGUFFile:
     if not path.is_file():
         raise ImportFailed(f"{path}: no such file")
     if not is_gguf(path):
         raise ImportFailed(f"{path}: not a GGUF file (bad magic)")
+    return open_gguf(path)
+
+
+def _type_name(type_id: int) -> str:
     try:
-        return gguf.GGUFReader(path)
-    except Exception as err:  # the reader raises ValueError, IndexError, struct errors...
-        raise ImportFailed(f"{path}: corrupt or truncated GGUF: {err}") from err
+        return QT(type_id).name
+    except ValueError:
+        return f"unknown type id {type_id}"
 
 
-def _check_tensors(path: Path, reader: gguf.GGUFReader) -> None:
-    size = path.stat().st_size
-    allowed = supported_types()
-    for t in reader.tensors:
-        if t.tensor_type not in allowed:
+def _check_tensors(file: GGUFFile) -> list[int]:
+    """Each tensor's size in bytes, once every type is supported and every tensor lies
+    inside the file."""
+    names = [(t.name, _type_name(t.type_id)) for t in file.tensors]
+    unsupported = support.unsupported_tensor_types(names)
+    if unsupported:
+        raise ImportFailed(f"{file.path}: {support.describe_unsupported_types(unsupported)}")
+    sizes = []
+    for t in file.tensors:
+        block, block_bytes = gguf.GGML_QUANT_SIZES[QT(t.type_id)]
+        if block > 1 and (not t.dims or t.dims[0] % block):
             raise ImportFailed(
-                f"{path}: tensor {t.name} has unsupported quantisation type {t.tensor_type.name}"
+                f"{file.path}: corrupt GGUF: tensor {t.name} of shape {t.shape} "
+                f"does not split into {QT(t.type_id).name} blocks"
             )
-        if int(t.data_offset) + int(t.n_bytes) > size or t.data.nbytes != t.n_bytes:
-            raise ImportFailed(f"{path}: truncated (tensor {t.name} runs past the end of the file)")
+        n_bytes = t.n_elements // block * block_bytes
+        if t.offset + n_bytes > file.size:
+            raise ImportFailed(
+                f"{file.path}: truncated (tensor {t.name} runs past the end of the file)"
+            )
+        sizes.append(n_bytes)
+    return sizes
 
 
-def _write_tensor(writer: BlobWriter, t: Any) -> TensorEntry:
-    qt = QT(int(t.tensor_type))
-    shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-    data = np.asarray(t.data)
+def _write_tensor(writer: BlobWriter, file: GGUFFile, t: TensorInfo, n_bytes: int) -> TensorEntry:
+    qt = QT(t.type_id)
+    data = file.tensor_bytes(t, n_bytes)
     if qt in PLAIN_TYPES:
-        stored = data.reshape(shape)
+        stored = data.view(PLAIN_TYPES[qt]).reshape(t.shape)
         return writer.tensor(t.name, stored, dtype=PLAIN_TYPES[qt], ggml_type=qt.name)
     if qt == QT.BF16:
-        stored = data.view(np.uint8).view(np.uint16).reshape(shape)
+        stored = data.view(np.uint16).reshape(t.shape)
         return writer.tensor(t.name, stored, dtype="bfloat16", ggml_type=qt.name)
-    return writer.tensor(
-        t.name, data.view(np.uint8), dtype="quantized", shape=shape, ggml_type=qt.name
-    )
+    block, block_bytes = gguf.GGML_QUANT_SIZES[qt]
+    rows = data.reshape(*t.shape[:-1], t.shape[-1] // block * block_bytes)
+    return writer.tensor(t.name, rows, dtype="quantized", shape=t.shape, ggml_type=qt.name)
 
 
 def _file_key(path: Path) -> tuple[int, int, int, int]:
@@ -143,60 +157,40 @@ def _file_key(path: Path) -> tuple[int, int, int, int]:
 _METADATA_CACHE: dict[tuple, tuple[dict, bytes | None, dict]] = {}
 
 
-def _derived_metadata(path: Path, key: tuple) -> tuple[dict, bytes | None, dict]:
+def _derived_metadata(
+    path: Path, key: tuple, file: GGUFFile | None = None
+) -> tuple[dict, bytes | None, dict]:
     """(HF config, tokenizer.json bytes or None, tokenizer_config), cached by file identity."""
     if key not in _METADATA_CACHE:
         if len(_METADATA_CACHE) >= 8:
             _METADATA_CACHE.pop(next(iter(_METADATA_CACHE)))
-        _METADATA_CACHE[key] = _parse_metadata(path)
+        _METADATA_CACHE[key] = _parse_metadata(file or _open(path))
     config, tokenizer_json, tokenizer_config = _METADATA_CACHE[key]
     return copy.deepcopy(config), tokenizer_json, copy.deepcopy(tokenizer_config)
 
 
-def _parse_metadata(path: Path) -> tuple[dict, bytes | None, dict]:
+def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
+    path = file.path
+    config = hf_config(path, file.metadata, [t.name for t in file.tensors])
+    config = _jsonable({k: v for k, v in config.items() if not k.startswith("_")})
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise ImportFailed(f"{path}: GGUF metadata gives no model type")
+    problem = support.build_problem(model_type, support.transformers_classes())
+    if problem is not None:
+        raise ImportFailed(
+            f"{path}: architecture {file.metadata['general.architecture']!r} cannot run: "
+            f"{problem}; supported architectures: {', '.join(supported_architectures())}"
+        )
+    config.setdefault("architectures", [_architecture_class(model_type)])
     try:
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        parsed = load_gguf_checkpoint(os.fspath(path), return_tensors=False)
-    except ValueError as err:
+        tokenizer_json, tokenizer_config = tokenizer_files(path, file.metadata)
+    except ImportFailed as err:
         raise ImportFailed(f"{path}: {err}") from err
     except Exception as err:
-        raise ImportFailed(f"{path}: cannot read GGUF metadata: {err}") from err
-    config = {k: v for k, v in parsed["config"].items() if not k.startswith("_")}
-    config = _jsonable(config)
-    model_type = config.get("model_type")
-    if model_type:
-        config.setdefault("architectures", [_architecture_class(model_type)])
-    try:
-        tokenizer_json, tokenizer_config = _tokenizer(path)
-    except ImportFailed:
-        raise
-    except Exception as err:
         raise ImportFailed(f"{path}: cannot convert the GGUF tokenizer: {err}") from err
-    return config, tokenizer_json, _jsonable(tokenizer_config)
-
-
-def _tokenizer(path: Path) -> tuple[bytes | None, dict]:
-    try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-            convert_gguf_tokenizer,
-            get_gguf_tokenizer,
-        )
-    except ImportError:  # older transformers
-        from transformers.integrations.ggml import (  # type: ignore[attr-defined,no-redef]
-            convert_gguf_tokenizer,
-        )
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        parsed = load_gguf_checkpoint(os.fspath(path), return_tensors=False)
-        arch = parsed["config"]["model_type"]
-        tok, extra = convert_gguf_tokenizer(arch, parsed["tokenizer"])
-        return tok.to_str().encode(), {**parsed["tokenizer_config"], **extra}
-    arch, tokenizer_dict, tokenizer_config = get_gguf_tokenizer(os.fspath(path))
-    if not tokenizer_dict.get("tokens"):
-        return None, tokenizer_config
-    tok, extra = convert_gguf_tokenizer(arch, tokenizer_dict)
-    return tok.to_str().encode(), {**tokenizer_config, **extra}
+    encoded = tokenizer_json.encode() if tokenizer_json is not None else None
+    return config, encoded, _jsonable(tokenizer_config)
 
 
 def _architecture_class(model_type: str) -> str:
@@ -211,44 +205,25 @@ def _architecture_class(model_type: str) -> str:
     return "".join(p.capitalize() for p in model_type.split("_")) + "ForCausalLM"
 
 
-def _field(reader: gguf.GGUFReader, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    try:
-        return f.contents()
-    except Exception:
-        return None
-
-
-def _model_info(reader: gguf.GGUFReader, n_params: int) -> dict[str, Any]:
+def _model_info(file: GGUFFile, n_params: int) -> dict[str, Any]:
     """``/api/show`` model_info: every metadata key; big tokenizer arrays as null."""
     info: dict[str, Any] = {}
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if key.startswith(BIG_ARRAY_PREFIX) and f.types and f.types[0] == gguf.GGUFValueType.ARRAY:
-            info[key] = None
-            continue
-        info[key] = _jsonable(_field(reader, key))
+    for key, value in file.metadata.items():
+        big = key.startswith(BIG_ARRAY_PREFIX) and isinstance(value, list | np.ndarray)
+        info[key] = None if big else _jsonable(value)
     info["general.parameter_count"] = n_params
     return info
 
 
-def _quantization_level(reader: gguf.GGUFReader) -> str:
-    ft = _field(reader, "general.file_type")
+def _quantization_level(file: GGUFFile) -> str:
+    ft = file.metadata.get("general.file_type")
     if isinstance(ft, int):
         try:
             return gguf.LlamaFileType(ft).name.removeprefix("MOSTLY_")
         except ValueError:
             pass
-    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    counts = Counter(_type_name(t.type_id) for t in file.tensors)
     return counts.most_common(1)[0][0] if counts else "unknown"
-
-
-def _license(reader: gguf.GGUFReader) -> str:
-    lic = _field(reader, "general.license")
-    return lic if isinstance(lic, str) else ""
 
 
 def _jsonable(value: Any) -> Any:
