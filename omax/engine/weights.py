@@ -1,10 +1,11 @@
 """RawTensors from the store -> an HF state dict of torch tensors, one tensor at a time.
 
 GGUF tensors carry gguf names (``blk.0.attn_q.weight``) and may be quantised; they
-are dequantised with torch ops (transformers' GGUF dequantiser, falling back to
-gguf-py's numpy one), renamed to HF names with transformers' gguf name map and, for
-llama-family models, have llama.cpp's q/k row permutation undone. Safetensors tensors
-already carry HF names. bfloat16 arrives as a uint16 view.
+are dequantised with vectorised torch ops that give gguf-py's values bit for bit
+(``dequantize``), or kept as 4-bit blocks for the int4 kernel (``Q4Blocks``), renamed
+to HF names with transformers' gguf name map and, for llama-family models, have
+llama.cpp's q/k row permutation undone. Safetensors tensors already carry HF names.
+bfloat16 arrives as a uint16 view.
 
 Conversion is a generator so the caller holds at most one extra tensor besides the
 state dict it is building: no second full copy of the weights.
@@ -39,12 +40,22 @@ def torch_dtype(name: str) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Q4Blocks:
-    """GGUF Q4_1 weights kept as their blocks: ``w[n, k] = scale[n, g] * codes[n, k] + low[n, g]``.
+    """4-bit GGUF weights kept as codes: ``w[n, k] = scale[n, g] * codes[n, k] + low[n, g]``.
 
-    ``g = k // 32``; ``codes`` are uint8 in 0..15, ``scale`` and ``low`` the blocks' fp16
-    ``d`` and ``m`` widened to float32 (exact). Row operations (llama.cpp's q/k
-    permutation, fusing projections) apply to all three alike, so the blocks reach the
-    int4 kernel unchanged instead of being re-derived from dequantised values.
+    ``g = k // 32``; ``codes`` are uint8 in 0..15, ``scale`` and ``low`` float32. Every
+    type whose values are exactly one affine map of 4-bit codes per group of 32 fits:
+
+    - Q4_0 (``w = d * (q - 8)``): ``scale = d``, ``low = -8 d``;
+    - Q4_1 (``w = d * q + m``): ``scale = d``, ``low = m``;
+    - Q4_K (eight groups of 32 per 256-superblock, 6-bit ``sc`` and ``mn`` each,
+      ``w = d * sc * q - dmin * mn``): ``scale = d * sc``, ``low = -dmin * mn``.
+
+    Each ``scale`` and ``low`` is an fp16 times an integer of at most 6 bits, exact in
+    float32, so ``dequantize`` gives gguf's values: the same bits for Q4_1 and Q4_K, and
+    for Q4_0 the same values except that an exact zero is always +0 (gguf gives -0
+    where ``d < 0``). Row operations (llama.cpp's q/k permutation, fusing projections)
+    apply to all three alike, so the blocks reach the int4 kernel unchanged instead of
+    being re-derived from dequantised values.
     """
 
     codes: torch.Tensor
@@ -52,17 +63,17 @@ class Q4Blocks:
     low: torch.Tensor
 
     GROUP = 32
+    TYPES = ("Q4_0", "Q4_1", "Q4_K")
 
     @classmethod
     def from_raw(cls, raw: RawTensor) -> Q4Blocks:
+        gtype = (raw.ggml_type or "").upper()
+        if gtype not in cls.TYPES:
+            raise EngineError(f"tensor {raw.name}: {gtype or raw.dtype} is not a 4-bit GGUF type")
         n, k = raw.shape
-        blocks = _as_torch(raw.data.view(np.uint8)).reshape(-1, 20)
-        d = blocks[:, 0:2].contiguous().view(torch.float16).float()
-        m = blocks[:, 2:4].contiguous().view(torch.float16).float()
-        qs = blocks[:, 4:]
-        codes = torch.cat([qs & 0xF, qs >> 4], dim=1)  # ggml: low nibbles first
+        codes, scale, low = _q4_fields(gtype, _blocks(raw, gtype))
         g = k // cls.GROUP
-        return cls(codes.reshape(n, k), d.reshape(n, g), m.reshape(n, g))
+        return cls(codes.reshape(n, k), scale.reshape(n, g), low.reshape(n, g))
 
     @property
     def shape(self) -> torch.Size:
@@ -88,8 +99,125 @@ def _as_torch(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
+# ggml type -> (values, bytes) per block, for the types decoded below (ggml-common.h).
+_BLOCKS = {
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q8_0": (32, 34),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+}
+
+
+def _blocks(raw: RawTensor, gtype: str) -> torch.Tensor:
+    """``raw``'s bytes as ``[blocks, bytes per block]`` uint8 (no copy when contiguous)."""
+    return _as_torch(raw.data.view(np.uint8)).reshape(-1, _BLOCKS[gtype][1])
+
+
+def _half(blocks: torch.Tensor, at: int) -> torch.Tensor:
+    """The fp16 field at byte ``at`` of every block, as float32 ``[blocks, 1]`` (exact)."""
+    return blocks[:, at : at + 2].contiguous().view(torch.float16).float()
+
+
+def _fields(data: torch.Tensor, width: int, bits: int) -> torch.Tensor:
+    """Unpack ``bits``-wide fields, ggml's layout: ``data [nb, n]`` is read as runs of
+    ``width`` bytes; a run yields ``width`` values from its lowest field, then ``width``
+    from the next, and so on. ``[nb, n * 8 / bits]`` uint8."""
+    nb = data.shape[0]
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, -1, 1)
+    out = (data.reshape(nb, -1, 1, width) >> shifts) & ((1 << bits) - 1)
+    return out.reshape(nb, -1)
+
+
+def _k_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit mins (get_scale_min_k4)."""
+    sc = torch.cat([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], dim=1)
+    mn = torch.cat([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], dim=1)
+    return sc.float(), mn.float()
+
+
+def _q4_fields(gtype: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4-bit blocks -> ``(codes [nb, values], scale [nb, groups], low [nb, groups])``."""
+    if gtype == "Q4_0":
+        d = _half(b, 0)
+        return _fields(b[:, 2:], 16, 4), d, d * -8.0
+    if gtype == "Q4_1":
+        return _fields(b[:, 4:], 16, 4), _half(b, 0), _half(b, 2)
+    sc, mn = _k_scales(b[:, 4:16])
+    return _fields(b[:, 16:], 32, 4), _half(b, 0) * sc, -(_half(b, 2) * mn)
+
+
+def _affine(
+    q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor | None, group: int
+) -> torch.Tensor:
+    """``q * scale + low`` per group of ``group`` values, each op rounded to float32.
+
+    ``q`` is integer ``[nb, values]``, ``scale``/``low`` float32 ``[nb, groups]``. These
+    are gguf's numpy ops in gguf's order; ``x + (-y)`` is ``x - y`` bit for bit, so a
+    negated ``low`` gives gguf's ``d * q - dmin * m``.
+    """
+    nb = q.shape[0]
+    w = q.to(torch.float32).view(nb, -1, group).mul_(scale.view(nb, -1, 1))
+    if low is not None:
+        w.add_(low.view(nb, -1, 1))
+    return w.view(nb, -1)
+
+
+def _signed(q: torch.Tensor, offset: int) -> torch.Tensor:
+    """uint8 ``q`` -> int8 ``q - offset`` (uint8 arithmetic wraps; the result fits)."""
+    return (q - offset).view(torch.int8)
+
+
+def _dequant_blocks(gtype: str, b: torch.Tensor) -> torch.Tensor:
+    """Blocks of ``gtype`` -> float32 ``[nb, values]``, the same ops in the same order as
+    ``gguf.quants`` (so the same bits); the integer unpacking is exact either way."""
+    if gtype == "Q8_0":
+        return _affine(b[:, 2:].view(torch.int8), _half(b, 0), None, 32)
+    if gtype == "Q4_0":
+        return _affine(_signed(_fields(b[:, 2:], 16, 4), 8), _half(b, 0), None, 32)
+    if gtype in ("Q4_1", "Q4_K"):
+        return _affine(*_q4_fields(gtype, b), 32)
+    if gtype in ("Q5_0", "Q5_1"):
+        at = 2 if gtype == "Q5_0" else 4
+        q = _fields(b[:, at + 4 :], 16, 4) | (_fields(b[:, at : at + 4], 1, 1) << 4)
+        if gtype == "Q5_0":
+            return _affine(_signed(q, 16), _half(b, 0), None, 32)
+        return _affine(q, _half(b, 0), _half(b, 2), 32)
+    if gtype == "Q2_K":
+        s = b[:, 0:16]
+        scale, low = _half(b, 80) * (s & 15).float(), -(_half(b, 82) * (s >> 4).float())
+        return _affine(_fields(b[:, 16:80], 32, 2), scale, low, 16)
+    if gtype == "Q3_K":
+        s = b[:, 96:108]
+        sc = _fields(s[:, 0:8], 8, 4) | (_fields(s[:, 8:12], 4, 2) << 4)
+        scale = _half(b, 108) * _signed(sc, 32).float()
+        # the high bit is an inverted borrow: 4 is subtracted where the mask bit is clear
+        q = _signed(_fields(b[:, 32:96], 32, 2) | (_fields(b[:, 0:32], 32, 1) << 2), 4)
+        return _affine(q, scale, None, 16)
+    if gtype == "Q5_K":
+        sc, mn = _k_scales(b[:, 4:16])
+        q = _fields(b[:, 48:176], 32, 4) | (_fields(b[:, 16:48], 32, 1) << 4)
+        return _affine(q, _half(b, 0) * sc, -(_half(b, 2) * mn), 32)
+    if gtype == "Q6_K":
+        scale = _half(b, 208) * b[:, 192:208].view(torch.int8).float()
+        q = _fields(b[:, 0:128], 64, 4) | (_fields(b[:, 128:192], 32, 2) << 4)
+        return _affine(_signed(q, 32), scale, None, 16)
+    raise KeyError(gtype)
+
+
 def dequantize(raw: RawTensor, dtype: torch.dtype) -> torch.Tensor:
-    """Return the tensor ``raw`` stands for, as ``dtype`` with its logical shape."""
+    """Return the tensor ``raw`` stands for, as ``dtype`` with its logical shape.
+
+    GGUF blocks of F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K..Q6_K decode to
+    float32 exactly as ``gguf.quants.dequantize`` does (same bits), then round to
+    ``dtype``; other block types go through transformers' torch dequantiser (float32,
+    checked equal to gguf's on random blocks) or gguf's numpy one.
+    """
     gtype = (raw.ggml_type or "").upper()
     if raw.dtype == "bfloat16" or gtype == "BF16":
         t = _as_torch(raw.data.view(np.uint16)).view(torch.bfloat16)
@@ -99,6 +227,9 @@ def dequantize(raw: RawTensor, dtype: torch.dtype) -> torch.Tensor:
         if t.is_floating_point():
             t = t.to(dtype)
         return t.reshape(raw.shape) if raw.shape else t
+    if gtype in _BLOCKS:
+        values = _dequant_blocks(gtype, _blocks(raw, gtype))
+        return values.reshape(raw.shape).to(dtype)
     import gguf
 
     type_id = gguf.GGMLQuantizationType[gtype].value
@@ -106,11 +237,11 @@ def dequantize(raw: RawTensor, dtype: torch.dtype) -> torch.Tensor:
     try:
         from transformers.integrations.gguf.dequant import dequantize as torch_dequant
 
-        values = torch_dequant(blocks, type_id, dtype)
+        values = torch_dequant(blocks, type_id, torch.float32)
     except (ImportError, ValueError, KeyError):
         flat = gguf.quants.dequantize(raw.data.view(np.uint8), gguf.GGMLQuantizationType(type_id))
-        values = torch.from_numpy(np.ascontiguousarray(flat)).to(dtype)
-    return values.reshape(raw.shape)
+        values = torch.from_numpy(np.ascontiguousarray(flat))
+    return values.reshape(raw.shape).to(dtype)
 
 
 def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
@@ -150,9 +281,10 @@ def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
 def _processor(config: dict[str, Any]):
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-    cls = TENSOR_PROCESSORS.get(config.get("model_type", ""), TensorProcessor)
-    if config.get("model_type") in ("mistral", "llama"):
-        cls = TENSOR_PROCESSORS["llama"]
+    model_type = config.get("model_type", "")
+    # transformers names gemma3's text model gemma3_text; its GGUF processor is "gemma3"
+    gguf_type = {"mistral": "llama", "gemma3_text": "gemma3"}.get(model_type, model_type)
+    cls = TENSOR_PROCESSORS.get(gguf_type, TensorProcessor)
     return cls(config=config)
 
 
@@ -167,12 +299,13 @@ def convert(
     config: dict[str, Any],
     model: torch.nn.Module,
     dtype: torch.dtype = torch.float32,
-    keep_q4_1: bool = False,
+    keep_q4: bool = False,
 ) -> Iterator[tuple[str, Any]]:
     """Yield ``(hf_name, tensor)`` for every tensor the model knows.
 
     Tensors the model has no parameter for (e.g. ``rope_freqs``) are skipped. With
-    ``keep_q4_1`` 2-D GGUF Q4_1 tensors arrive as ``Q4Blocks`` instead of dense values.
+    ``keep_q4`` 2-D GGUF tensors of the 4-bit types ``Q4Blocks`` holds (Q4_0, Q4_1,
+    Q4_K) arrive as ``Q4Blocks`` instead of dense values.
     """
     if fmt == "gguf":
         name_map = gguf_name_map(model, config.get("model_type", ""))
@@ -181,7 +314,7 @@ def convert(
             hf_name = name_map.get(raw.name)
             if hf_name is None:
                 continue
-            if keep_q4_1 and (raw.ggml_type or "").upper() == "Q4_1" and len(raw.shape) == 2:
+            if keep_q4 and (raw.ggml_type or "").upper() in Q4Blocks.TYPES and len(raw.shape) == 2:
                 q4 = Q4Blocks.from_raw(raw).map_rows(functools.partial(_rows, processor, raw.name))
                 yield hf_name, q4
                 continue
