@@ -8,6 +8,15 @@ short long-poll that sleeps on the event loop between non-blocking checks.
 Where the weights come from is a hook: ``load_source`` is a callable returning
 ``(ModelSpec, Iterable[RawTensor])``. The control plane passes one that reads the
 worker's local replica of ``model_digest`` (omax.sharding); tests pass files.
+
+This module stays light to import: a worker unpickles the task that creates an actor
+on its event loop, importing this module there, so the engine (torch, transformers)
+is imported by the load, in its thread.
+
+An engine whose batching step failed is dead (``Batcher.dead``): its requests were
+answered with the error, ``submit`` raises ``EngineDead``, ``poll`` raises it once the
+requests asked about have nothing left to deliver, and ``stats`` names the cause, so
+a front door stops routing to the actor and has the scheduler unload it.
 """
 
 from __future__ import annotations
@@ -19,13 +28,15 @@ import pickle
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omax.engine.engine import Engine
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.engine.spec import ModelSpec
 from omax.errors import EngineDead, EngineError
 from omax.sharding.tensors import RawTensor
+
+if TYPE_CHECKING:
+    from omax.engine.engine import Engine
 
 LoadSource = Callable[[], tuple[ModelSpec, Iterable[RawTensor]]]
 
@@ -113,6 +124,8 @@ class ModelActor:
         self.load_duration_ns = 0
 
     def _load_sync(self) -> Engine:
+        from omax.engine.engine import Engine  # here, off the event loop (module doc)
+
         start = time.perf_counter_ns()
         if self.device == "cpu":
             _use_cpu_threads()
@@ -141,6 +154,12 @@ class ModelActor:
             raise EngineDead(f"model {self.model_digest} is not loaded")
         return self.engine
 
+    @property
+    def dead(self) -> str | None:
+        """Why the engine died (its batching step failed), or None while it serves."""
+        batcher = self.engine.batcher if self.engine is not None else None
+        return batcher.dead if batcher is not None else None
+
     async def submit(self, req: GenerateRequest) -> str:
         eng = self._engine()
         return await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
@@ -160,6 +179,8 @@ class ModelActor:
         ids = list(request_ids)
         start = time.monotonic()
         out = eng.poll(ids, 0.0)
+        if not out and self.dead is not None:  # every request was answered already
+            raise EngineDead(f"model {self.model_digest} failed: {self.dead}")
         if not out and timeout > 0:
             out = await self._gather(eng, ids, start + timeout, out, linger=False)
         if out and linger > 0 and not self._urgent(out):
@@ -250,9 +271,11 @@ class ModelActor:
         return await asyncio.to_thread(self._engine().embed, req)
 
     async def stats(self) -> dict:
+        """``loaded``, ``dead`` (the cause, or None) and the engine's numbers."""
         if self.engine is None:
-            return {"loaded": False, "model": self.model_digest}
-        return {"loaded": True, "model": self.model_digest, **self.engine.stats()}
+            return {"loaded": False, "dead": None, "model": self.model_digest}
+        stats = self.engine.stats()
+        return {"loaded": True, "dead": self.dead, "model": self.model_digest, **stats}
 
     async def close(self) -> None:
         if self.engine is not None:

@@ -13,6 +13,17 @@ A sequence that leaves the batch keeps its KV in one of the runner's prefix rows
 its cache row on admission and prefills only the rest.
 
 Invariant (the runner's cache depends on it): ``self.decoding[i].slot == i``.
+
+A step that raises kills the engine: the state it left (the KV rows it was writing,
+the runner's buffers) cannot be trusted, so every request still here is answered with
+the error, ``dead`` names the cause, the loop ends and a later ``submit`` is answered
+with the same error. Whoever holds the engine replaces it (``ModelActor`` reports it
+dead; the scheduler unloads it and the next request loads a fresh one).
+
+Test-only fault injection: with the Dask config key ``omax.engine.fault-inject-step``
+set to a string, a step that would run a request whose prompt (or a chat message)
+contains that string raises instead, as a broken kernel would. It is read when the
+engine starts and is never set outside tests.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from omax.engine.templates import ToolCallStream
 from omax.engine.threads import adopt_torch_threads
 
 log = logging.getLogger(__name__)
+
+FAULT_KEY = "omax.engine.fault-inject-step"
 
 
 @dataclass
@@ -102,7 +115,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stop = False
-        self.dead: str | None = None
+        self.dead: str | None = None  # why the engine died (set once, under _cond)
+        self._fault: str = _fault_marker()
         # Called (from this loop's thread) whenever a chunk is ready, with whether it is
         # urgent (a request's first or last): lets an asyncio caller wake at once instead
         # of polling on a timer.
@@ -114,7 +128,12 @@ class Batcher:
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             self._outbox[seq.rid] = []
-        self._inbox.append(seq)
+            dead = self.dead
+            if dead is None:
+                self._inbox.append(seq)
+        if dead is not None:  # the loop has ended: answer here, or no one would
+            self._emit(seq, GenerateChunk(done=True, done_reason="error", error=dead))
+            return
         self._wake.set()
 
     def cancel(self, rid: str) -> None:
@@ -169,9 +188,20 @@ class Batcher:
                 continue
             try:
                 self.step()
-            except Exception as exc:  # one bad step fails the live requests, not the loop
-                log.exception("batch step failed")
-                self._fail_all(f"engine step failed: {exc}")
+            except Exception as exc:  # the engine is dead (module doc)
+                log.exception("batch step failed; the engine is dead")
+                self._die(f"engine step failed: {exc}")
+                return
+
+    def _die(self, msg: str) -> None:
+        """Mark the engine dead and answer every request it holds with ``msg``."""
+        with self._cond:  # no submit queues a request after this
+            self.dead = msg
+            late = list(self._inbox)
+            self._inbox.clear()
+        self._fail_all(msg)
+        for s in late:
+            self._emit(s, GenerateChunk(done=True, done_reason="error", error=msg))
 
     def _emit(self, seq: Sequence, chunk: GenerateChunk) -> None:
         with self._cond:
@@ -251,6 +281,10 @@ class Batcher:
         segments = [
             Segment(s.prompt[c.start : c.start + c.n], c.start, at, s.pinned) for s, c, at in parts
         ]
+        if self._fault and any(
+            _asks_fault(s.req, self._fault) for s in [*seqs, *(p[0] for p in parts)]
+        ):
+            raise RuntimeError(f"fault injected by {FAULT_KEY} (test only)")
         t0 = time.perf_counter_ns()
         logits, lasts = self.runner.step(
             [s.last for s in seqs], [s.pos for s in seqs], segments, [s.pinned for s in seqs]
@@ -407,3 +441,17 @@ class Batcher:
                 self._inbox.remove(s)
                 self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
                 return
+
+
+def _fault_marker() -> str:
+    """The test-only ``omax.engine.fault-inject-step`` marker; "" when unset (always,
+    outside tests)."""
+    import dask.config
+
+    return str(dask.config.get(FAULT_KEY, None) or "")
+
+
+def _asks_fault(req: GenerateRequest, marker: str) -> bool:
+    if req.prompt is not None and marker in req.prompt:
+        return True
+    return any(marker in (m.content or "") for m in req.messages or ())

@@ -15,6 +15,12 @@ ready actor for a model, loading it when none is: placement is the pure
 ``placement.place``; the plumbing here only executes its decision. Hooks stay O(1)
 in the number of tasks. Idle models unload after their keep_alive.
 
+A model whose engine died (a batching step raised: ``ModelActor.stats`` names the
+cause) is reported by the front door that found it, with ``omax_actor_failed``: the
+plugin logs one ERROR line naming the model, the worker and the cause, keeps the
+report (``omax_cluster``'s ``failed``, the last 100) and unloads the actor, freeing its
+slot; ``omax_ps`` no longer lists it and the next ``omax_ensure`` loads a fresh one.
+
 Every 2 s the replication loop brings wanted models to their count
 (``replication_plan.plan``) and brings workers over their disk budget
 (``omax.worker.disk-budget``) back under it (``replication_plan.plan_evictions``):
@@ -78,6 +84,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.retry_after: dict[tuple[str, str], float] = {}
         self.suspect: frozenset[tuple[str, str]] = frozenset()
         self.damage: tuple[dict[str, Any], ...] = ()
+        self.failed: tuple[dict[str, Any], ...] = ()  # dead engines reported, the last 100
         self._maintainer: asyncio.Task | None = None
         # eviction: (model, worker) -> last use of that replica, loads choosing a
         # worker (their replica must stay), and drops running
@@ -99,6 +106,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             "omax_ensure",
             "omax_touch",
             "omax_unload",
+            "omax_actor_failed",
             "omax_catalog_set",
             "omax_catalog_delete",
             "omax_replicate_model",
@@ -233,6 +241,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             "workers": workers,
             "wanted": dict(self.wanted),
             "bad_sources": list(self.damage),
+            "failed": list(self.failed),
         }
 
     # ---- the catalog: this plugin is its single writer in a cluster -------------
@@ -386,8 +395,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         )
         self.used[(digest, decision.worker)] = time.time()
         client = await self._get_client()
-        from omax.engine.actor import ModelActor
-        from omax.plugins.source import local_source
+        ModelActor, local_source = await asyncio.to_thread(_actor_parts)
 
         key = f"omax-model-{uuid.uuid4().hex[:12]}"
         entry = Loaded(
@@ -443,6 +451,28 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         for k in keys:
             await self._unload(k)
         return len(keys)
+
+    async def omax_actor_failed(self, key: str, reason: str = "") -> bool:
+        """A front door found actor ``key`` dead (``reason``: its engine's cause, or
+        why it was unreachable): log it, keep the report and unload the actor. False
+        when ``key`` is not loaded (unloaded already, or reported by another first)."""
+        m = self.loaded.get(key)
+        if m is None:
+            return False
+        logger.error(
+            "model %s failed on %s (%s) and is unloaded: %s", m.name, m.worker, m.slot, reason
+        )
+        report = {
+            "name": m.name,
+            "digest": m.digest,
+            "worker": m.worker,
+            "slot": m.slot,
+            "reason": reason,
+            "time": time.time(),
+        }
+        self.failed = (*self.failed[-99:], report)
+        await self._unload(key)  # leaves the registry before its first await
+        return True
 
     async def _unload(self, key: str) -> None:
         m = self.loaded.get(key)
@@ -661,6 +691,15 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
                 self.scheduler.address, asynchronous=True, name="omax-scheduler-plugin"
             )
         return self._client
+
+
+def _actor_parts() -> tuple[Any, Any]:
+    """The actor class and its weights hook, imported in a thread: the hook's module
+    imports zarr, which would hold this scheduler's event loop up the first time."""
+    from omax.engine.actor import ModelActor
+    from omax.plugins.source import local_source
+
+    return ModelActor, local_source
 
 
 def model_memory(manifest: Any, num_ctx: int, dtype: str) -> int:

@@ -32,6 +32,11 @@ from distributed.core import ConnectionPool, Status
 from distributed.protocol import to_serialize
 from distributed.worker import Worker
 
+# A model actor's task names these modules, and the worker unpickles it on its event
+# loop: imported there, they (zarr among them) would hold up heartbeats and every other
+# actor's calls. Imported here, at the worker's start, they are already loaded then.
+import omax.engine.actor  # noqa: F401
+import omax.plugins.source  # noqa: F401
 from omax.config import settings, worker_store_path
 from omax.errors import BlobNotFound
 from omax.plugins.replicas import LocalReplicas

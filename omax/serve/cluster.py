@@ -6,6 +6,13 @@ busy replica -> ``submit`` on the actor -> the actor's Poller brings chunks back
 one call per step -> the caller's async iterator. Closing the iterator before the
 last chunk cancels the generation on the actor.
 
+An actor found dead is dropped from this front door's caches and reported to the
+scheduler (``omax_actor_failed``), which unloads it; the next request loads a fresh
+one. Found dead: a call to it raises ``EngineDead`` (its worker or the actor is gone,
+or its engine died: the request is retried elsewhere if it had no token yet), or a
+request ends in an error and the actor's ``stats`` say its engine died (that request
+keeps its error; what failed the engine may have been in it).
+
 Model-store operations (tags, show, create, copy, delete, blobs) run against the
 origin store the scheduler names, in threads so the event loop never blocks.
 """
@@ -110,6 +117,24 @@ class ClusterRuntime:
         self._replicas.pop(digest, None)
         self._pollers.pop(actor.key, None)
 
+    async def _failed(self, digest: str, actor: ActorHandle, reason: str) -> None:
+        """Stop routing to ``actor`` and have the scheduler unload it."""
+        self._forget_actor(digest, actor)
+        await self.client.scheduler.omax_actor_failed(key=actor.key, reason=reason)
+
+    async def _check_engine(self, digest: str, actor: ActorHandle) -> None:
+        """A request on ``actor`` ended in an error: if its engine died, report it."""
+        try:
+            dead = (await actor.call("stats")).get("dead")
+        except EngineDead as e:
+            dead = str(e)
+        except Exception as e:  # the report is best effort; the request has its error
+            logger.warning("could not ask %s whether its engine died: %s", actor, e)
+            return
+        if dead:
+            with contextlib.suppress(Exception):
+                await self._failed(digest, actor, dead)
+
     async def _acquire(
         self, name: str, digest: str, num_ctx: int, keep_alive: float | None
     ) -> ActorHandle:
@@ -192,6 +217,8 @@ class ClusterRuntime:
                     if isinstance(item, Exception):
                         raise item
                     started = True
+                    if item.error:  # before the client hears of it: routing is fixed
+                        await self._check_engine(digest, actor)
                     yield item
                     if item.done:
                         done = True
@@ -200,8 +227,7 @@ class ClusterRuntime:
                 if started or attempt == _RETRIES:
                     raise
                 logger.warning("actor %s before the first token: %s; retrying", actor.key, e)
-                self._forget_actor(digest, actor)
-                await self.client.scheduler.omax_unload(key=actor.key)
+                await self._failed(digest, actor, str(e))
             finally:
                 poller.forget(rid)
                 if not done:
@@ -215,11 +241,10 @@ class ClusterRuntime:
             actor = await self._acquire(request.model, digest, 512, request.keep_alive)
             try:
                 return await actor.call("embed", request)
-            except EngineDead:
+            except EngineDead as e:
                 if attempt == _RETRIES:
                     raise
-                self._forget_actor(digest, actor)
-                await self.client.scheduler.omax_unload(key=actor.key)
+                await self._failed(digest, actor, str(e))
             finally:
                 await self._release(actor, request.keep_alive)
         raise AssertionError("unreachable")
