@@ -97,13 +97,13 @@ def main() -> None:
 
     from benchmarks._results import append_results
     from omax.engine.engine import Engine
-    from omax.engine.fastpath import supports
+    from omax.engine.arch import fast_family
     from omax.engine.loader import load_fast, load_model
     from tests.engine.conftest import SMOLLM2_GGUF, gguf_spec, gguf_tensors
 
     spec = gguf_spec(SMOLLM2_GGUF)
     tensors = gguf_tensors(SMOLLM2_GGUF)
-    if args.quant != "none" and supports(spec.config):
+    if args.quant != "none" and fast_family(spec.config):
         loaded = load_fast(spec, tensors, quant=args.quant)
     else:
         loaded = load_model(spec, tensors)

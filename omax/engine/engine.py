@@ -22,9 +22,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from omax.engine import embeddings, templates
+from omax.engine.arch import fast_family
 from omax.engine.batcher import Batcher, Sequence
-from omax.engine.fastpath import QUANTS as FAST_QUANTS
-from omax.engine.fastpath import supports as fast_supports
 from omax.engine.grammar import Grammars, Matcher
 from omax.engine.loader import LoadedModel, load_fast, load_model
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
@@ -72,11 +71,6 @@ class Engine:
         self.loaded = loaded
         if quant not in QUANTS:
             raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
-        cpu = loaded.device.type == "cpu"  # Int8Linear's packed kernel is a CPU one
-        if quant != "none" and cpu and loaded.spec.is_generative and not is_fast(loaded.model):
-            from omax.engine.quant import quantize_int8
-
-            quantize_int8(loaded.model)  # models the lean path does not cover
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self._ids = itertools.count()
@@ -85,8 +79,9 @@ class Engine:
         self._grammars: Grammars | None = None
         self._grammars_lock = threading.Lock()
         self.max_ctx = min(max_ctx, self.spec.context_length)
+        self.vocab = _vocab_size(loaded.model)
         if prefix_rows is None:
-            prefix_rows = 4 if quant == "none" and not is_fast(loaded.model) else 0
+            prefix_rows = 4 if quant == "none" or not is_fast(loaded.model) else 0
         if self.spec.is_generative:
             runner = make_runner(
                 loaded.model, max_slots=max_batch, max_len=self.max_ctx, prefix_rows=prefix_rows
@@ -112,12 +107,21 @@ class Engine:
     ) -> Engine:
         """Build the model from ``spec`` + ``tensors`` and start its batching loop.
 
-        ``quant`` other than "none" loads llama-family models straight into the lean
-        fast path (``omax.engine.fastpath``); "none" keeps exact transformers numerics.
+        Generative models of the families in ``omax.engine.arch`` load straight into the
+        lean fast path (``omax.engine.fastpath``) with weights as ``quant`` says ("none":
+        dense weights and activations in ``dtype``, transformers' numerics); anything
+        else transformers can build runs dense in ``dtype`` on the generic runner
+        (``omax.engine.generic``), whatever ``quant`` says.
         """
         quant = kwargs.get("quant", "none")
-        if quant in FAST_QUANTS and spec.is_generative and fast_supports(spec.config):
-            return cls(load_fast(spec, tensors, device=device, quant=quant), **kwargs)
+        if quant not in QUANTS:
+            raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
+        if spec.is_generative and fast_family(spec.config):
+            max_ctx = kwargs.get("max_ctx", 4096)
+            loaded = load_fast(
+                spec, tensors, device=device, quant=quant, dtype=dtype, max_ctx=max_ctx
+            )
+            return cls(loaded, **kwargs)
         return cls(load_model(spec, tensors, device=device, dtype=dtype), **kwargs)
 
     def _decode(self, ids) -> str:
@@ -163,6 +167,11 @@ class Engine:
         ids = self._truncate(ids, keep, num_ctx, o.num_predict)
         if not ids:
             raise InvalidRequest("empty prompt")
+        if max(ids) >= self.vocab or min(ids) < 0:  # a bad one would kill the engine
+            bad = next(t for t in ids if not 0 <= t < self.vocab)
+            raise InvalidRequest(
+                f"token id {bad} is outside the model's vocabulary of {self.vocab}"
+            )
         load_ns, self._load_ns_pending = self._load_ns_pending, 0
         seq = Sequence(
             rid=rid,
@@ -256,3 +265,12 @@ class Engine:
         if self.batcher is not None:
             self.batcher.close()
         _OPEN.discard(self)
+
+
+def _vocab_size(model) -> int:
+    """How many token ids the model embeds (prompts must stay below it)."""
+    if is_fast(model):
+        return int(model.embed.n)
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(getattr(text, "vocab_size", 0) or 0) or 2**62

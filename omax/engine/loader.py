@@ -150,13 +150,16 @@ def load_fast(
     *,
     device: str = "cpu",
     quant: str = "int4",
+    dtype: str = "float32",
+    max_ctx: int | None = None,
 ) -> LoadedModel:
-    """Build a ``fastpath.FastLlama`` straight from the tensor stream.
+    """Build a ``fastpath.FastDecoder`` straight from the tensor stream.
 
-    Each tensor is dequantised (fp32; GGUF Q4_1 blocks stay blocks under "int4"), fused
-    and quantised as its layer completes, so
-    the peak holds the quantised model plus about one dense layer. A meta-device
-    transformers model supplies only the GGUF -> HF name map.
+    Each tensor is dequantised (fp32; GGUF 4-bit blocks stay blocks under "int4"), fused
+    and quantised as its layer completes, so the peak holds the quantised model plus
+    about one dense layer. A meta-device transformers model supplies only the GGUF ->
+    HF name map. Activations are bf16, or ``dtype`` under quant "none". ``max_ctx``
+    bounds the positions the rotary tables cover (the model's own length by default).
     """
     from accelerate import init_empty_weights
 
@@ -164,20 +167,20 @@ def load_fast(
 
     start = time.perf_counter_ns()
     dev = torch.device(device)
-    act = torch.bfloat16
+    act = weights.torch_dtype(dtype) if quant == "none" else torch.bfloat16
     config = build_config(spec)
     with init_empty_weights(include_buffers=True):
         cls = _model_class(spec)
         make = cls.from_config if hasattr(cls, "from_config") else cls._from_config
         meta = make(config, dtype=torch.float32)
-    builder = FastBuilder(config, quant=quant, act=act, device=dev)
+    builder = FastBuilder(config, quant=quant, act=act, device=dev, max_pos=max_ctx)
     for name, t in weights.convert(
         tensors,
         fmt=spec.format,
         config=spec.config,
         model=meta,
         dtype=torch.float32,
-        keep_q4_1=builder.quant == "int4",  # the quant this device runs
+        keep_q4=builder.quant == "int4",  # the quant this device runs
     ):
         builder.add(name, t)
     del meta

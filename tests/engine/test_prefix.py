@@ -228,7 +228,7 @@ def test_prefix_rows_are_reused_under_concurrency(tiny_model_and_spec):
         eng.close()
 
 
-def test_smollm2_chat_turn_two_reuses_and_matches_generate(smollm2_engine):
+def test_smollm2_chat_turn_two_reuses_and_matches_generate(smollm2_engine, smollm2_transformers):
     eng = smollm2_engine
     opts = SamplingOptions(temperature=0.0, num_predict=24)
     history = [Message(role="user", content="Name three colours of the rainbow.")]
@@ -242,7 +242,7 @@ def test_smollm2_chat_turn_two_reuses_and_matches_generate(smollm2_engine):
     r2 = run_all(eng, [req])[0]
     after = settled(eng)
     prompt, _ = eng.encode_prompt(req)
-    ref = reference_tokens(eng.loaded.model, prompt, 24)
+    ref = reference_tokens(smollm2_transformers, prompt, 24)
     eos = eng.loaded.eos_token_ids
     ref = ref[: next((i for i, t in enumerate(ref) if t in eos), len(ref))]
     assert r2["text"] == eng.tokenizer.decode(ref, skip_special_tokens=False)

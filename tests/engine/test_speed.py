@@ -6,7 +6,8 @@ import torch
 
 from omax.engine import loader, weights
 from omax.engine.fastpath import FastBuilder, Lin
-from omax.engine.runner import FastRunner, Runner, Segment
+from omax.engine.generic import GenericRunner
+from omax.engine.runner import FastRunner, Segment
 from omax.engine.weights import Q4Blocks
 from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw
 
@@ -31,7 +32,7 @@ def _fast_fp32(model, spec):
 def test_fast_fp32_matches_transformers_logits(tiny_model_and_spec):
     model, spec = tiny_model_and_spec
     fast = FastRunner(_fast_fp32(model, spec), max_slots=2, max_len=64)
-    ref = Runner(model, max_slots=2, max_len=64)
+    ref = GenericRunner(model, max_slots=2, max_len=64)  # transformers' own forward
     ids = [1, 5, 9, 200, 3000, 17, 4]
     assert torch.allclose(fast.prefill(ids, 0, slot=0), ref.prefill(ids, 0, slot=0), atol=1e-4)
     for b in (fast, ref):
@@ -81,7 +82,7 @@ def test_int4_agrees_with_fp32_greedy(smollm2_spec, smollm2_engine):
     """
     tok = smollm2_engine.loaded.tokenizer
     prompt = tok("The history of the Roman Empire began when")["input_ids"]
-    exact = Runner(smollm2_engine.loaded.model, max_slots=1, max_len=256)
+    exact = FastRunner(smollm2_engine.loaded.model, max_slots=1, max_len=256, native=False)
     logits, ref = exact.prefill(prompt, 0, slot=0), []
     for i in range(48):
         ref.append(int(logits.argmax()))

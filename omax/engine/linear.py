@@ -1,0 +1,209 @@
+"""Weight-only linears for the fast path, and which rows of a pass they may batch.
+
+``Lin`` runs ``x @ W.T`` through torch's packed int4 or int8 kernel or a dense matmul,
+whichever is fastest for the pass's row count; ``Rows`` pins the rows of a seeded
+request to kernels that do not follow the batch (see ``omax.engine.fastpath``);
+``refine_top`` recomputes a head's top logits in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from omax.engine.weights import Q4Blocks
+from omax.errors import EngineError
+
+GROUP = 32
+
+
+class Lin:
+    """``x [R, K] -> x @ W.T [R, N]`` through the fastest kernel for ``R``.
+
+    ``quant`` "int4" repacks 4-bit GGUF blocks (``Q4Blocks``: Q4_0, Q4_1, Q4_K) for
+    ``_weight_int4pack_mm_for_cpu`` exactly: the kernel computes ``(q - 8) * scale +
+    zero`` per group of 32, so ``scale = d`` and ``zero = low + 8 d``. A weight that is
+    not 4-bit blocks is never re-quantised to 4 bits (that loses accuracy the source did
+    not have): it takes "int8" instead, per-output-row symmetric for
+    ``_weight_int8pack_mm``. One-stream decode is memory bound, so these kernels, which
+    read the fewest bytes, win there. The packed kernels' cost grows with the rows while
+    a dense bf16 matmul stays memory bound, so batches of more than ``SMALL[quant]``
+    rows take ``dense``, a bf16 copy of the same weights. Crossovers measured over 30
+    distinct 3072x576 weights (not cache resident, as in a model), 2 threads: int4
+    77/275/504 us at 1/8/16 rows, int8 214/487/781, dense 297/416/429.
+
+    With ``dense=False`` (the embedding and the head: the largest tensors, which see
+    few rows a pass) no bf16 copy is kept: every call takes the packed kernel, and
+    embedding lookups and ``refine_top`` read rows straight from the quantised weight.
+    ``dense`` is then made on first use only (the native decode step asks for it).
+    """
+
+    __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only")
+    SMALL = {"int4": 8, "int8": 4}
+
+    def __init__(
+        self, w: torch.Tensor | Q4Blocks, quant: str, act: torch.dtype, dense: bool = True
+    ) -> None:
+        self.n, self.k = w.shape
+        self.act = act
+        self.w: torch.Tensor | None = None
+        self.s: torch.Tensor | None = None
+        if quant == "int4" and not isinstance(w, Q4Blocks):
+            quant = "int8"
+        self.quant = quant
+        if isinstance(w, Q4Blocks):
+            if quant == "int4":
+                if self.k % GROUP:
+                    raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {self.k}")
+                self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                    w.codes.to(torch.int32), 1
+                )
+                sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
+                self.s = sz.transpose(0, 1).contiguous().to(act)
+            w = w.dequantize()
+        w = w.float()
+        if quant == "int8":
+            s = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            q8 = torch.round(w / s[:, None])
+            self.w = q8.to(torch.int8)
+            self.s = s.to(act)
+            w = q8 * self.s.float()[:, None]  # the dense copy holds the same weights
+        elif quant not in ("int4", "none"):
+            raise EngineError(f"unknown quant {quant!r}")
+        # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
+        self.packed_only = (
+            self.w is not None and not dense and not (quant == "int4" and self.n % 64)
+        )
+        self._dense: torch.Tensor | None = None if self.packed_only else w.to(act)
+        self.small = self.SMALL.get(quant, 0)
+
+    @property
+    def dense(self) -> torch.Tensor:
+        """The weight in the activation dtype (made on first use where not kept)."""
+        if self._dense is None:
+            self._dense = self.rows(torch.arange(self.n), self.act)
+        return self._dense
+
+    def __call__(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
+        r = x.shape[0]
+        if self.packed_only:  # row-invariant for any row count: pins need nothing more
+            return self._packed(x)
+        dense = self.dense
+        if rows is None:
+            return self._packed(x) if self.w is not None and r <= self.small else F.linear(x, dense)
+        packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
+        if packed is not None and len(packed) == r:
+            return self._packed(x)
+        if len(groups) == 1 and groups[0] == (0, r):
+            return F.linear(x, dense)
+        out = x.new_empty(r, self.n)
+        if packed is not None:
+            out.index_copy_(0, packed, self._packed(x.index_select(0, packed)))
+        if free is not None:
+            out.index_copy_(0, free, F.linear(x.index_select(0, free), dense))
+        for first, n in groups:
+            out[first : first + n] = F.linear(x[first : first + n], dense)
+        return out
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant == "int4":
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.w, GROUP, self.s)
+        return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows ``ids`` of the weight as ``dtype`` (embedding lookups, ``refine_top``)."""
+        if self._dense is not None:
+            return self._dense[ids].to(dtype)
+        assert self.w is not None and self.s is not None
+        if self.quant == "int8":
+            return (self.w[ids].float() * self.s[ids].float()[:, None]).to(dtype)
+        return int4_rows(self.w, self.s, ids, self.k).to(dtype)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.w, self.s, self._dense) if t is not None]
+
+
+def int4_rows(w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows ``ids`` [I] of an int4-packed weight as fp32 [I, K]: ``(q - 8) * s + z``.
+
+    ``_convert_weight_to_int4pack_for_cpu`` lays out blocks of 64 output rows; in a
+    block, each pair of k's takes 64 bytes: byte ``b`` holds k + ``b // 32`` of row
+    ``b % 32`` in its low nibble and of row ``32 + b % 32`` in its high one (as
+    native_decode.cpp's ``Int4Unpack`` reads it). ``sz`` [K/32, N, 2] holds (s, z)."""
+    ids = ids.reshape(-1)
+    n_ids, pairs = ids.shape[0], k // 2
+    blocks = w.reshape(-1, pairs, 64)[ids // 64]  # [I, K/2, 64]
+    r = ids % 64
+    at = torch.stack([r % 32, r % 32 + 32], dim=-1)[:, None, :].expand(-1, pairs, 2)
+    b = blocks.gather(2, at).to(torch.int32)  # [I, K/2, 2]: k even, k odd
+    codes = (b >> (4 * (r // 32)).to(torch.int32)[:, None, None]) & 15
+    s = sz[:, ids, 0].t().float()[..., None]  # [I, G, 1]
+    z = sz[:, ids, 1].t().float()[..., None]
+    q = codes.reshape(n_ids, -1, GROUP).float()
+    return ((q - 8) * s + z).reshape(n_ids, k)
+
+
+class Rows:
+    """The rows of one pass that must not follow the batch (a seeded request's).
+
+    ``packed`` rows (decode rows, a prompt's last row at the head) take the packed
+    kernel, which is row-invariant for any row count; a linear without one runs each
+    of them alone. Each of ``groups``, ``(first, n)`` (a prompt segment's rows), gets a
+    dense call of its own: the dense kernel's sums follow the row count, and a segment
+    has the same rows alone and in a batch. The other rows take whichever kernel their
+    own count makes fastest, as without pins.
+    """
+
+    __slots__ = ("packed", "groups", "_plans")
+
+    def __init__(self, packed: list[int], groups: Sequence[tuple[int, int]] = ()) -> None:
+        self.packed, self.groups = packed, list(groups)
+        self._plans: dict[tuple[int, int, bool], tuple] = {}
+
+    def plan(self, n: int, small: int, has_packed: bool, device: torch.device) -> tuple:
+        """``(packed index | None, dense index | None, groups)`` for ``n`` rows and a
+        linear whose packed kernel (if ``has_packed``) wins up to ``small`` rows."""
+        key = (n, small, has_packed)
+        if key not in self._plans:
+            groups = list(self.groups)
+            packed = set(self.packed) if has_packed else set()
+            if not has_packed:
+                groups += [(r, 1) for r in self.packed]
+            taken = packed | {r for s, k in groups for r in range(s, s + k)}
+            free = [r for r in range(n) if r not in taken]
+            dense: list[int] = []
+            if has_packed and len(free) <= small:
+                packed |= set(free)
+            else:
+                dense = free
+
+            def index(rows):
+                return torch.tensor(sorted(rows), device=device) if rows else None
+
+            self._plans[key] = (index(packed), index(dense), groups)
+        return self._plans[key]
+
+
+REFINE = 8
+
+
+def refine_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | Lin) -> torch.Tensor:
+    """``logits`` [R, V] with their top ``REFINE`` per row recomputed in fp32.
+
+    The head's kernels return bf16, whose values are 1/8 apart between 16 and 32: the
+    top logits often tie, and the greedy token would hang on rounding (SmolLM2 int4,
+    "What is the capital of France?": "L" and "The" both 25.25; 25.25 and 25.30 in
+    fp32). The candidates' rows of ``weight`` (a dense tensor or a ``Lin``) are dotted with the normed hidden state
+    ``x`` [R, H] in fp32 (the native step does the same, or has its packed kernels
+    return fp32). ~0.1 ms a row."""
+    k = min(REFINE, logits.shape[-1])
+    idx = logits.topk(k, dim=-1).indices
+    flat = idx.reshape(-1)
+    if isinstance(weight, Lin):
+        w = weight.rows(flat, torch.float32).view(idx.shape[0], k, -1)
+    else:
+        w = weight.index_select(0, flat).view(idx.shape[0], k, -1).float()
+    exact = torch.bmm(w, x.float().unsqueeze(-1)).squeeze(-1)
+    return logits.scatter_(1, idx, exact)
