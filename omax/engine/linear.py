@@ -50,8 +50,8 @@ class Lin:
         self.act = act
         self.w: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
-        if quant == "int4" and not isinstance(w, Q4Blocks):
-            quant = "int8"
+        if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
+            quant = "int8"  # torch's int4 packing takes output rows in multiples of 16
         self.quant = quant
         if isinstance(w, Q4Blocks):
             if quant == "int4":

@@ -255,6 +255,7 @@ def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
 
     aliases = {
         "cohere": "command-r",
+        "mistral": "llama",
         "qwen2_moe": "qwen2moe",
         "qwen3_moe": "qwen3moe",
         "gemma3_text": "gemma3",

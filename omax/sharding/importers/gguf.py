@@ -183,6 +183,7 @@ def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
             f"{problem}; supported architectures: {', '.join(supported_architectures())}"
         )
     config.setdefault("architectures", [_architecture_class(model_type)])
+    config.update(_unmapped(file.metadata))
     try:
         tokenizer_json, tokenizer_config = tokenizer_files(path, file.metadata)
     except ImportFailed as err:
@@ -191,6 +192,19 @@ def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
         raise ImportFailed(f"{path}: cannot convert the GGUF tokenizer: {err}") from err
     encoded = tokenizer_json.encode() if tokenizer_json is not None else None
     return config, encoded, _jsonable(tokenizer_config)
+
+
+# Keys llama.cpp writes that transformers' GGUF config tables do not read, without
+# which the model computes something else (gemma2's soft-capping, phi3's window).
+UNMAPPED = {
+    "gemma2.attn_logit_softcapping": "attn_logit_softcapping",
+    "gemma2.final_logit_softcapping": "final_logit_softcapping",
+    "phi3.attention.sliding_window": "sliding_window",
+}
+
+
+def _unmapped(metadata: Any) -> dict[str, Any]:
+    return {hf: _jsonable(metadata[key]) for key, hf in UNMAPPED.items() if key in metadata}
 
 
 def _architecture_class(model_type: str) -> str:
