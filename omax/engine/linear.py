@@ -53,31 +53,30 @@ class Lin:
         if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
             quant = "int8"  # torch's int4 packing takes output rows in multiples of 16
         self.quant = quant
-        if isinstance(w, Q4Blocks):
-            if quant == "int4":
-                if self.k % GROUP:
-                    raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {self.k}")
-                self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                    w.codes.to(torch.int32), 1
-                )
-                sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
-                self.s = sz.transpose(0, 1).contiguous().to(act)
-            w = w.dequantize()
-        w = w.float()
+        if isinstance(w, Q4Blocks) and quant == "int4":
+            if self.k % GROUP:
+                raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {self.k}")
+            self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(w.codes.to(torch.int32), 1)
+            sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
+            self.s = sz.transpose(0, 1).contiguous().to(act)
+        # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
+        self.packed_only = not dense and (quant == "int8" or (quant == "int4" and self.n % 64 == 0))
+        self.small = self.SMALL.get(quant, 0)
+        if self.packed_only and quant == "int4":
+            self._dense: torch.Tensor | None = None
+            return
+        w = (w.dequantize() if isinstance(w, Q4Blocks) else w).float()
         if quant == "int8":
-            s = w.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-            q8 = torch.round(w / s[:, None])
-            self.w = q8.to(torch.int8)
+            s = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
             self.s = s.to(act)
-            w = q8 * self.s.float()[:, None]  # the dense copy holds the same weights
+            q8 = w.div(s[:, None]).round_()
+            self.w = q8.to(torch.int8)
+            if not self.packed_only:  # the dense copy holds the same weights
+                w = q8.mul_(self.s.float()[:, None])
+            del q8
         elif quant not in ("int4", "none"):
             raise EngineError(f"unknown quant {quant!r}")
-        # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
-        self.packed_only = (
-            self.w is not None and not dense and not (quant == "int4" and self.n % 64)
-        )
-        self._dense: torch.Tensor | None = None if self.packed_only else w.to(act)
-        self.small = self.SMALL.get(quant, 0)
+        self._dense = None if self.packed_only else w.to(act)
 
     @property
     def dense(self) -> torch.Tensor:

@@ -101,3 +101,52 @@ def test_exact_mode_matches_transformers(model_type, smollm2_spec):
     got = fast.decode([30, 31], [20, 12])
     want = ref.decode([30, 31], [20, 12])
     assert torch.allclose(got, want, atol=2e-5), (got - want).abs().max()
+
+
+def test_a_family_off_the_fast_path_runs_on_transformers_public_api(smollm2_spec):
+    """GPT-2 is no fast-path family: the engine runs it through the model's own
+    forward and cache (the generic runner) and greedy tokens equal ``generate``'s."""
+    import transformers
+
+    from omax.engine.engine import Engine
+    from omax.engine.generic import GenericRunner
+    from omax.engine.request import GenerateRequest, SamplingOptions
+
+    cfg = transformers.GPT2Config(vocab_size=49152, n_embd=64, n_layer=2, n_head=4, n_positions=256)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    config = {**model.config.to_dict(), "architectures": ["GPT2LMHeadModel"]}
+    assert not fast_family(config)
+    spec = ModelSpec(
+        config=config,
+        tokenizer_json=smollm2_spec.tokenizer_json,
+        tokenizer_config=smollm2_spec.tokenizer_config,
+        format="safetensors",
+    )
+    eng = Engine.load(spec, state_dict_raw(model), max_batch=4, max_ctx=128)
+    try:
+        assert isinstance(eng.batcher.runner, GenericRunner)
+        opts = SamplingOptions(temperature=0.0, num_predict=12)
+        reqs = [
+            GenerateRequest(model="g", prompt=p, raw=True, options=opts) for p in ("Hi", "A b c")
+        ]
+        ids = [eng.submit(r) for r in reqs]  # batched together: each row apart
+        for rid, req in zip(ids, reqs, strict=True):
+            done = None
+            while done is None:
+                for chunk in eng.poll([rid], timeout=5.0).get(rid, []):
+                    done = chunk if chunk.done else done
+            prompt = eng.tokenizer.encode(req.prompt, add_special_tokens=False)
+            x = torch.tensor([prompt])
+            with torch.inference_mode():
+                want = model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=12,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )[0, len(prompt) :].tolist()
+            assert list(done.context[len(prompt) :]) == want
+    finally:
+        eng.close()
