@@ -211,10 +211,13 @@ def main() -> None:
     args = parser.parse_args()
     from omax.engine import native
 
-    # An engine made while the native step is still building keeps the Python step for
-    # its life: build it (once per machine, shared by the server's worker) first.
-    native.module()
-    print("native decode step:", "on" if native.wait(900) is not None else "unavailable")
+    # The server's worker decodes natively only where the step is built: build it
+    # (once per machine, a no-op after `make install`) first.
+    try:
+        native.build()
+        print("native decode step: on")
+    except native.BuildError as e:
+        print("native decode step: unavailable:", e)
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(tmp)

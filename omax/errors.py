@@ -13,7 +13,8 @@ OmaxError                      base; message is safe to show to a user
 │   └── CatalogConflict        a compare-and-swap lost; retry with fresh state
 ├── EngineError                a recoverable failure inside one request (HTTP 500)
 │   └── EngineDead             the actor or its worker is gone; retry elsewhere
-└── ConfigError                an invalid configuration value; names key and value
+├── ConfigError                an invalid configuration value; names key and value
+└── native.BuildError          the native decode step did not compile (omax.engine.native)
 """
 
 from __future__ import annotations

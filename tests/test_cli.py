@@ -28,6 +28,7 @@ COMMANDS = [
     "ps",
     "cluster",
     "verify",
+    "native",
     "gc",
 ]
 
@@ -46,7 +47,7 @@ def test_version():
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
 def test_help_on_every_command(command):
-    from omax.cli import models, serve  # noqa: F401
+    from omax.cli import models, native, serve  # noqa: F401
 
     args = [command, "--help"] if command else ["--help"]
     result = CliRunner().invoke(cli, args)
@@ -139,3 +140,24 @@ def test_verify_reports_damage_and_gc_is_a_dry_run_by_default(tmp_path):
     path.write_bytes(bytes(data))
     bad = subprocess.run([OMAX, "verify"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and f"damaged: {victim}" in bad.stdout
+
+
+def test_native_status_and_a_build_that_cannot_compile_say_so(tmp_path):
+    from omax.cli import native  # noqa: F401  (registers `omax native`)
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli, ["native", "--help"])
+    assert result.exit_code == 0 and "build" in result.output and "status" in result.output
+    status = subprocess.run(
+        [OMAX, "native", "status"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert status.returncode == 0, status.stderr
+    assert "not built" in status.stdout and str(tmp_path) in status.stdout
+    env["CXX"] = "false"  # a compiler that fails at once
+    build = subprocess.run(
+        [OMAX, "native", "build"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert build.returncode != 0
+    assert "Traceback" not in build.stderr
+    assert "Error: the native decode step did not build" in build.stderr, build.stderr
+    assert not list(tmp_path.rglob("*.so"))

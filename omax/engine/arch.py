@@ -67,20 +67,6 @@ class Arch:
     rot_dim: int = 0
     tied: bool = False
 
-    @property
-    def plain(self) -> bool:
-        """A llama-shaped layer: what the native decode step computes."""
-        return (
-            self.norm_offset == 0
-            and not (self.sandwich or self.qk_norm or self.qkv_bias)
-            and self.embed_scale == 1.0
-            and self.attn_scale == self.head_dim**-0.5
-            and self.attn_softcap is None
-            and self.final_softcap is None
-            and self.act == "silu"
-            and self.rot_dim == self.head_dim
-        )
-
 
 def fast_family(config: dict[str, Any]) -> bool:
     """Whether the fast path runs this config (else the generic path does)."""

@@ -29,10 +29,10 @@ batched decode attention pads keys to the longest row. So the rows a caller pins
 one and each prompt segment a dense call of exactly its own rows, and the runner gives
 each pinned decode row its own unpadded attention: such a request computes the same
 bits alone and in any batch. The other rows keep the fastest kernels for the batch.
-Where the native decode step runs (``omax.engine.native``: llama-shaped layers,
-``Arch.plain``), decode rows take it, pinned or not: its kernels compute each row alike
-for any row count, and a pass with a pinned row keeps its int8 kernel past the rows
-where it would switch to bf16.
+Where the native decode step runs (``omax.engine.native``: every family here, on a CPU
+with bf16 activations), decode rows take it, pinned or not: its kernels compute each
+row alike for any row count, and a pass with a pinned row keeps its int8 kernel past
+the rows where it would switch to bf16.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class FastDecoder:
 
     @property
     def freqs(self) -> torch.Tensor:
-        """The first layer's rotary table (every layer's, where ``arch.plain``)."""
+        """The first layer's rotary table (its length bounds the positions)."""
         return self.tables[self.layers[0].rope]
 
     @property

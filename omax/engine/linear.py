@@ -204,5 +204,7 @@ def refine_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | Lin
         w = weight.rows(flat, torch.float32).view(idx.shape[0], k, -1)
     else:
         w = weight.index_select(0, flat).view(idx.shape[0], k, -1).float()
-    exact = torch.bmm(w, x.float().unsqueeze(-1)).squeeze(-1)
+    # a product and a sum per row, not bmm: bmm's sums follow the batch, and a pinned
+    # row's logits must not
+    exact = (w * x.float().unsqueeze(1)).sum(-1)
     return logits.scatter_(1, idx, exact)

@@ -2,20 +2,22 @@
 
 At one stream, a decode step of the lean path spends about as long dispatching its
 ~1,200 small torch ops from Python as in its matmuls. ``native_decode.cpp`` runs the
-same step in one call: RMSNorm, rotary embedding + KV write and silu*mul as single
-loops, decode attention of its own, and matmuls of its own where the CPU has the
-instructions (ATen's kernels otherwise) on the same weights: int4 for any number of
-rows, int8 for a few, bf16 for the rest (SmolLM2 int4, 2 cores: one row ~6 ms a step
-against ~14 ms in Python, 16 rows ~20 ms against ~45 ms).
+same step in one call, for every fast-path family: RMSNorm, bias + QK norm + rotary
+embedding + KV write, and silu*mul or gelu-tanh*mul as single loops, and decode attention and int4/bf16 matmuls of its own on the same weights
+where the CPU has AVX512-BF16 and AVX512-VBMI (its int8 matmul: AVX512F); elsewhere
+(AVX2, ARM) the same call runs ATen's kernels (docs/configuration.md has the speeds).
 
-It is built with torch's C++ extension tooling (a C++ compiler and ninja) into
-``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash of the
-source, the torch version and the CPU (it is built for this CPU's instruction set),
-by one process at a time (the others wait and load its result), in a background
-thread the first time a runner asks for it; a runner created before the build is
-done keeps the Python step for its whole life, so one engine never mixes the two
-(its kernels sum in another order: the last bits of its logits differ). Without a
-compiler, or with ``omax.engine.native-decode: off``, everything runs in Python.
+``build()`` compiles it, with torch's C++ extension tooling (a C++ compiler and
+ninja), into ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash
+of the source, the torch version and the CPU (it is built for this CPU's
+instruction set), by one process at a time (the others wait and load its result).
+It runs when omax is installed (``make install``) or by ``omax native build``, never
+on the way to serving: its compile would compete with the first requests, and a
+short-lived process would not see it finish. ``module()`` only loads a finished
+build; without one, runners decode in Python, and say so once. A runner decides when
+it is made, so one engine never mixes the two (the kernels sum in another order:
+the last bits of its logits differ). ``omax.engine.native-decode: off`` keeps
+everything in Python.
 """
 
 from __future__ import annotations
@@ -29,31 +31,68 @@ import platform
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from omax.errors import OmaxError
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_decode.cpp")
 KINDS = {"int4": 4, "int8": 8}  # Lin.quant -> the kernel native_decode.cpp calls
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
+# /proc/cpuinfo flags behind native_decode.cpp's own matmul and attention kernels
+# (its #if guards); without them it calls ATen's.
+OWN_KERNELS = {"avx512_bf16": "AVX512-BF16", "avx512vbmi": "AVX512-VBMI"}
+HOW_TO_BUILD = "build it once with `omax native build` (needs a C++ compiler and ninja)"
 
 _lock = threading.Lock()
 _module: Any = None
-_build: threading.Thread | None = None
+_told = False  # module() has said why there is none
+
+
+class BuildError(OmaxError):
+    """The native step did not build here (no compiler or ninja, a compile error, a
+    read-only cache); the message says why. Decoding runs in Python."""
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``omax native status`` reports about this machine."""
+
+    built: bool
+    path: Path  # the library, built or to be built
+    missing: tuple[str, ...]  # OWN_KERNELS this CPU lacks: those kernels are ATen's
+    compiler: str | None  # the C++ compiler torch would call, if found
+    ninja: bool
+    enabled: bool  # omax.engine.native-decode is not "off", on a POSIX system
+
+
+def _cpuinfo() -> list[bytes]:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def _cpu() -> bytes:
     """This CPU's model and instruction-set flags: the build uses -march=native, so a
     cache shared by machines of different CPUs must keep one build per kind."""
-    try:
-        with open("/proc/cpuinfo", "rb") as f:
-            lines = [ln for ln in f.read().splitlines() if ln.startswith((b"model name", b"flags"))]
-        return b"\n".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor().encode()
+    keys = (b"model name", b"flags", b"Features", b"CPU implementer", b"CPU part")  # x86, ARM
+    lines = [ln for ln in _cpuinfo() if ln.startswith(keys)]
+    return b"\n".join(sorted(set(lines))) if lines else platform.processor().encode()
+
+
+def _missing_flags() -> tuple[str, ...]:
+    flags: set[str] = set()
+    for ln in _cpuinfo():
+        if ln.startswith(b"flags"):
+            flags.update(ln.decode(errors="replace").partition(":")[2].split())
+    return tuple(name for flag, name in OWN_KERNELS.items() if flag not in flags)
 
 
 @functools.cache
@@ -65,6 +104,11 @@ def _name() -> str:
 def _build_dir() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "omax" / "native" / _name()
+
+
+def library() -> Path:
+    """Where this machine's build is, or goes."""
+    return _build_dir() / f"{_name()}.so"
 
 
 def _compile() -> Any:
@@ -108,7 +152,7 @@ def _compile() -> Any:
 def _import_built() -> Any:
     """The module built earlier on this machine (its name is the source's hash, so a
     file there is up to date), or None."""
-    path = _build_dir() / f"{_name()}.so"
+    path = library()
     if not path.exists():
         return None
     spec = importlib.util.spec_from_file_location(_name(), path)
@@ -119,53 +163,58 @@ def _import_built() -> Any:
     return mod
 
 
-def _background() -> None:
+def build() -> Any:
+    """The module, compiled first where this machine has no build (else a load):
+    what ``omax native build`` and ``make install`` run. Raises ``BuildError``."""
     global _module
-    try:
-        log.info("building the native decode step (once per machine, about a minute)")
-        module = _compile()
-    except Exception as e:  # no compiler, no ninja, a build error: Python it is
-        log.info("native decode step unavailable, decoding in Python: %s", e)
-        return
-    with _lock:
-        _module = module
-    log.info("native decode step built")
-
-
-def module(start_build: bool = True) -> Any:
-    """The compiled module if it is ready now; otherwise None, and (``start_build``)
-    a background build is started for runners created later."""
-    try:
-        return _module_now(start_build)
-    except Exception as e:  # torch's extension tooling changed, a read-only cache, ...
-        log.info("native decode step unavailable, decoding in Python: %s", e)
-        return None
-
-
-def _module_now(start_build: bool) -> Any:
-    global _module, _build
     with _lock:
         if _module is not None:
             return _module
-        if _build is None:
-            try:  # built earlier on this machine: a millisecond
-                _module = _import_built()
-            except Exception as e:
-                log.info("native decode step failed to load: %s", e)
-            if _module is not None:
-                return _module
-        if start_build and _build is None:
-            _build = threading.Thread(target=_background, name="omax-native-build", daemon=True)
-            _build.start()
-        return None
+    try:
+        mod = _import_built() or _compile()
+    except Exception as e:  # no compiler or ninja, a compile error, a read-only cache
+        raise BuildError(f"the native decode step did not build: {e}") from e
+    with _lock:
+        if _module is None:
+            _module = mod
+        return _module
 
 
-def wait(timeout: float | None = None) -> Any:
-    """The module once a background build has finished (None if it failed)."""
-    build = _build
-    if build is not None:
-        build.join(timeout)
-    return _module
+def module() -> Any:
+    """The built module, or None: never builds. Where there is none (not built yet,
+    or it fails to load), say so once, and the caller decodes in Python."""
+    global _module, _told
+    with _lock:
+        if _module is not None:
+            return _module
+        try:  # a build finished since the last runner was made is taken up now
+            _module = _import_built()
+            why = f"not built on this machine: {HOW_TO_BUILD}"
+        except Exception as e:  # a library torch cannot load, a read-only cache, ...
+            why = f"failed to load ({e}): rebuild it with `omax native build`"
+        if _module is None and not _told:
+            _told = True
+            log.warning("the native decode step is %s; decoding runs in Python", why)
+        return _module
+
+
+def status() -> Status:
+    """Whether this machine has a build, where, and what its CPU and tools allow."""
+    from torch.utils.cpp_extension import get_cxx_compiler, is_ninja_available
+
+    try:
+        compiler = shutil.which(get_cxx_compiler())
+    except Exception:  # torch's tooling changed
+        compiler = None
+    path = library()
+    return Status(
+        built=path.exists(),
+        path=path,
+        missing=_missing_flags(),
+        compiler=compiler,
+        ninja=is_ninja_available(),
+        enabled=enabled(),
+    )
 
 
 def enabled() -> bool:
@@ -176,9 +225,11 @@ def enabled() -> bool:
 
 
 class NativeDecoder:
-    """A ``FastLlama``'s weights and a runner's KV caches laid out for
+    """A ``FastDecoder``'s weights and a runner's KV caches laid out for
     ``native_decode.cpp``'s ``Model``, handed over once (not ~400 tensor arguments
-    converted on every step, ~35 us with the GIL held)."""
+    converted on every step, ~35 us with the GIL held), with what its family adds
+    (``omax.engine.arch.Arch``): per layer the optional tensors (empty where absent),
+    its sliding window and rotary table, and the model's scales and caps."""
 
     def __init__(self, mod: Any, model: Any, k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
         empty = torch.empty(0)
@@ -189,18 +240,50 @@ class NativeDecoder:
             kinds.append(KINDS.get(x.quant, 0) if x.w is not None else 0)
             return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, x.dense]
 
+        def opt(t: torch.Tensor | None) -> torch.Tensor:
+            return empty if t is None else t.contiguous()
+
+        # The order is native_decode.cpp's kLn1 .. kPostFfn, then embed, norm, head.
         for layer in model.layers:
             tensors += [layer.ln1, *lin(layer.qkv), *lin(layer.o), layer.ln2]
             tensors += [*lin(layer.gu), *lin(layer.down)]
+            extra = (layer.bias, layer.q_norm, layer.k_norm, layer.post_attn, layer.post_ffn)
+            tensors += [opt(t) for t in extra]
         tensors += [model.embed.dense, model.norm, *lin(model.head)]
         self.kinds = kinds
+        rope_kinds = sorted(model.tables)
+        a = model.arch
         self.native = mod.Model(
-            tensors, kinds, k, v, model.freqs, model.n_heads, model.n_kv, model.head_dim, model.eps
+            tensors,
+            kinds,
+            k,
+            v,
+            tables=[model.tables[kind].contiguous() for kind in rope_kinds],
+            rope=[rope_kinds.index(layer.rope) for layer in model.layers],
+            windows=[layer.window or 0 for layer in model.layers],
+            n_heads=model.n_heads,
+            n_kv=model.n_kv,
+            head_dim=model.head_dim,
+            eps=model.eps,
+            # the Python step multiplies by the scale rounded to the activation dtype
+            embed_scale=float(torch.tensor(a.embed_scale, dtype=model.act)),
+            attn_scale=a.attn_scale,
+            attn_softcap=a.attn_softcap or 0.0,
+            final_softcap=a.final_softcap or 0.0,
+            gelu=a.act == "gelu_tanh",
         )
 
     @staticmethod
-    def supports(model: Any) -> bool:
-        return model.device.type == "cpu" and model.act == torch.bfloat16
+    def supports(model: Any, max_len: int = 0) -> bool:
+        """Whether the native step runs ``model``: a CPU bf16 ``FastDecoder`` of any
+        family on the fast path (every ``Arch`` departure: norms, biases, QK norms,
+        scales, soft-caps, sliding windows, rotary tables), for any cache length
+        ``max_len``."""
+        return (
+            model.device.type == "cpu"
+            and model.act == torch.bfloat16
+            and model.arch.act in ("silu", "gelu_tanh")
+        )
 
     def decode(
         self, ids: torch.Tensor, positions: list[int], length: int, invariant: bool = False

@@ -1,16 +1,20 @@
-// The decode step of omax.engine.fastpath.FastLlama in one native call.
+// The decode step of omax.engine.fastpath.FastDecoder in one native call, for every
+// family the fast path runs (what differs between them is data: Model's optional
+// tensors and scalars, after omax.engine.arch.Arch).
 //
 // Python runs ~40 torch ops per layer for a decode step (rms_norm alone is eight),
-// and at one stream their dispatch costs as much as the matmuls. Here RMSNorm, rotary
-// embedding with the KV write, and silu*mul are one loop each, and attention and the
-// packed matmuls have kernels of their own (below), torch's where the CPU lacks the
-// instructions. Rows are bf16 tokens [R, H]; row i is cache
-// slot i at position positions[i]. Built on first use by omax.engine.native.
+// and at one stream their dispatch costs as much as the matmuls. Here RMSNorm, the
+// qkv bias + QK norm + rotary embedding with the KV write, and silu*mul (gelu*mul) are
+// one loop each, and attention and the packed matmuls have kernels of their own
+// (below), torch's where the CPU lacks the instructions. Rows are bf16 tokens [R, H];
+// row i is cache slot i at position positions[i]. Built by omax.engine.native.
 //
 // Attention has a kernel of its own where the CPU has AVX512-BF16 (torch's SDPA spends
 // ~60 us a layer on one query row, mostly setting up): each row attends to exactly
-// its own keys, in fp32 with a bf16 result, as SDPA computes it; the order of the
-// sums differs, so the last bits of the output may.
+// its own keys (those in its sliding window), in fp32 with a bf16 result, as SDPA
+// computes it (gemma2's soft-capped scores: in fp32, where the Python step rounds them
+// to bf16 between its ops); the order of the sums differs, so the last bits of the
+// output may.
 //
 // So do the matmuls where the CPU has the instructions (AVX512-BF16 and VBMI), on the
 // same weights as torch's kernels (the Python step uses those): int4 on torch's packed
@@ -575,15 +579,35 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
 
 // bf16 logits are 1/8 apart between 16 and 32, so the top ones often tie and the
 // greedy token would hang on rounding: the top kRefine are recomputed in fp32 from the
-// dense weight's rows (as fastpath.refine_top does).
+// dense weight's rows (as fastpath.refine_top does). Each dot product is a loop of its
+// own, not one bmm for the batch: bmm's sums follow the row count, and a pinned row's
+// logits must not.
 constexpr int64_t kRefine = 8;
 
 Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
   const int64_t k = std::min(kRefine, logits.size(1));
-  Tensor idx = std::get<1>(at::topk(logits, k, 1));  // [R, k]
-  Tensor w = at::index_select(dense, 0, idx.reshape(-1)).view({idx.size(0), k, -1});
-  Tensor exact = at::bmm(w.to(at::kFloat), x.to(at::kFloat).unsqueeze(-1)).squeeze(-1);
-  return logits.scatter_(1, idx, exact);
+  Tensor idx = std::get<1>(at::topk(logits, k, 1)).contiguous();  // [R, k]
+  Tensor xf = x.to(at::kFloat).contiguous();
+  TORCH_CHECK(dense.scalar_type() == at::kBFloat16, "the head's dense weight must be bf16");
+  Tensor wf = dense.contiguous();
+  const int64_t rows = idx.size(0), n = xf.size(1);
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  const float* px = xf.data_ptr<float>();
+  const BFloat16* pw = wf.data_ptr<BFloat16>();
+  Tensor out = logits.contiguous();
+  float* po = out.data_ptr<float>();
+  const int64_t vocab = out.size(1);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t at = pi[r * k + j];
+      const BFloat16* w = pw + at * n;
+      const float* xr = px + r * n;
+      float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t h = 0; h < n; ++h) acc += xr[h] * static_cast<float>(w[h]);
+      po[r * vocab + at] = acc;
+    }
+  return out;
 }
 
 // The fp32 logits of the normed rows x: the kernels' own fp32 sums, or (torch's
@@ -621,67 +645,9 @@ Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
   return out;
 }
 
-// Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd]; k and v are
-// written to the caches at (row, :, pos[row]); returns q [R, nh*hd].
-Tensor rope_store(const Tensor& y, const Tensor& freqs, const std::vector<int64_t>& pos,
-                  const Tensor& kc, const Tensor& vc, int64_t nh, int64_t nkv, int64_t hd) {
-  const int64_t r = y.size(0), width = y.size(1);
-  Tensor q = at::empty({r, nh * hd}, y.options());
-  const BFloat16* py = y.data_ptr<BFloat16>();
-  const float* pf = reinterpret_cast<const float*>(freqs.data_ptr());  // complex64 -> (cos, sin)
-  const int64_t half = hd / 2;
-  BFloat16* pq = q.data_ptr<BFloat16>();
-  BFloat16* pk = kc.data_ptr<BFloat16>();
-  BFloat16* pv = vc.data_ptr<BFloat16>();
-  const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
-  for (int64_t i = 0; i < r; ++i) {
-    const BFloat16* yi = py + i * width;
-    const float* f = pf + pos[i] * half * 2;
-    for (int64_t head = 0; head < nh + nkv; ++head) {
-      BFloat16* dst = head < nh ? pq + i * nh * hd + head * hd
-                                : pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2;
-      const BFloat16* src = yi + head * hd;
-      for (int64_t j = 0; j < half; ++j) {
-        const float a = static_cast<float>(src[2 * j]), b = static_cast<float>(src[2 * j + 1]);
-        const float c = f[2 * j], s = f[2 * j + 1];
-        dst[2 * j] = static_cast<BFloat16>(a * c - b * s);
-        dst[2 * j + 1] = static_cast<BFloat16>(a * s + b * c);
-      }
-    }
-    const BFloat16* vsrc = yi + (nh + nkv) * hd;
-    for (int64_t head = 0; head < nkv; ++head) {
-      std::memcpy(pv + i * ks0 + head * ks1 + pos[i] * ks2, vsrc + head * hd, hd * sizeof(BFloat16));
-    }
-  }
-  return q;
-}
-
-// silu(gu[:, :n]) * gu[:, n:], each rounded to bf16 as torch does.
-Tensor silu_mul(const Tensor& gu) {
-  const int64_t r = gu.size(0), n = gu.size(1) / 2;
-  Tensor out = at::empty({r, n}, gu.options());
-  const BFloat16* p = gu.data_ptr<BFloat16>();
-  BFloat16* o = out.data_ptr<BFloat16>();
-  parallel_for(0, r * n, 512, [&](int64_t e0, int64_t e1) {  // ~5 ns an element (exp)
-    for (int64_t i = e0 / n; i * n < e1; ++i) {
-      const BFloat16* a = p + i * 2 * n;
-      const BFloat16* b = a + n;
-      BFloat16* oi = o + i * n;
-      const int64_t j1 = std::min(n, e1 - i * n);
-#pragma omp simd
-      for (int64_t j = std::max<int64_t>(0, e0 - i * n); j < j1; ++j) {
-        const float x = static_cast<float>(a[j]);
-        const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
-        oi[j] = static_cast<BFloat16>(static_cast<float>(s) * static_cast<float>(b[j]));
-      }
-    }
-  });
-  return out;
-}
-
-#ifdef OMAX_ATTEND_KERNEL
-// e^x for x <= 0 (16 lanes): 2^n * 2^f, 2^f by its Taylor series to degree 7 on
-// [-1/2, 1/2] (relative error ~1e-7).
+#if defined(__AVX512F__)
+// e^x (16 lanes): 2^n * 2^f, 2^f by its Taylor series to degree 7 on [-1/2, 1/2]
+// (relative error ~1e-7); x below -87 counts as -87 (~1e-38), above ~88 gives inf.
 __m512 exp_ps(__m512 x) {
   const __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.f)),
                                  _mm512_set1_ps(1.44269504088896341f));
@@ -695,10 +661,192 @@ __m512 exp_ps(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// tanh x = 1 - 2 / (1 + e^2x) (16 lanes): absolute error ~1e-7, exactly +-1 where
+// e^2x overflows or vanishes.
+__m512 tanh_ps(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 e = exp_ps(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.f), _mm512_add_ps(one, e)));
+}
+
+// 16 bf16 values as fp32, and fp32 rounded to bf16 (to nearest even, as c10::BFloat16;
+// activations are finite).
+__m512 load_bf16(const BFloat16* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+
+__m256i to_bf16(__m512 v) {
+#if defined(__AVX512BF16__)
+  return (__m256i)_mm512_cvtneps_pbh(v);
+#else
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(b, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+#endif
+}
+
+__m512 round_bf16(__m512 v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16(v)), 16));
+}
+#endif
+
+// s[0..n) = cap * tanh(s / cap): gemma2's soft-capping of scores or logits, in fp32.
+// Every element takes the same instructions wherever it falls in s (a part of a
+// parallel loop starts anywhere), so a row's bits do not follow the batch.
+void softcap(float* s, int64_t n, float cap) {
+#if defined(__AVX512F__)
+  const __m512 c = _mm512_set1_ps(cap);
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 live = n - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps(live, s + j);
+    _mm512_mask_storeu_ps(s + j, live, _mm512_mul_ps(c, tanh_ps(_mm512_div_ps(x, c))));
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) s[j] = cap * std::tanh(s[j] / cap);
+#endif
+}
+
+// Per-layer parts of the attention input some families add: the fused qkv bias and
+// the per-head RMSNorm weights of q and k (undefined or empty where absent).
+struct QkvExtras {
+  const BFloat16* bias = nullptr;
+  const BFloat16* q_norm = nullptr;
+  const BFloat16* k_norm = nullptr;
+  float eps = 0.f;
+};
+
+// Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd]; k and v are
+// written to the caches at (row, :, pos[row]); returns q [R, nh*hd]. Before it, as the
+// Python step: the bias added (rounded to bf16, as torch's add) and q and k each
+// RMS-normed over their head (rounded to bf16).
+Tensor rope_store(const Tensor& y, const QkvExtras& x, const Tensor& freqs,
+                  const std::vector<int64_t>& pos, const Tensor& kc, const Tensor& vc, int64_t nh,
+                  int64_t nkv, int64_t hd) {
+  const int64_t r = y.size(0), width = y.size(1);
+  Tensor q = at::empty({r, nh * hd}, y.options());
+  const BFloat16* py = y.data_ptr<BFloat16>();
+  const float* pf = reinterpret_cast<const float*>(freqs.data_ptr());  // complex64 -> (cos, sin)
+  const int64_t half = hd / 2;
+  BFloat16* pq = q.data_ptr<BFloat16>();
+  BFloat16* pk = kc.data_ptr<BFloat16>();
+  BFloat16* pv = vc.data_ptr<BFloat16>();
+  const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
+  parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
+    std::vector<float> buf(static_cast<size_t>(hd));
+    float* u = buf.data();
+    for (int64_t i = i0; i < i1; ++i) {
+      const BFloat16* yi = py + i * width;
+      const float* f = pf + pos[i] * half * 2;
+      for (int64_t head = 0; head < nh + 2 * nkv; ++head) {
+        const BFloat16* src = yi + head * hd;
+        const BFloat16* b = x.bias ? x.bias + head * hd : nullptr;
+        for (int64_t j = 0; j < hd; ++j) {
+          u[j] = b ? static_cast<float>(static_cast<BFloat16>(static_cast<float>(src[j]) +
+                                                              static_cast<float>(b[j])))
+                   : static_cast<float>(src[j]);
+        }
+        if (head >= nh + nkv) {
+          BFloat16* dst = pv + i * ks0 + (head - nh - nkv) * ks1 + pos[i] * ks2;
+          for (int64_t j = 0; j < hd; ++j) dst[j] = static_cast<BFloat16>(u[j]);
+          continue;
+        }
+        const BFloat16* g = head < nh ? x.q_norm : x.k_norm;
+        if (g) {
+          float acc = 0.f;
+          for (int64_t j = 0; j < hd; ++j) acc += u[j] * u[j];
+          const float rstd = 1.f / std::sqrt(acc / static_cast<float>(hd) + x.eps);
+          for (int64_t j = 0; j < hd; ++j)
+            u[j] = static_cast<float>(
+                static_cast<BFloat16>(u[j] * rstd * static_cast<float>(g[j])));
+        }
+        BFloat16* dst = head < nh ? pq + i * nh * hd + head * hd
+                                  : pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2;
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = u[2 * j], b2 = u[2 * j + 1];
+          const float c = f[2 * j], s = f[2 * j + 1];
+          dst[2 * j] = static_cast<BFloat16>(a * c - b2 * s);
+          dst[2 * j + 1] = static_cast<BFloat16>(a * s + b2 * c);
+        }
+      }
+    }
+  });
+  return q;
+}
+
+// gelu's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch's
+// F.gelu(approximate="tanh") computes it in fp32.
+constexpr float kGeluBeta = 0.7978845608028654f, kGeluKappa = 0.044715f;
+
+#if defined(__AVX512F__)
+// o[0..16) = gelu(a) * b, the gelu rounded to bf16 first.
+void gelu_mul16(const BFloat16* a, const BFloat16* b, BFloat16* o) {
+  const __m512 x = load_bf16(a);
+  const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+  const __m512 inner = _mm512_mul_ps(_mm512_set1_ps(kGeluBeta),
+                                     _mm512_fmadd_ps(_mm512_set1_ps(kGeluKappa), x3, x));
+  const __m512 t = _mm512_add_ps(_mm512_set1_ps(1.f), tanh_ps(inner));
+  const __m512 g = round_bf16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), t));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), to_bf16(_mm512_mul_ps(g, load_bf16(b))));
+}
+#endif
+
+// act(gu[:, :n]) * gu[:, n:], each rounded to bf16 as torch does: act is silu, or
+// with ``gelu`` gelu's tanh approximation (gemma).
+Tensor act_mul(const Tensor& gu, bool gelu) {
+  const int64_t r = gu.size(0), n = gu.size(1) / 2;
+  Tensor out = at::empty({r, n}, gu.options());
+  const BFloat16* p = gu.data_ptr<BFloat16>();
+  BFloat16* o = out.data_ptr<BFloat16>();
+  parallel_for(0, r * n, 512, [&](int64_t e0, int64_t e1) {  // ~5 ns an element (exp)
+    for (int64_t i = e0 / n; i * n < e1; ++i) {
+      const BFloat16* a = p + i * 2 * n;
+      const BFloat16* b = a + n;
+      BFloat16* oi = o + i * n;
+      int64_t j = std::max<int64_t>(0, e0 - i * n);
+      const int64_t j1 = std::min(n, e1 - i * n);
+      if (!gelu) {
+#pragma omp simd
+        for (int64_t k = j; k < j1; ++k) {
+          const float x = static_cast<float>(a[k]);
+          const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
+          oi[k] = static_cast<BFloat16>(static_cast<float>(s) * static_cast<float>(b[k]));
+        }
+        continue;
+      }
+#if defined(__AVX512F__)
+      for (; j < j1; j += 16) {  // a part's last few through a buffer: as softcap
+        const int64_t m = std::min<int64_t>(16, j1 - j);
+        if (m == 16) {
+          gelu_mul16(a + j, b + j, oi + j);
+          continue;
+        }
+        BFloat16 ta[16] = {}, tb[16] = {}, to[16];
+        std::copy(a + j, a + j + m, ta);
+        std::copy(b + j, b + j + m, tb);
+        gelu_mul16(ta, tb, to);
+        std::copy(to, to + m, oi + j);
+      }
+#else
+      for (; j < j1; ++j) {
+        const float x = static_cast<float>(a[j]);
+        const float t = std::tanh(kGeluBeta * (x + kGeluKappa * x * x * x));
+        const BFloat16 g = static_cast<BFloat16>(0.5f * x * (1.f + t));
+        oi[j] = static_cast<BFloat16>(static_cast<float>(g) * static_cast<float>(b[j]));
+      }
+#endif
+    }
+  });
+  return out;
+}
+
+#ifdef OMAX_ATTEND_KERNEL
 // One query head of one row against keys 0..len of its KV head: q [hd] bf16, keys and
 // values at k + t * step, v + t * step; writes o [hd] bf16. hd % 32 == 0, hd <= 256.
+// ``cap``: the scores are soft-capped (gemma2), else 0.
 void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_t step,
-                 int64_t len, int64_t hd, float scale, float* s, BFloat16* o) {
+                 int64_t len, int64_t hd, float scale, float cap, float* s, BFloat16* o) {
   const int64_t chunks = hd / 32;
   __m512bh qv[8];
   for (int64_t c = 0; c < chunks; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q + 32 * c);
@@ -710,6 +858,10 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
       acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(kt + 32 * c), qv[c]);
     s[t] = _mm512_reduce_add_ps(acc) * scale;
     top = std::max(top, s[t]);
+  }
+  if (cap > 0.f) {
+    softcap(s, len, cap);
+    top = *std::max_element(s, s + len);
   }
   __m512 sum = _mm512_setzero_ps();
   const __m512 mx = _mm512_set1_ps(top);
@@ -738,13 +890,18 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
 }
 #endif
 
-// Row i's query heads q [R, nh*hd] against keys 0..pos[i] of cache slot i -> [R, nh*hd].
-// ``invariant``: where torch's SDPA runs, each row over exactly its own keys in a call
+// Row i's query heads q [R, nh*hd] against keys 0..pos[i] of cache slot i -> [R, nh*hd],
+// or with a sliding ``window`` (> 0) its last ``window`` keys; ``scale`` is the softmax
+// scale (0: 1/sqrt(hd)) and ``cap`` soft-caps the scores (gemma2; 0: none).
+// ``invariant``: where torch's kernels run, each row over exactly its own keys in a call
 // of its own (the padded batch's sums would follow the longest row).
 Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
               const std::vector<int64_t>& pos, int64_t length, int64_t nh, int64_t nkv,
-              int64_t hd, bool invariant = false) {
+              int64_t hd, bool invariant = false, int64_t window = 0, double scale = 0.,
+              double cap = 0.) {
   const int64_t r = q.size(0), g = nh / nkv;
+  if (scale <= 0.) scale = 1. / std::sqrt(static_cast<double>(hd));
+  auto first = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p + 1 - window) : 0; };
 #ifdef OMAX_ATTEND_KERNEL
   if (hd % 32 == 0 && hd <= 256 && kc.stride(3) == 1 && kc.strides() == vc.strides()) {
     Tensor o = at::empty_like(q);
@@ -753,90 +910,185 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
     const BFloat16* pv = vc.data_ptr<BFloat16>();
     BFloat16* po = o.data_ptr<BFloat16>();
     const int64_t s0 = kc.stride(0), s1 = kc.stride(1), s2 = kc.stride(2);
-    const float scale = 1.f / std::sqrt(static_cast<float>(hd));
     parallel_for(0, r * nh, 1, [&](int64_t b, int64_t e) {
       std::vector<float> scores(static_cast<size_t>(length));
       for (int64_t w = b; w < e; ++w) {
-        const int64_t row = w / nh, h = w % nh, at = row * s0 + (h / g) * s1;
-        attend_head(pq + w * hd, pk + at, pv + at, s2, pos[row] + 1, hd, scale, scores.data(),
+        const int64_t row = w / nh, h = w % nh, f = first(pos[row]);
+        const int64_t at = row * s0 + (h / g) * s1 + f * s2;
+        attend_head(pq + w * hd, pk + at, pv + at, s2, pos[row] + 1 - f, hd,
+                    static_cast<float>(scale), static_cast<float>(cap), scores.data(),
                     po + w * hd);
       }
     });
     return o;
   }
 #endif
-  if (invariant && r > 1) {
+  if (invariant && (r > 1 || first(pos[0]) > 0)) {  // as the Python step's pinned rows
     std::vector<Tensor> rows;
-    for (int64_t i = 0; i < r; ++i)
-      rows.push_back(attend(q.narrow(0, i, 1), kc.narrow(0, i, 1), vc.narrow(0, i, 1), {pos[i]},
-                            pos[i] + 1, nh, nkv, hd));
+    for (int64_t i = 0; i < r; ++i) {
+      const int64_t f = first(pos[i]), n = pos[i] + 1 - f;
+      rows.push_back(attend(q.narrow(0, i, 1), kc.narrow(0, i, 1).narrow(2, f, n),
+                            vc.narrow(0, i, 1).narrow(2, f, n), {n - 1}, n, nh, nkv, hd, false, 0,
+                            scale, cap));
+    }
     return at::cat(rows);
   }
-  // torch's SDPA: rows shorter than the longest attend only to their own keys.
+  // torch's, as the Python step calls them: the keys padded to the longest row and
+  // masked to each row's own (and its window's).
   c10::optional<Tensor> mask;
-  if (*std::min_element(pos.begin(), pos.end()) + 1 != length) {
+  const bool ragged = *std::min_element(pos.begin(), pos.end()) + 1 != length;
+  if (ragged || (window > 0 && length > window)) {
     Tensor p = at::tensor(pos, q.options().dtype(at::kLong)).unsqueeze(1);
-    mask = at::le(at::arange(length, p.options()).unsqueeze(0), p).view({r, 1, 1, length});
+    Tensor keys = at::arange(length, p.options()).unsqueeze(0);
+    Tensor m = at::le(keys, p);
+    if (window > 0) m = at::logical_and(m, at::gt(keys, p - window));
+    mask = m.view({r, 1, 1, length});
   }
-  return at::scaled_dot_product_attention(q.view({r, nkv, g, hd}),
-                                          kc.slice(0, 0, r).slice(2, 0, length),
-                                          vc.slice(0, 0, r).slice(2, 0, length), mask)
-      .view({r, -1});
+  Tensor qv = q.view({r, nkv, g, hd});
+  Tensor k = kc.slice(0, 0, r).slice(2, 0, length), v = vc.slice(0, 0, r).slice(2, 0, length);
+  if (cap <= 0.)
+    return at::scaled_dot_product_attention(qv, k, v, mask, 0., false, scale).view({r, -1});
+  Tensor s = at::matmul(qv, k.transpose(-1, -2)) * scale;  // fastpath.FastDecoder.attention
+  s = at::tanh(s / cap) * cap;
+  if (mask) s = s.masked_fill(mask->logical_not(), -INFINITY);
+  return at::matmul(at::softmax(s, -1, at::kFloat).to(q.scalar_type()), v).view({r, -1});
+}
+
+// Where a layer's tensors are in Model::t: kPerLayer of them per layer, then the
+// embedding, the final norm and the head (kLin). The optional ones are empty tensors
+// where the family lacks them (see omax.engine.arch).
+constexpr size_t kLn1 = 0, kQkv = 1, kO = kQkv + kLin, kLn2 = kO + kLin, kGu = kLn2 + 1,
+                 kDown = kGu + kLin, kBias = kDown + kLin, kQNorm = kBias + 1, kKNorm = kQNorm + 1,
+                 kPostAttn = kKNorm + 1, kPostFfn = kPostAttn + 1, kPerLayer = kPostFfn + 1;
+
+bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
+
+const BFloat16* optional_ptr(const Tensor& x) {
+  return present(x) ? x.data_ptr<BFloat16>() : nullptr;
 }
 
 }  // namespace
 
-// A model's weights, kinds and KV caches, converted from Python once rather than as
-// ~400 tensor arguments on every step (~35 us with the GIL held).
+// A model's weights, kinds, KV caches and family (omax.engine.arch.Arch), converted from
+// Python once rather than as ~400 tensor arguments on every step (~35 us with the GIL
+// held).
 struct Model {
   std::vector<Tensor> t;
-  std::vector<int64_t> kinds;
+  std::vector<int64_t> kinds;  // per layer: qkv, o, gu, down; then the head
   std::vector<Tensor> kc, vc;
-  Tensor freqs;
-  int64_t nh, nkv, hd;
-  double eps;
+  std::vector<Tensor> tables;  // rotary tables, complex64 [max_pos, hd / 2]
+  std::vector<int64_t> rope;   // per layer: its table
+  std::vector<int64_t> window; // per layer: its sliding window, 0 for none
+  int64_t nh = 0, nkv = 0, hd = 0;
+  double eps = 0., embed_scale = 1., attn_scale = 0., attn_softcap = 0., final_softcap = 0.;
+  bool gelu = false;
 
   Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
                 bool invariant) const;
 };
 
-// Logits [R, V] fp32 of one token for each of cache slots 0..R-1. ``invariant``: every
-// row computes the same bits as it would alone or in any other batch (a seeded
-// request's rows; see lin and attend), at some cost where torch's kernels run.
+// Logits [R, V] fp32 of one token for each of cache slots 0..R-1, as
+// fastpath.FastDecoder.forward and .logits compute them. ``invariant``: every row
+// computes the same bits as it would alone or in any other batch (a seeded request's
+// rows; see lin and attend), at some cost where torch's kernels run.
 Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
                      bool invariant) const {
   at::InferenceMode guard;
   const int64_t n_layers = static_cast<int64_t>(kc.size());
-  const int64_t per_layer = 2 + 4 * kLin;
-  const size_t tail = static_cast<size_t>(n_layers * per_layer);
+  const size_t tail = static_cast<size_t>(n_layers) * kPerLayer;
   struct Restore {  // the kernels called on their own (tests) use the team
     ~Restore() { use_team = true; }
   } restore;
   use_team = kOwnKernels;
   Tensor h = at::index_select(t[tail], 0, ids);
+  if (embed_scale != 1.) h.mul_(embed_scale);  // a bf16 value: torch's bf16 product
   for (int64_t i = 0; i < n_layers; ++i) {
-    const size_t b = static_cast<size_t>(i * per_layer);
+    const size_t b = static_cast<size_t>(i) * kPerLayer;
+    const Tensor* l = t.data() + b;
     const int64_t* kd = kinds.data() + 4 * i;
-    Tensor y = lin(t, b + 1, kd[0], rms_norm(h, t[b], eps), false, invariant);
-    Tensor q = rope_store(y, freqs, positions, kc[i], vc[i], nh, nkv, hd);
-    Tensor o = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd, invariant);
-    h.add_(lin(t, b + 1 + kLin, kd[1], o, false, invariant));
-    Tensor gu =
-        lin(t, b + 2 + 2 * kLin, kd[2], rms_norm(h, t[b + 1 + 2 * kLin], eps), false, invariant);
-    h.add_(lin(t, b + 2 + 3 * kLin, kd[3], silu_mul(gu), false, invariant));
+    Tensor y = lin(t, b + kQkv, kd[0], rms_norm(h, l[kLn1], eps), false, invariant);
+    const QkvExtras ex{optional_ptr(l[kBias]), optional_ptr(l[kQNorm]), optional_ptr(l[kKNorm]),
+                       static_cast<float>(eps)};
+    Tensor q = rope_store(y, ex, tables[rope[i]], positions, kc[i], vc[i], nh, nkv, hd);
+    Tensor a = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd, invariant, window[i],
+                      attn_scale, attn_softcap);
+    Tensor o = lin(t, b + kO, kd[1], a, false, invariant);
+    h.add_(present(l[kPostAttn]) ? rms_norm(o, l[kPostAttn], eps) : o);
+    Tensor gu = lin(t, b + kGu, kd[2], rms_norm(h, l[kLn2], eps), false, invariant);
+    Tensor d = lin(t, b + kDown, kd[3], act_mul(gu, gelu), false, invariant);
+    h.add_(present(l[kPostFfn]) ? rms_norm(d, l[kPostFfn], eps) : d);
   }
-  return logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps), invariant);
+  Tensor out = logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps), invariant);
+  if (final_softcap > 0.) {
+    float* p = out.data_ptr<float>();
+    const float cap = static_cast<float>(final_softcap);
+    parallel_for(0, out.numel(), 4096,
+                 [&](int64_t e0, int64_t e1) { softcap(p + e0, e1 - e0, cap); });
+  }
+  return out;
+}
+
+// Model's constructor from Python (omax.engine.native.NativeDecoder), its layout checked:
+// a tensor out of place would be read as another's data.
+Model make_model(std::vector<Tensor> tensors, std::vector<int64_t> kinds, std::vector<Tensor> k,
+                 std::vector<Tensor> v, std::vector<Tensor> tables, std::vector<int64_t> rope,
+                 std::vector<int64_t> windows, int64_t n_heads, int64_t n_kv, int64_t head_dim,
+                 double eps, double embed_scale, double attn_scale, double attn_softcap,
+                 double final_softcap, bool gelu) {
+  const size_t n = k.size();
+  TORCH_CHECK(v.size() == n && rope.size() == n && windows.size() == n,
+              "one cache, table and window per layer");
+  TORCH_CHECK(tensors.size() == n * kPerLayer + 2 + kLin, "expected ", n * kPerLayer + 2 + kLin,
+              " tensors for ", n, " layers, got ", tensors.size());
+  TORCH_CHECK(kinds.size() == 4 * n + 1, "expected ", 4 * n + 1, " kinds");
+  TORCH_CHECK(n_heads % n_kv == 0 && head_dim % 2 == 0, "bad attention shape");
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(rope[i] >= 0 && rope[i] < static_cast<int64_t>(tables.size()), "layer ", i,
+                ": no rotary table ", rope[i]);
+    const Tensor& table = tables[rope[i]];
+    TORCH_CHECK(table.scalar_type() == at::kComplexFloat && table.is_contiguous() &&
+                    table.size(1) == head_dim / 2 && table.size(0) >= k[i].size(2),
+                "layer ", i, ": the rotary table must be complex64 [>= max_len, head_dim / 2]");
+    const Tensor* l = tensors.data() + i * kPerLayer;
+    for (size_t s : {kBias, kQNorm, kKNorm, kPostAttn, kPostFfn})
+      TORCH_CHECK(!present(l[s]) || (l[s].scalar_type() == at::kBFloat16 && l[s].is_contiguous()),
+                  "layer ", i, ": optional tensor ", s, " must be contiguous bf16");
+    TORCH_CHECK(!present(l[kBias]) || l[kBias].numel() == (n_heads + 2 * n_kv) * head_dim,
+                "layer ", i, ": the qkv bias has the wrong size");
+    TORCH_CHECK(!present(l[kQNorm]) || (l[kQNorm].numel() == head_dim && present(l[kKNorm]) &&
+                                        l[kKNorm].numel() == head_dim),
+                "layer ", i, ": q and k norms of head_dim each");
+  }
+  Model m;
+  m.t = std::move(tensors);
+  m.kinds = std::move(kinds);
+  m.kc = std::move(k);
+  m.vc = std::move(v);
+  m.tables = std::move(tables);
+  m.rope = std::move(rope);
+  m.window = std::move(windows);
+  m.nh = n_heads;
+  m.nkv = n_kv;
+  m.hd = head_dim;
+  m.eps = eps;
+  m.embed_scale = embed_scale;
+  m.attn_scale = attn_scale;
+  m.attn_softcap = attn_softcap;
+  m.final_softcap = final_softcap;
+  m.gelu = gelu;
+  return m;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // The step runs without the GIL, like torch's own ops: the worker's event loop and
   // other threads keep running Python while it computes.
-  pybind11::class_<Model>(m, "Model", "a FastLlama's weights and KV caches, for decode")
-      .def(pybind11::init<std::vector<Tensor>, std::vector<int64_t>, std::vector<Tensor>,
-                          std::vector<Tensor>, Tensor, int64_t, int64_t, int64_t, double>(),
-           pybind11::arg("tensors"), pybind11::arg("kinds"), pybind11::arg("k"),
-           pybind11::arg("v"), pybind11::arg("freqs"), pybind11::arg("n_heads"),
-           pybind11::arg("n_kv"), pybind11::arg("head_dim"), pybind11::arg("eps"))
+  pybind11::class_<Model>(m, "Model", "a FastDecoder's weights and KV caches, for decode")
+      .def(pybind11::init(&make_model), pybind11::arg("tensors"), pybind11::arg("kinds"),
+           pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("tables"), pybind11::arg("rope"),
+           pybind11::arg("windows"), pybind11::arg("n_heads"), pybind11::arg("n_kv"),
+           pybind11::arg("head_dim"), pybind11::arg("eps"), pybind11::arg("embed_scale") = 1.0,
+           pybind11::arg("attn_scale") = 0.0, pybind11::arg("attn_softcap") = 0.0,
+           pybind11::arg("final_softcap") = 0.0, pybind11::arg("gelu") = false)
       .def("decode", &Model::decode, "one batched decode step", pybind11::arg("ids"),
            pybind11::arg("positions"), pybind11::arg("length"), pybind11::arg("invariant") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
@@ -854,5 +1106,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("positions"),
         pybind11::arg("length"), pybind11::arg("n_heads"), pybind11::arg("n_kv"),
         pybind11::arg("head_dim"), pybind11::arg("invariant") = false,
+        pybind11::arg("window") = 0, pybind11::arg("scale") = 0.0, pybind11::arg("cap") = 0.0,
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -64,7 +64,7 @@ def test_arch_reads_what_differs_as_data():
     assert gemma2.sandwich and gemma2.norm_offset == 1.0 and gemma2.act == "gelu_tanh"
     assert gemma2.attn_scale == 24**-0.5 and gemma2.embed_scale == math.sqrt(64)
     assert gemma2.attn_softcap == 50.0 and gemma2.final_softcap == 30.0
-    assert gemma2.windows == (8, None, 8) and not gemma2.plain
+    assert gemma2.windows == (8, None, 8)
     import transformers
 
     cfg = transformers.AutoConfig.for_model("gemma3_text", num_hidden_layers=6)
@@ -73,7 +73,7 @@ def test_arch_reads_what_differs_as_data():
     assert arch_of(tiny("qwen2").config.to_dict()).qkv_bias
     assert arch_of(tiny("mistral").config.to_dict()).windows == (8, 8, 8)
     llama = arch_of(tiny("llama").config.to_dict())
-    assert llama.plain and llama.windows == (None, None, None)
+    assert llama.windows == (None, None, None) and not llama.sandwich and llama.act == "silu"
     assert not fast_family({"model_type": "gpt2", "n_layer": 2})
 
 

@@ -1,8 +1,11 @@
-"""The native decode step builds on a fresh machine even where an earlier build was
-killed midway, and processes that start at once build it only once."""
+"""The native decode step is built only when asked (``omax native build``, ``make
+install``): it builds on a fresh machine even where an earlier build was killed
+midway, processes that start at once build it only once, and without a build a
+runner decodes in Python and says once how to build it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,16 +14,41 @@ import pytest
 
 from omax.engine import native
 
-pytestmark = pytest.mark.slow
-
 BUILD = (
     "import logging; logging.basicConfig(level=logging.INFO)\n"
     "from omax.engine import native\n"
-    "native.module()\n"
-    "print('built' if native.wait(600) is not None else 'python')\n"
+    "print('built' if native.build() is not None else 'python')\n"
 )
 
 
+@pytest.fixture
+def no_build(tmp_path, monkeypatch):
+    """This process as on a machine where the step was never built."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_told", False)
+    return tmp_path
+
+
+def test_without_a_build_module_builds_nothing_and_says_once_how_to(no_build, caplog):
+    with caplog.at_level(logging.INFO, logger="omax.engine.native"):
+        assert native.module() is None
+        assert native.module() is None
+    told = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(told) == 1 and "omax native build" in told[0].getMessage(), caplog.text
+    assert "compiling" not in caplog.text
+    assert not (no_build / "omax").exists()  # not even a lock file: nothing started
+    assert not native.status().built
+
+
+def test_a_failed_build_says_why(no_build, monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(native.BuildError, match="nonexistent"):
+        native.build()
+    assert native.module() is None and not native.library().exists()
+
+
+@pytest.mark.slow
 def test_two_processes_build_once_past_a_killed_builds_leftovers(tmp_path):
     root = tmp_path / "omax" / "native"
     name = native._name()
