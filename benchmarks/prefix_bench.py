@@ -96,8 +96,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from benchmarks._results import append_results
-    from omax.engine.engine import Engine
     from omax.engine.arch import fast_family
+    from omax.engine.engine import Engine
     from omax.engine.loader import load_fast, load_model
     from tests.engine.conftest import SMOLLM2_GGUF, gguf_spec, gguf_tensors
 
