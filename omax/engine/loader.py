@@ -48,8 +48,13 @@ class LoadedModel:
 
 
 def build_tokenizer(spec: ModelSpec):
-    """A ``PreTrainedTokenizerFast`` from the spec's tokenizer.json content."""
-    from tokenizers import Tokenizer
+    """A ``PreTrainedTokenizerFast`` from the spec's tokenizer.json content.
+
+    It reads the JSON from a file: given a ``tokenizer_object`` transformers deep-copies
+    it, which for a 262k-token vocabulary (gemma) costs over a second and a second
+    copy's memory while loading."""
+    import tempfile
+
     from transformers import PreTrainedTokenizerFast
 
     tc = spec.tokenizer_config
@@ -59,9 +64,10 @@ def build_tokenizer(spec: ModelSpec):
         if k in ("bos_token", "eos_token", "unk_token", "pad_token", "model_max_length")
         and isinstance(v, str | int)
     }
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(spec.tokenizer_json), **kwargs
-    )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", encoding="utf-8") as f:
+        f.write(spec.tokenizer_json)
+        f.flush()
+        tok = PreTrainedTokenizerFast(tokenizer_file=f.name, **kwargs)
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
