@@ -24,10 +24,11 @@ import torch
 from omax.engine import embeddings, templates
 from omax.engine.arch import fast_family
 from omax.engine.batcher import Batcher, Sequence
+from omax.engine.fastpath import QUANTS
 from omax.engine.grammar import Grammars, Matcher
 from omax.engine.loader import LoadedModel, load_fast, load_model
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
-from omax.engine.runner import QUANTS, is_fast, make_runner
+from omax.engine.runner import is_fast, make_runner
 from omax.engine.sampling import SamplerState
 from omax.engine.spec import ModelSpec
 from omax.engine.stops import Detokenizer, StopMatcher
@@ -69,8 +70,7 @@ class Engine:
         could answer differently from the first.
         """
         self.loaded = loaded
-        if quant not in QUANTS:
-            raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
+        _check_quant(quant)
         self.spec = loaded.spec
         self.tokenizer = loaded.tokenizer
         self._ids = itertools.count()
@@ -114,8 +114,7 @@ class Engine:
         (``omax.engine.generic``), whatever ``quant`` says.
         """
         quant = kwargs.get("quant", "none")
-        if quant not in QUANTS:
-            raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")
+        _check_quant(quant)
         if spec.is_generative and fast_family(spec.config):
             max_ctx = kwargs.get("max_ctx", 4096)
             loaded = load_fast(
@@ -274,3 +273,8 @@ def _vocab_size(model) -> int:
     cfg = model.config
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return int(getattr(text, "vocab_size", 0) or 0) or 2**62
+
+
+def _check_quant(quant: str) -> None:
+    if quant not in QUANTS:
+        raise InvalidRequest(f"unknown quant {quant!r}; use one of {', '.join(QUANTS)}")

@@ -50,8 +50,7 @@ from omax.engine.rotary import interleave_perm, rotary_tables
 from omax.engine.weights import Q4Blocks
 from omax.errors import EngineError
 
-QUANTS = ("int4", "int8", "bf16")
-BUILD_QUANTS = ("none", *QUANTS)
+QUANTS = ("none", "int4", "int8", "bf16")  # "none": dense fp32, exact
 
 __all__ = ["GROUP", "QUANTS", "FastBuilder", "FastDecoder", "Layer", "Lin", "Rows", "refine_top"]
 
@@ -301,8 +300,8 @@ class FastBuilder:
         max_pos: int | None = None,
     ):
         """``max_pos``: positions the rotary tables cover (default: the config's)."""
-        if quant not in BUILD_QUANTS:
-            raise EngineError(f"unknown fast quant {quant!r}; use one of {BUILD_QUANTS}")
+        if quant not in QUANTS:
+            raise EngineError(f"unknown fast quant {quant!r}; use one of {QUANTS}")
         quant = device_quant(quant, device)
         self.cfg = hf_config
         self.arch = arch_of(hf_config.to_dict())

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from omax.engine.fastpath import BUILD_QUANTS, FastDecoder, Rows, window_mask
+from omax.engine.fastpath import FastDecoder, Rows, window_mask
 from omax.errors import EngineError
 
 
@@ -299,9 +299,6 @@ class FastRunner:
         lasts = [r + n - 1 for r, n, _ in parts[1 if b else 0 :]]
         logits = self.fast.logits(torch.cat([h[:b], h[lasts]]), Rows(head) if pins else None)
         return (logits[:b] if b else None), list(logits[b:])
-
-
-QUANTS = BUILD_QUANTS
 
 
 def is_fast(model: object) -> bool:

@@ -244,6 +244,17 @@ def dequantize(raw: RawTensor, dtype: torch.dtype) -> torch.Tensor:
     return values.reshape(raw.shape).to(dtype)
 
 
+# transformers model type -> the architecture name llama.cpp writes (and gguf's tables use)
+GGUF_ARCH = {
+    "cohere": "command-r",
+    "mistral": "llama",
+    "qwen2_moe": "qwen2moe",
+    "qwen3_moe": "qwen3moe",
+    "gemma3_text": "gemma3",
+    "gpt_oss": "gpt-oss",
+}
+
+
 def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
     """gguf tensor name -> HF parameter name for ``model`` (may live on the meta device).
 
@@ -253,15 +264,7 @@ def gguf_name_map(model: torch.nn.Module, model_type: str) -> dict[str, str]:
     """
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
 
-    aliases = {
-        "cohere": "command-r",
-        "mistral": "llama",
-        "qwen2_moe": "qwen2moe",
-        "qwen3_moe": "qwen3moe",
-        "gemma3_text": "gemma3",
-        "gpt_oss": "gpt-oss",
-    }
-    gguf_type = aliases.get(model_type, model_type)
+    gguf_type = GGUF_ARCH.get(model_type, model_type)
     arch = next((k for k, v in MODEL_ARCH_NAMES.items() if v == gguf_type), None)
     if arch is None:
         raise EngineError(f"gguf has no architecture named {gguf_type!r}")
@@ -283,9 +286,10 @@ def _processor(config: dict[str, Any]):
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     model_type = config.get("model_type", "")
-    # transformers names gemma3's text model gemma3_text; its GGUF processor is "gemma3"
-    gguf_type = {"mistral": "llama", "gemma3_text": "gemma3"}.get(model_type, model_type)
-    cls = TENSOR_PROCESSORS.get(gguf_type, TensorProcessor)
+    # transformers keys its processors by either spelling ("gpt_oss", "qwen2moe")
+    cls = TENSOR_PROCESSORS.get(model_type) or TENSOR_PROCESSORS.get(
+        GGUF_ARCH.get(model_type, model_type), TensorProcessor
+    )
     return cls(config=config)
 
 

@@ -29,7 +29,9 @@ FAMILIES = {
 }
 
 
-def tiny(model_type: str):
+def tiny(model_type: str, options: dict | None = None):
+    """A tiny random model of ``model_type`` with config ``options`` (default: the
+    family's in ``FAMILIES``), norms and biases moved off their initial values."""
     import transformers
 
     cfg = transformers.AutoConfig.for_model(
@@ -44,7 +46,7 @@ def tiny(model_type: str):
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        **FAMILIES[model_type],
+        **(FAMILIES[model_type] if options is None else options),
     )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()

@@ -21,6 +21,7 @@ from omax.engine.runner import FastRunner
 from omax.engine.spec import ModelSpec
 
 from .conftest import state_dict_raw
+from .test_arch import tiny
 
 WINDOW = 8
 # (id, model_type, config beyond the shared tiny shape)
@@ -66,33 +67,6 @@ def built():
     return native.build()
 
 
-def tiny(model_type: str, extra: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    cfg = AutoConfig.for_model(
-        model_type,
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        initializer_range=0.2,
-        **extra,
-    )
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def load(smollm2_spec):
     """``load(family, quant)``: the family's ``FastDecoder``, built once per module.
@@ -103,7 +77,7 @@ def load(smollm2_spec):
     def get(family: tuple, quant: str):
         name, model_type, extra = family
         if (name, quant) not in cache:
-            model = tiny(model_type, extra)
+            model = tiny(model_type, {"initializer_range": 0.2, **extra})  # peaked attention
             if quant == "exact":
                 model = model.to(torch.bfloat16).to(torch.float32)
             spec = ModelSpec(
