@@ -85,29 +85,30 @@ def render(state: dict[str, Any], now: float) -> str:
                 ],
             )
         )
-        loaded = []
-        for m in w.get("loaded", ()):
-            expires = m.get("expires_at", -1)
-            until = "forever" if expires < 0 else f"in {max(0, expires - now):.0f} s"
-            state_word = "ready" if m.get("ready") else "loading"
-            loaded.append(
-                [
-                    html.escape(m["name"]),
-                    m["slot"],
-                    fmt_bytes(m["memory"]),
-                    str(m.get("in_flight", 0)),
-                    state_word,
-                    until,
-                ]
-            )
         parts.append(
             "<b>loaded models</b>"
-            + _table(["model", "slot", "memory", "requests", "state", "unloads"], loaded)
+            + _table(
+                ["model", "slot", "memory", "requests", "state", "unloads"],
+                [_loaded_row(m, now) for m in w.get("loaded", ())],
+            )
         )
     return (
         "<!doctype html><html><head><meta http-equiv=refresh content=2>"
         f"<title>omax</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
     )
+
+
+def _loaded_row(m: dict[str, Any], now: float) -> list[str]:
+    expires = m.get("expires_at", -1)
+    until = "forever" if expires < 0 else f"in {max(0, expires - now):.0f} s"
+    return [
+        html.escape(m["name"]),
+        m["slot"],
+        fmt_bytes(m["memory"]),
+        str(m.get("in_flight", 0)),
+        "ready" if m.get("ready") else "loading",
+        until,
+    ]
 
 
 class OmaxPage(web.RequestHandler):

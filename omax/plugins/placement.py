@@ -13,7 +13,8 @@
    choice needing the fewest, oldest evictions wins;
 4. otherwise it refuses and says why, in numbers.
 
-Runs in O(slots + loaded models) per decision.
+Runs in O(slots + loaded models) per decision. What a model needs comes from
+``omax.plugins.memory``.
 """
 
 from __future__ import annotations
@@ -127,14 +128,3 @@ def _evictions(here: list[Loaded], free: int, need: Need) -> list[Loaded] | None
 def expired(loaded: Iterable[Loaded], now: float) -> list[Loaded]:
     """Loaded models whose keep_alive has run out and that serve no request."""
     return [m for m in loaded if m.in_flight == 0 and m.ready and m.expires_at <= now]
-
-
-def estimate_memory(config: dict, weight_bytes: int, num_ctx: int, dtype_bytes: int = 4) -> int:
-    """Bytes a model needs loaded: dequantised weights plus its KV cache for num_ctx."""
-    layers = int(config.get("num_hidden_layers", 0) or 0)
-    hidden = int(config.get("hidden_size", 0) or 0)
-    heads = int(config.get("num_attention_heads", 1) or 1)
-    kv_heads = int(config.get("num_key_value_heads", heads) or heads)
-    head_dim = int(config.get("head_dim", 0) or (hidden // heads if heads else 0))
-    kv = 2 * layers * kv_heads * head_dim * num_ctx * dtype_bytes
-    return int(weight_bytes + kv)

@@ -38,7 +38,7 @@ from distributed.worker import Worker
 import omax.engine.actor  # noqa: F401
 import omax.plugins.source  # noqa: F401
 from omax.config import settings, worker_store_path
-from omax.errors import BlobNotFound
+from omax.errors import BlobNotFound, from_wire, is_wire_error, to_wire
 from omax.plugins.replicas import LocalReplicas
 from omax.plugins.slots import detect_slots
 from omax.sharding.replication import BadSource
@@ -117,13 +117,14 @@ class OmaxWorkerPlugin(WorkerPlugin):
         """Send a local blob on ``comm``: ``{"data": piece}`` messages, then ``{"end": n}``.
 
         The next piece is read from disk while the current one is being sent. A blob
-        this worker lacks answers ``{"error": ...}``. The comm stays usable afterwards.
+        this worker lacks answers ``to_wire(BlobNotFound(...))``. The comm stays usable afterwards.
         """
         assert self.replicas is not None
         try:
             f = await asyncio.to_thread(self.replicas.open_blob, digest)
         except (OSError, ValueError) as err:
-            await comm.write({"error": f"blob {digest} is not on this worker: {err}"})
+            missing = BlobNotFound(f"blob {digest} is not on this worker: {err}")
+            await comm.write(to_wire(missing))
             return Status.dont_reply
         sent = 0
         try:
@@ -199,7 +200,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
                 elif "end" in msg:
                     break
                 else:
-                    raise BlobNotFound(str(msg.get("error", msg)))
+                    raise from_wire(msg if is_wire_error(msg) else str(msg), BlobNotFound)
         except BaseException:
             comm.abort()  # mid-stream: the comm cannot be reused
             raise

@@ -12,7 +12,7 @@ from typing import Any
 
 from distributed import Client
 
-from omax.errors import ModelNotFound, OmaxError
+from omax.errors import from_wire, is_wire_error
 from omax.sharding.catalog import Catalog, CatalogEntry
 
 
@@ -25,12 +25,8 @@ class SchedulerCatalog(Catalog):
     def _call(self, handler: str, **kwargs: Any) -> dict[str, Any]:
         rpc = getattr(self._client.scheduler, handler)
         reply = asyncio.run_coroutine_threadsafe(rpc(**kwargs), self._loop).result()
-        if "error" in reply:
-            if reply.get("status") == 404:
-                raise ModelNotFound(kwargs.get("name", ""))
-            err = OmaxError(reply["error"])
-            err.status = reply.get("status", 500)
-            raise err
+        if is_wire_error(reply):
+            raise from_wire(reply)  # its own type: ModelNotFound, CatalogConflict, ...
         return reply
 
     def set(self, name: str, digest: str, size: int) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 from distributed import Client
 
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
-from omax.errors import EngineDead, ModelNotFound, OmaxError, ServerBusy
+from omax.errors import EngineDead, ModelNotFound, ServerBusy, from_wire, is_wire_error
 from omax.serve import catalog_view
 from omax.serve.actors import ActorHandle
 from omax.serve.catalog_rpc import SchedulerCatalog
@@ -93,10 +93,8 @@ class ClusterRuntime:
         reply = await self.client.scheduler.omax_ensure(
             name=name, digest=digest, num_ctx=num_ctx, keep_alive=keep_alive
         )
-        if "error" in reply:
-            err = OmaxError(reply["error"])
-            err.status = reply.get("status", 500)
-            raise err
+        if is_wire_error(reply):
+            raise from_wire(reply)
         return [ActorHandle(self.client, a["worker"], a["key"]) for a in reply["actors"]]
 
     async def _choose(
@@ -303,8 +301,8 @@ class ClusterRuntime:
                             f"replicating to {w['address']}", digest, r["total"], r["completed"]
                         )
         reply = job.result()
-        if "error" in reply:
-            raise OmaxError(f"replicating {name}: {reply['error']}")
+        if is_wire_error(reply):
+            raise from_wire({**reply, "error": f"replicating {name}: {reply['error']}"})
         yield Progress("success")
 
     async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from omax import __version__
 from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
-from omax.errors import EngineError, InvalidRequest
+from omax.errors import InvalidRequest
 from omax.serve import convert
 from omax.serve.runtime import CreateRequest, Progress
 from omax.serve.schemas import (
@@ -40,7 +40,7 @@ from omax.serve.service import (
     runtime_of,
     start,
 )
-from omax.serve.streaming import collect, ndjson_response, prime
+from omax.serve.streaming import collect, ndjson_response, prime, raise_for_chunk
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -68,8 +68,7 @@ def _tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
 
 
 def _line(model: str, chunk: GenerateChunk, chat: bool) -> dict[str, Any]:
-    if chunk.error:
-        raise EngineError(chunk.error)
+    raise_for_chunk(chunk)
     line: dict[str, Any] = {"model": model, "created_at": now()}
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": chunk.text}
@@ -93,8 +92,7 @@ def _line(model: str, chunk: GenerateChunk, chat: bool) -> dict[str, Any]:
 
 def _join(model: str, chunks: list[GenerateChunk], chat: bool) -> dict[str, Any]:
     for chunk in chunks:
-        if chunk.error:
-            raise EngineError(chunk.error)
+        raise_for_chunk(chunk)
     last = (
         chunks[-1] if chunks and chunks[-1].done else GenerateChunk(done=True, done_reason="stop")
     )

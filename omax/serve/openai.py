@@ -19,11 +19,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from omax.engine.request import GenerateChunk, Metrics, ToolCall
-from omax.errors import EngineError, ModelNotFound
+from omax.errors import ModelNotFound
 from omax.serve import convert
 from omax.serve.schemas import OpenAIChatBody, OpenAICompletionBody, OpenAIEmbeddingsBody
 from omax.serve.service import count_tokens, finish_reason, read, runtime_of, start
-from omax.serve.streaming import collect, sse_response
+from omax.serve.streaming import collect, raise_for_chunk, sse_response
 
 FINGERPRINT = "fp_omax"
 
@@ -74,8 +74,7 @@ async def chat_completions(request: Request) -> Response:
 
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
             nonlocal seen_tools
-            if chunk.error:
-                raise EngineError(chunk.error)
+            raise_for_chunk(chunk)
             count_tokens(request, req.model, chunk)
             delta: dict[str, Any] = {"role": "assistant", "content": chunk.text}
             if chunk.thinking:
@@ -128,8 +127,8 @@ async def _collect_all(
 ) -> tuple[list[GenerateChunk], GenerateChunk]:
     """Every chunk of a non-streamed generation, and its last; an error chunk raises."""
     chunks = await collect(primed)
-    if any(c.error for c in chunks):
-        raise EngineError(next(c.error for c in chunks if c.error))
+    for c in chunks:
+        raise_for_chunk(c)
     last = chunks[-1] if chunks else GenerateChunk(done=True)
     count_tokens(request, model, last)
     return chunks, last
@@ -145,8 +144,7 @@ async def completions(request: Request) -> Response:
     if body.stream:
 
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
-            if chunk.error:
-                raise EngineError(chunk.error)
+            raise_for_chunk(chunk)
             count_tokens(request, req.model, chunk)
             reason = finish_reason(chunk, False) if chunk.done else None
             choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": reason}

@@ -3,7 +3,10 @@
 ``prime`` pulls the first item before any byte is sent, so an error the runtime
 raises up front (unknown model, queue full) still becomes a proper HTTP status.
 After that the status is 200 and a failure is one more line: ``{"error": ...}`` on
-NDJSON, ``data: {"error": {...}}`` on SSE.
+NDJSON, ``data: {"error": {...}}`` on SSE. A chunk that carries an error (its
+``error``: ``omax.errors.to_wire``'s form, or a bare message meaning an
+``EngineError``) is raised by ``raise_for_chunk`` in the renderers, so it ends the
+stream the same way.
 
 Invariant: the runtime's iterator is always closed, whether the stream ends, fails
 or the client disconnects; closing it is what cancels the generation on the actor.
@@ -24,6 +27,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from omax.errors import EngineError, from_wire
 from omax.serve.errors import error_body, stream_error_message
 
 T = TypeVar("T")
@@ -205,5 +209,7 @@ def sse_response(
     )
 
 
-def render_json(obj: dict[str, Any]) -> bytes:
-    return _ndjson(obj)[:-1]
+def raise_for_chunk(chunk: Any) -> None:
+    """Raise the error a generation's chunk carries, with its type; nothing if none."""
+    if chunk.error:
+        raise from_wire(chunk.error, EngineError)

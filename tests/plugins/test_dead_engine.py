@@ -70,7 +70,7 @@ async def _with_cluster(tmp, scenario):
 
 
 def test_a_failed_step_unloads_the_model_and_the_next_request_loads_it_afresh(store_dir, caplog):
-    caplog.set_level(logging.ERROR, logger="omax.plugins.scheduler")
+    caplog.set_level(logging.ERROR, logger="omax.plugins.lifecycle")
 
     async def scenario(runtime):
         transport = httpx.ASGITransport(app=build_app(runtime))
@@ -98,7 +98,7 @@ def test_a_failed_step_unloads_the_model_and_the_next_request_loads_it_afresh(st
     [report] = cluster["failed"]
     assert report["name"] == "tiny:latest" and report["worker"] == before["worker"]
     assert FAULT_KEY in report["reason"]
-    [line] = [r for r in caplog.records if r.name == "omax.plugins.scheduler"]
+    [line] = [r for r in caplog.records if r.name == "omax.plugins.lifecycle"]
     assert "tiny:latest" in line.getMessage() and before["worker"] in line.getMessage()
     assert FAULT_KEY in line.getMessage()
     # the next request is served by a fresh actor, and says what the first one said

@@ -1,8 +1,8 @@
 """Disk budgets in the replication policy, and the saved wanted counts: plain data."""
 
 from omax.plugins.replication_plan import Drop, Job, budgets, plan, plan_evictions
-from omax.plugins.scheduler import read_wanted, write_wanted
 from omax.plugins.state import Replica, WorkerInfo
+from omax.sharding.wanted import read_wanted, write_wanted
 
 A, B, C = ("sha256:" + c * 64 for c in "abc")
 

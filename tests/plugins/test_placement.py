@@ -3,7 +3,8 @@
 import random
 import time
 
-from omax.plugins.placement import Need, Place, Refuse, estimate_memory, expired, place
+from omax.plugins.memory import estimate_memory
+from omax.plugins.placement import Need, Place, Refuse, expired, place
 from omax.plugins.state import Loaded, Replica, Slot, WorkerInfo
 
 GiB = 2**30

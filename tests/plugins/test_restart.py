@@ -42,7 +42,7 @@ def test_registry_is_rebuilt_from_worker_reports(tmp_path):
         deadline = time.time() + 10
         while time.time() < deadline and not _logged(worker, "omax.plugins.replicas", "complete"):
             time.sleep(0.1)
-        assert _logged(sched, "omax.plugins.scheduler", "replicating"), tail(sched)
+        assert _logged(sched, "omax.plugins.replicator", "replicating"), tail(sched)
         assert _logged(worker, "omax.plugins.replicas", "complete"), tail(worker)
     finally:
         stop(worker, sched)

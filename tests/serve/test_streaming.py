@@ -97,3 +97,19 @@ def test_coroutine_returning_an_iterator_is_accepted():
         return primed.first
 
     assert asyncio.run(main()) == {"i": 0}
+
+
+def test_a_chunk_carrying_an_error_raises_it_with_its_type():
+    import pytest
+
+    from omax.engine.request import GenerateChunk
+    from omax.errors import EngineDead, EngineError, to_wire
+    from omax.serve.streaming import raise_for_chunk
+
+    raise_for_chunk(GenerateChunk(text="fine"))
+    with pytest.raises(EngineError, match="engine step failed") as bare:
+        raise_for_chunk(GenerateChunk(done=True, done_reason="error", error="engine step failed"))
+    assert type(bare.value) is EngineError and bare.value.status == 500
+    wired = GenerateChunk(done=True, done_reason="error", error=to_wire(EngineDead("gone")))  # type: ignore[arg-type]
+    with pytest.raises(EngineDead, match="gone"):
+        raise_for_chunk(wired)

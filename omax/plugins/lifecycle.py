@@ -1,0 +1,296 @@
+"""Model lifecycle: place, load, unload and reap ModelActors.
+
+``ensure`` returns the ready actors of a model, loading one when there is none (or
+one more in the background while fewer than ``omax.engine.loaded-replicas`` run).
+A load reads the manifest, estimates the memory (``omax.plugins.memory``), asks the
+pure ``placement.place`` where it goes, unloads what the decision evicts, has the
+replica fetched there (``Replicator.fetch``), then starts a ModelActor pinned to that
+worker and waits for its weights. Only one load per model runs at a time.
+
+The actor lives as long as this module holds its future (``futures``): Dask does not
+hold resources for an actor's lifetime, so the slot's memory is accounted in the
+registry's ``Loaded`` entry. Every way out goes through ``unload``: the keep-alive
+reaper (idle models whose keep_alive ran out), an explicit unload, eviction by a
+later placement, and a front door's report that the actor's engine died
+(``actor_failed``: logged once at ERROR, kept in ``failed``, the last 100).
+
+Requests in flight are counted from the front doors' ``touch`` calls (+1/-1); a
+model with requests in flight is never reaped nor evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from distributed import Client
+
+from omax.config import Settings
+from omax.errors import OmaxError, PlacementRefused, to_wire
+from omax.plugins import placement
+from omax.plugins.memory import model_memory
+from omax.plugins.registry import Registry
+from omax.plugins.replicator import Replicator
+from omax.plugins.state import Loaded
+from omax.plugins.tasks import Tasks
+from omax.sharding.catalog import normalize_name
+
+logger = logging.getLogger(__name__)
+
+PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}  # omax.engine.prefix-cache -> Engine
+CLOSE_TIMEOUT_S = 10
+REAP_EVERY_S = 0.5
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        cfg: Settings,
+        registry: Registry,
+        tasks: Tasks,
+        replicator: Replicator,
+        rpc: Callable[[str], Any],
+        settle: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.tasks = tasks
+        self.replicator = replicator
+        self.rpc = rpc  # worker address -> its RPC proxy
+        self.settle = settle  # waits for joining workers' state, before a decision
+        self.address = ""  # the scheduler's, for the client that starts actors
+        self.futures: dict[str, Any] = {}  # actor key -> Future keeping the actor alive
+        self.loading: dict[str, asyncio.Task] = {}  # digest -> load in progress
+        self.failed: tuple[dict[str, Any], ...] = ()  # dead engines reported, the last 100
+        self._client: Client | None = None
+
+    async def close(self) -> None:
+        self.futures.clear()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # ---- ensure and load ----------------------------------------------------------
+
+    async def ensure(
+        self, name: str, digest: str, num_ctx: int = 4096, keep_alive: float | None = None
+    ) -> dict[str, Any]:
+        """The ready actors serving ``digest``, loading one when there is none.
+
+        Answers ``{"actors": [{"worker", "key"}...]}`` or ``to_wire``'s error.
+        """
+        try:
+            name = normalize_name(name)
+            ready = self.registry.ready(digest)
+            if not ready:
+                await self.settle()
+                await asyncio.shield(self.start_load(name, digest, num_ctx, keep_alive))
+                ready = self.registry.ready(digest)
+            elif len(ready) < self.cfg.loaded_replicas and digest not in self.loading:
+                # more copies wanted: load one more in the background, serve from these
+                self.start_load(name, digest, num_ctx, keep_alive, quiet=True)
+            if keep_alive is not None:
+                now = time.time()
+                for m in ready:
+                    self.registry.touch(m.key, now, keep_alive)
+            return {"actors": [{"worker": m.worker, "key": m.key} for m in ready]}
+        except OmaxError as e:
+            return to_wire(e)
+        except Exception as e:
+            logger.exception("loading %s failed", name)
+            return to_wire(OmaxError(f"failed to load model '{name}': {e}"))
+
+    def start_load(
+        self, name: str, digest: str, num_ctx: int, keep_alive: float | None, quiet: bool = False
+    ) -> asyncio.Task:
+        """The one load in progress for ``digest``, started if there is none.
+
+        Its failure is answered to whoever awaits it (``ensure``); the log has it at
+        DEBUG, or at INFO for an extra copy nobody awaits (``quiet``).
+        """
+        pending = self.loading.get(digest)
+        if pending is None:
+            what = "an extra copy of" if quiet else "loading"
+            pending = self.tasks.spawn(
+                self._load(name, digest, num_ctx, keep_alive),
+                name=f"omax: {what} {name}",
+                level=logging.INFO if quiet else logging.DEBUG,
+            )
+            self.loading = {**self.loading, digest: pending}
+            pending.add_done_callback(functools.partial(self._load_done, digest))
+        return pending
+
+    def _load_done(self, digest: str, task: asyncio.Task) -> None:
+        if self.loading.get(digest) is task:
+            self.loading = {d: t for d, t in self.loading.items() if d != digest}
+
+    async def _load(self, name: str, digest: str, num_ctx: int, keep_alive: float | None) -> None:
+        from omax.sharding.blobs import BlobStore
+        from omax.sharding.manifest import Manifest
+
+        raw = await asyncio.to_thread(BlobStore(self.cfg.store_url).get, digest)
+        manifest = Manifest.from_json(raw)
+        need = placement.Need(
+            digest=digest,
+            name=name,
+            memory=model_memory(manifest, num_ctx, self.cfg.engine_dtype),
+            max_loaded_per_slot=self.cfg.max_loaded_per_slot,
+        )
+        reg = self.registry
+        decision = placement.place(reg.workers.values(), list(reg.loaded.values()), need)
+        if isinstance(decision, placement.Refuse):
+            raise PlacementRefused(decision.reason)
+        spot = (digest, decision.worker)
+        reg.placing = reg.placing | {spot}  # eviction leaves this replica alone
+        try:
+            for key in decision.evict:
+                await self.unload_key(key)
+            await self.replicator.fetch(digest, decision.worker)
+            reg.note_use(digest, decision.worker, time.time())
+            entry = Loaded(
+                key=f"omax-model-{uuid.uuid4().hex[:12]}",
+                name=name,
+                digest=digest,
+                worker=decision.worker,
+                slot=decision.slot,
+                memory=need.memory,
+                num_ctx=num_ctx,
+                last_used=time.time(),
+                keep_alive=self.cfg.keep_alive if keep_alive is None else keep_alive,
+            )
+            await self._start_actor(entry)
+        finally:
+            reg.placing = reg.placing - {spot}
+
+    async def _start_actor(self, entry: Loaded) -> None:
+        """Start the ModelActor ``entry`` describes and wait until its weights loaded."""
+        client = await self._get_client()
+        ModelActor, local_source = await asyncio.to_thread(_actor_parts)
+        key = entry.key
+        self.registry.add_loaded(entry)
+        try:
+            future = client.submit(
+                ModelActor,
+                entry.digest,
+                load_source=functools.partial(local_source, entry.digest),
+                device=entry.slot,
+                dtype=self.cfg.engine_dtype,
+                engine_options={
+                    "quant": self.cfg.engine_quant,
+                    "prefix_rows": PREFIX_ROWS[self.cfg.prefix_cache],
+                },
+                actor=True,
+                workers=[entry.worker],
+                allow_other_workers=False,
+                pure=False,
+                key=key,
+            )
+            self.futures[key] = future
+            actor = await future
+            await actor.load()
+        except BaseException:
+            self.registry.drop_loaded(key)
+            self.futures.pop(key, None)
+            raise
+        if self.registry.mark_ready(key, time.time()) is not None:
+            logger.info("loaded %s on %s (%s)", entry.name, entry.worker, entry.slot)
+
+    def replace(self, models: tuple[Loaded, ...]) -> None:
+        """Load again, elsewhere, the ready models a leaving worker ran and still wanted."""
+        now = time.time()
+        for m in {m.digest: m for m in models if m.ready and m.expires_at > now}.values():
+            self.tasks.spawn(self._replace(m), name=f"omax: re-place {m.name}")
+
+    async def _replace(self, m: Loaded) -> None:
+        reply = await self.ensure(m.name, m.digest, m.num_ctx, m.keep_alive)
+        if "error" in reply:
+            logger.warning("re-placing %s failed: %s", m.name, reply["error"])
+
+    # ---- use and unload -----------------------------------------------------------
+
+    def touch(self, key: str, delta: int = 0, keep_alive: float | None = None) -> bool:
+        """Note a request starting (delta=1) or ending (delta=-1) on an actor."""
+        return self.registry.touch(key, time.time(), keep_alive, delta)
+
+    def forget(self, key: str) -> None:
+        """The actor ``key`` is gone with its worker: release its future."""
+        self.futures.pop(key, None)
+
+    async def unload(self, digest: str = "", key: str = "") -> int:
+        """Unload actor ``key``, or every actor of ``digest``; return how many."""
+        loaded = self.registry.loaded
+        keys = [k for k, m in loaded.items() if (key and k == key) or m.digest == digest]
+        for k in keys:
+            await self.unload_key(k)
+        return len(keys)
+
+    async def actor_failed(self, key: str, reason: str = "") -> bool:
+        """A front door found actor ``key`` dead (``reason``: its engine's cause, or
+        why it was unreachable): log it, keep the report and unload the actor. False
+        when ``key`` is not loaded (unloaded already, or reported by another first)."""
+        m = self.registry.loaded.get(key)
+        if m is None:
+            return False
+        logger.error(
+            "model %s failed on %s (%s) and is unloaded: %s", m.name, m.worker, m.slot, reason
+        )
+        report = {
+            "name": m.name,
+            "digest": m.digest,
+            "worker": m.worker,
+            "slot": m.slot,
+            "reason": reason,
+            "time": time.time(),
+        }
+        self.failed = (*self.failed[-99:], report)
+        await self.unload_key(key)  # leaves the registry before its first await
+        return True
+
+    async def unload_key(self, key: str) -> None:
+        """The one way an actor ends: out of the registry first, then closed and released."""
+        m = self.registry.drop_loaded(key)
+        future = self.futures.pop(key, None)
+        if m is not None:
+            try:  # stop its batching thread and free its memory before releasing it
+                call = self.rpc(m.worker).actor_execute(
+                    actor=key, function="close", args=(), kwargs={}
+                )
+                await asyncio.wait_for(call, CLOSE_TIMEOUT_S)
+            except Exception as e:
+                logger.debug("closing actor %s: %s", key, e)
+        if future is not None:
+            try:
+                await future.cancel()  # releases the actor on its worker
+            except Exception:
+                pass
+        if m is not None:
+            self.registry.note_use(m.digest, m.worker, m.last_used)
+            logger.info("unloaded %s from %s", m.name, m.worker)
+
+    async def reap_forever(self) -> None:
+        """Unload idle models whose keep_alive ran out."""
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            for m in placement.expired(self.registry.loaded.values(), time.time()):
+                await self.unload_key(m.key)
+
+    async def _get_client(self) -> Client:
+        if self._client is None:
+            self._client = await Client(
+                self.address, asynchronous=True, name="omax-scheduler-plugin"
+            )
+        return self._client
+
+
+def _actor_parts() -> tuple[Any, Any]:
+    """The actor class and its weights hook, imported in a thread: the hook's module
+    imports zarr, which would hold this scheduler's event loop up the first time."""
+    from omax.engine.actor import ModelActor
+    from omax.plugins.source import local_source
+
+    return ModelActor, local_source
