@@ -13,26 +13,26 @@ biases, embedding scale, soft-capping, activation, sliding windows, rotary table
 * ``F.rms_norm`` (gemma's ``1 + w`` baked into the weights at load), SDPA (decode
   folds the query heads of each KV head into query rows: no GQA expansion; gemma2's
   soft-capped scores take an explicit softmax) and in-place residual adds;
-* weight-only int4 linears that run GGUF's own 4-bit blocks, int8 linears
-  (``aten._weight_int8pack_mm``, per-output-row scales) with bf16 activations, dense
-  linears in the activation dtype, or (quant "none") dense fp32 weights and
-  activations: exact generation, token for token what transformers computes.
+* weight-only int4 linears that run GGUF's own 4-bit blocks and int8 linears
+  (``aten._weight_int8pack_mm``, per-output-row scales) with bf16 activations and no
+  dense copy (``Lin``), or (quant "none") dense fp32 weights and activations: exact
+  generation, token for token what transformers computes.
 
 Weights are built tensor by tensor while the store streams them (``FastBuilder``), so
 loading holds the quantised model plus at most one layer of dense weights.
 
 Batch invariance. The packed kernels are row-invariant (a row's result does not depend
-on how many rows the call has); the dense matmul is not (its sums follow the row
-count), the kernel a linear takes follows the pass's row count (``Lin.SMALL``), and
-batched decode attention pads keys to the longest row. So the rows a caller pins
-(``Rows``: a seeded request's) take kernels fixed by their role, decode rows the packed
-one and each prompt segment a dense call of exactly its own rows, and the runner gives
-each pinned decode row its own unpadded attention: such a request computes the same
-bits alone and in any batch. The other rows keep the fastest kernels for the batch.
-Where the native decode step runs (``omax.engine.native``: every family here, on a CPU
-with bf16 activations), decode rows take it, pinned or not: its kernels compute each
-row alike for any row count, and a pass with a pinned row keeps its int8 kernel past
-the rows where it would switch to bf16.
+on how many rows the call has); a dense matmul is not (its sums follow the row count:
+quant "none", and the rare ``Lin`` that keeps a dense copy, takes one past
+``Lin.SMALL`` rows), and batched decode attention pads keys to the longest row. So the
+rows a caller pins (``Rows``: a seeded request's) take kernels fixed by their role,
+decode rows the packed one and each prompt segment a dense call of exactly its own
+rows, and the runner gives each pinned decode row its own unpadded attention: such a
+request computes the same bits alone and in any batch. Where the native decode step
+runs (``omax.engine.native``: every family here, on a CPU with bf16 activations),
+decode rows take it, pinned or not: its kernels compute each row alike for any row
+count, and a pass with a pinned row keeps its int8 kernel past the rows where it would
+switch to its many-row one.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from omax.engine.arch import Arch, arch_of
 from omax.engine.linear import GROUP, Lin, Rows, refine_top
 from omax.engine.rotary import interleave_perm, rotary_tables
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
 
 QUANTS = ("none", "int4", "int8", "bf16")  # "none": dense fp32, exact
@@ -319,14 +319,18 @@ class FastBuilder:
         self.qkv_perm = torch.cat([qk, v])  # rotate-half rows -> interleaved, per head
         self.head_perm = perm
 
-    def _lin(self, w: torch.Tensor | Q4Blocks, dense: bool = True) -> Lin:
-        """``dense=False``: keep no bf16 copy (``Lin``), for the embedding and head."""
+    def _lin(self, w: torch.Tensor | Q4Blocks | BlockRows, lookups: bool = False) -> Lin:
+        """``lookups``: rows are read too (the embedding and head; see ``Lin``)."""
         quant = "none" if self.quant in ("bf16", "none") else self.quant
+        if isinstance(w, BlockRows) and (quant == "none" or self.device.type != "cpu"):
+            w = w.dequantize()
+        if isinstance(w, BlockRows):
+            return Lin(w, quant, self.act, lookups=lookups)  # int8, chunk by chunk
         if isinstance(w, Q4Blocks):
             w = w.map_rows(lambda t: t.to(self.device))
         else:
             w = w.to(self.device)
-        return Lin(w, quant, self.act, dense=dense)
+        return Lin(w, quant, self.act, lookups=lookups)
 
     def _norm(self, w: torch.Tensor) -> torch.Tensor:
         return (w.float() + self.arch.norm_offset).to(self.device, self.act)
@@ -393,10 +397,10 @@ class FastBuilder:
         emb = self.other.get("model.embed_tokens.weight")
         if emb is None:
             raise EngineError("fast path: model.embed_tokens.weight missing")
-        embed = self._lin(emb, dense=False)
+        embed = self._lin(emb, lookups=True)
         head_w = self.other.get("lm_head.weight")
         tied = self.arch.tied or head_w is None
-        head = embed if tied or head_w is None else self._lin(head_w, dense=False)
+        head = embed if tied or head_w is None else self._lin(head_w, lookups=True)
         norm = self.other.get("model.norm.weight")
         if norm is None:
             raise EngineError("fast path: model.norm.weight missing")

@@ -13,38 +13,42 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
 
 GROUP = 32
 
 
 class Lin:
-    """``x [R, K] -> x @ W.T [R, N]`` through the fastest kernel for ``R``.
+    """``x [R, K] -> x @ W.T [R, N]`` through torch's packed int4 or int8 kernel.
 
     ``quant`` "int4" repacks 4-bit GGUF blocks (``Q4Blocks``: Q4_0, Q4_1, Q4_K) for
     ``_weight_int4pack_mm_for_cpu`` exactly: the kernel computes ``(q - 8) * scale +
     zero`` per group of 32, so ``scale = d`` and ``zero = low + 8 d``. A weight that is
     not 4-bit blocks is never re-quantised to 4 bits (that loses accuracy the source did
     not have): it takes "int8" instead, per-output-row symmetric for
-    ``_weight_int8pack_mm``. One-stream decode is memory bound, so these kernels, which
-    read the fewest bytes, win there. The packed kernels' cost grows with the rows while
-    a dense bf16 matmul stays memory bound, so batches of more than ``SMALL[quant]``
-    rows take ``dense``, a bf16 copy of the same weights. Crossovers measured over 30
-    distinct 3072x576 weights (not cache resident, as in a model), 2 threads: int4
-    77/275/504 us at 1/8/16 rows, int8 214/487/781, dense 297/416/429.
+    ``_weight_int8pack_mm``. "none" keeps the weight dense in the activation dtype.
 
-    With ``dense=False`` (the embedding and the head: the largest tensors, which see
-    few rows a pass) no bf16 copy is kept: every call takes the packed kernel, and
-    embedding lookups and ``refine_top`` read rows straight from the quantised weight.
-    ``dense`` is then made on first use only (the native decode step asks for it).
+    A packed weight keeps no dense copy: the model stays about the size of its GGUF
+    (the issue's memory target), every call of any row count takes the packed kernel
+    (row-invariant: a seeded row's bits do not follow the batch), and embedding lookups
+    and ``refine_top`` read rows straight from the packed weight. The one exception is
+    a ``lookups`` weight (the embedding and the head) in int4 whose rows are not a
+    multiple of 64, the block ``int4_rows`` reads: it keeps a bf16 copy for its lookups
+    and for batches of more than ``SMALL`` rows. The packed kernels cost more per row
+    than a dense matmul past a few rows, so prompts prefill slower than from a dense
+    copy would (benchmarks/RESULTS.md); the native step has many-row kernels of its own.
     """
 
     __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only")
     SMALL = {"int4": 8, "int8": 4}
 
     def __init__(
-        self, w: torch.Tensor | Q4Blocks, quant: str, act: torch.dtype, dense: bool = True
+        self,
+        w: torch.Tensor | Q4Blocks | BlockRows,
+        quant: str,
+        act: torch.dtype,
+        lookups: bool = False,
     ) -> None:
         self.n, self.k = w.shape
         self.act = act
@@ -52,6 +56,8 @@ class Lin:
         self.s: torch.Tensor | None = None
         if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
             quant = "int8"  # torch's int4 packing takes output rows in multiples of 16
+        if quant not in ("int4", "int8", "none"):
+            raise EngineError(f"unknown quant {quant!r}")
         self.quant = quant
         if isinstance(w, Q4Blocks) and quant == "int4":
             if self.k % GROUP:
@@ -60,36 +66,31 @@ class Lin:
             sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
             self.s = sz.transpose(0, 1).contiguous().to(act)
         # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
-        self.packed_only = not dense and (quant == "int8" or (quant == "int4" and self.n % 64 == 0))
+        self.packed_only = quant == "int8" or (
+            quant == "int4" and (not lookups or self.n % 64 == 0)
+        )
         self.small = self.SMALL.get(quant, 0)
+        self._dense: torch.Tensor | None = None
         if self.packed_only and quant == "int4":
-            self._dense: torch.Tensor | None = None
             return
-        w = (w.dequantize() if isinstance(w, Q4Blocks) else w).float()
         if quant == "int8":
-            s = w.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
+            self.w, s = quantize_int8(w)
             self.s = s.to(act)
-            q8 = w.div(s[:, None]).round_()
-            self.w = q8.to(torch.int8)
-            if not self.packed_only:  # the dense copy holds the same weights
-                w = q8.mul_(self.s.float()[:, None])
-            del q8
-        elif quant not in ("int4", "none"):
-            raise EngineError(f"unknown quant {quant!r}")
-        self._dense = None if self.packed_only else w.to(act)
+            return
+        w = (w.dequantize() if isinstance(w, (Q4Blocks, BlockRows)) else w).float()
+        self._dense = w.to(act)  # "none", or the int4 lookups exception
 
     @property
-    def dense(self) -> torch.Tensor:
-        """The weight in the activation dtype (made on first use where not kept)."""
-        if self._dense is None:
-            self._dense = self.rows(torch.arange(self.n), self.act)
+    def dense(self) -> torch.Tensor | None:
+        """The weight in the activation dtype where one is kept (see the class)."""
         return self._dense
 
     def __call__(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         r = x.shape[0]
         if self.packed_only:  # row-invariant for any row count: pins need nothing more
             return self._packed(x)
-        dense = self.dense
+        dense = self._dense
+        assert dense is not None
         if rows is None:
             return self._packed(x) if self.w is not None and r <= self.small else F.linear(x, dense)
         packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
@@ -122,6 +123,29 @@ class Lin:
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.w, self.s, self._dense) if t is not None]
+
+
+def quantize_int8(
+    w: torch.Tensor | Q4Blocks | BlockRows, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` [N, K] as int8 codes and fp32 per-row scales (symmetric: ``|w|max / 127``).
+
+    Rows go ``chunk`` at a time, and a ``BlockRows`` source is decoded that way too: a
+    262k-row embedding (Gemma 3) never takes a full-size fp32 copy, only small ones
+    that stay in cache. ``w`` (the caller's) is not modified."""
+    if isinstance(w, Q4Blocks):
+        w = w.dequantize()
+    n = w.shape[0]
+    device = w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
+    codes = torch.empty(tuple(w.shape), dtype=torch.int8, device=device)
+    scales = torch.empty(n, dtype=torch.float32, device=device)
+    for first in range(0, n, chunk):
+        rows = w.rows(first, chunk) if isinstance(w, BlockRows) else w[first : first + chunk]
+        part = rows.float()
+        s = part.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
+        codes[first : first + chunk] = torch.div(part, s[:, None]).round_()
+        scales[first : first + chunk] = s
+    return codes, scales
 
 
 def int4_rows(w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ put in eval mode on the requested device.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -167,15 +168,25 @@ def load_fast(
     HF name map. Activations are bf16, or ``dtype`` under quant "none". ``max_ctx``
     bounds the positions the rotary tables cover (the model's own length by default).
     """
-    from accelerate import init_empty_weights
 
     from omax.engine.fastpath import FastBuilder
 
     start = time.perf_counter_ns()
+    # The tokenizer builds in Rust without the GIL (~1 s for Gemma 3's 262k-token
+    # vocabulary): beside the weights, not after them.
+    # transformers' lazy imports are not thread-safe: two threads importing it first
+    # at once fail ("cannot import name 'AutoConfig'"), so this thread imports first.
+    from transformers import AutoConfig, PreTrainedTokenizerFast  # noqa: F401
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, "omax-tokenizer")
+    tok = pool.submit(build_tokenizer, spec)
+    pool.shutdown(wait=False)
     dev = torch.device(device)
     act = weights.torch_dtype(dtype) if quant == "none" else torch.bfloat16
     config = build_config(spec)
-    with init_empty_weights(include_buffers=True):
+    # Every tensor straight on the meta device (accelerate's init_empty_weights makes
+    # each parameter on the CPU first: Gemma 3's embedding alone is 671 MB).
+    with torch.device("meta"):
         cls = _model_class(spec)
         make = cls.from_config if hasattr(cls, "from_config") else cls._from_config
         meta = make(config, dtype=torch.float32)
@@ -187,15 +198,33 @@ def load_fast(
         model=meta,
         dtype=torch.float32,
         keep_q4=builder.quant == "int4",  # the quant this device runs
+        row_sources=True,
     ):
         builder.add(name, t)
     del meta
     model = builder.build()
+    tokenizer = tok.result()
+    release_freed_memory()
     return LoadedModel(
         model=model,  # type: ignore[arg-type]
-        tokenizer=build_tokenizer(spec),
+        tokenizer=tokenizer,
         spec=spec,
         load_duration_ns=time.perf_counter_ns() - start,
         device=dev,
         dtype=act,
     )
+
+
+def release_freed_memory() -> None:
+    """Hand the heap a load freed back to the OS (glibc's ``malloc_trim``).
+
+    A load's temporaries (dequantised layers, the tokenizer's JSON) are freed, but
+    glibc keeps freed heap pages mapped for reuse, often as much as the model itself,
+    counted in the worker's resident memory and in no one's budget. Elsewhere
+    (another libc, macOS) a no-op."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -238,7 +238,8 @@ class NativeDecoder:
 
         def lin(x: Any) -> list[torch.Tensor]:
             kinds.append(KINDS.get(x.quant, 0) if x.w is not None else 0)
-            return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, x.dense]
+            dense = x.dense if x.dense is not None else empty  # packed weights keep none
+            return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, dense]
 
         def opt(t: torch.Tensor | None) -> torch.Tensor:
             return empty if t is None else t.contiguous()
@@ -249,8 +250,10 @@ class NativeDecoder:
             tensors += [*lin(layer.gu), *lin(layer.down)]
             extra = (layer.bias, layer.q_norm, layer.k_norm, layer.post_attn, layer.post_ffn)
             tensors += [opt(t) for t in extra]
-        tensors += [model.embed.dense, model.norm, *lin(model.head)]
+        # the embedding is looked up in Python (Lin.rows reads a packed weight's rows)
+        tensors += [empty, model.norm, *lin(model.head)]
         self.kinds = kinds
+        self.embed = model.embed
         rope_kinds = sorted(model.tables)
         a = model.arch
         self.native = mod.Model(
@@ -290,4 +293,5 @@ class NativeDecoder:
     ) -> torch.Tensor:
         """Logits [R, V] (fp32) of one token for each of cache slots ``0..R-1``;
         ``invariant``: each row's bits as alone or in any batch (a seeded request's)."""
-        return self.native.decode(ids, positions, length, invariant)
+        rows = self.embed.rows(ids, self.embed.act)
+        return self.native.decode(rows, positions, length, invariant)

@@ -487,56 +487,108 @@ bool dense_fits(const Tensor& x, const Tensor& w) {
 #endif
 }
 
-Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
 #ifdef OMAX_INT4_KERNEL
-  const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0);
-  if (dense_fits(x, w)) {
-    constexpr int64_t kNT = 16;  // weight rows per block: 16 accumulators
-    const int64_t kp_n = k_in / 2, tiles = (rows + 15) / 16;
-    std::vector<uint32_t> xt(static_cast<size_t>(tiles * kp_n * 16), 0u);
-    const uint32_t* px = reinterpret_cast<const uint32_t*>(x.data_ptr<BFloat16>());
-    for (int64_t m = 0; m < rows; ++m)
-      for (int64_t kp = 0; kp < kp_n; ++kp) xt[((m / 16) * kp_n + kp) * 16 + m % 16] = px[m * kp_n + kp];
-    Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
-    const uint32_t* pw = reinterpret_cast<const uint32_t*>(w.data_ptr<BFloat16>());
-    auto run = [&](auto* py) {
-      using Out = std::remove_pointer_t<decltype(py)>;
-      parallel_for(0, (n_out + kNT - 1) / kNT, 1, [&](int64_t b0, int64_t b1) {
-        alignas(64) float out[kNT][16];
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t n0 = b * kNT, nn = std::min(kNT, n_out - n0);
-          const uint32_t* wr[kNT];
-          for (int64_t j = 0; j < kNT; ++j) wr[j] = pw + std::min(n0 + j, n_out - 1) * kp_n;
-          const char* next = reinterpret_cast<const char*>(pw + std::min(n0 + kNT, n_out - 1) * kp_n);
-          const char* last = reinterpret_cast<const char*>(pw + n_out * kp_n);
-          for (int64_t t = 0; t < tiles; ++t) {
-            __m512 acc[kNT];
-            for (int64_t j = 0; j < kNT; ++j) acc[j] = _mm512_setzero_ps();
-            const uint32_t* xv = xt.data() + t * kp_n * 16;
-            for (int64_t kp = 0; kp < kp_n; ++kp) {
-              if (t == 0 && next + kp * 64 < last) _mm_prefetch(next + kp * 64, _MM_HINT_T0);
-              const __m512bh xk = (__m512bh)_mm512_loadu_si512(xv + kp * 16);
-              for (int64_t j = 0; j < kNT; ++j)
-                acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_set1_epi32(static_cast<int>(wr[j][kp])));
-            }
-            for (int64_t j = 0; j < kNT; ++j) _mm512_store_ps(out[j], acc[j]);
-            const int64_t mm = std::min<int64_t>(16, rows - 16 * t);
-            for (int64_t m = 0; m < mm; ++m) {
-              Out* dst = py + (16 * t + m) * n_out + n0;
-              for (int64_t j = 0; j < nn; ++j) dst[j] = static_cast<Out>(out[j][m]);
-            }
+constexpr int64_t kNT = 16;  // weight rows per block: 16 accumulators
+
+// The many-row kernel of dense_mm and int8_many: y = x @ W.T with each output column
+// n scaled by scale(n). block(n0, wr) points wr[0..kNT) at the bf16 rows n0.. of W
+// (clamped to the last row) as pairs of k, and returns the bytes to prefetch during
+// the block's first tile (nullptr, nullptr: none).
+template <typename Block, typename Scale>
+Tensor tile_mm(const Tensor& x, int64_t n_out, bool f32, const Block& block, const Scale& scale) {
+  const int64_t rows = x.size(0), k_in = x.size(1);
+  const int64_t kp_n = k_in / 2, tiles = (rows + 15) / 16;
+  std::vector<uint32_t> xt(static_cast<size_t>(tiles * kp_n * 16), 0u);
+  const uint32_t* px = reinterpret_cast<const uint32_t*>(x.data_ptr<BFloat16>());
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t kp = 0; kp < kp_n; ++kp) xt[((m / 16) * kp_n + kp) * 16 + m % 16] = px[m * kp_n + kp];
+  Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
+  auto run = [&](auto* py) {
+    using Out = std::remove_pointer_t<decltype(py)>;
+    parallel_for(0, (n_out + kNT - 1) / kNT, 1, [&](int64_t b0, int64_t b1) {
+      alignas(64) float out[kNT][16];
+      std::vector<uint32_t> scratch;
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * kNT, nn = std::min(kNT, n_out - n0);
+        const uint32_t* wr[kNT];
+        const auto [next, last] = block(n0, wr, scratch);
+        float sc[kNT];
+        for (int64_t j = 0; j < nn; ++j) sc[j] = scale(n0 + j);
+        for (int64_t t = 0; t < tiles; ++t) {
+          __m512 acc[kNT];
+          for (int64_t j = 0; j < kNT; ++j) acc[j] = _mm512_setzero_ps();
+          const uint32_t* xv = xt.data() + t * kp_n * 16;
+          for (int64_t kp = 0; kp < kp_n; ++kp) {
+            if (t == 0 && next && next + kp * 64 < last) _mm_prefetch(next + kp * 64, _MM_HINT_T0);
+            const __m512bh xk = (__m512bh)_mm512_loadu_si512(xv + kp * 16);
+            for (int64_t j = 0; j < kNT; ++j)
+              acc[j] = _mm512_dpbf16_ps(acc[j], xk, (__m512bh)_mm512_set1_epi32(static_cast<int>(wr[j][kp])));
+          }
+          for (int64_t j = 0; j < kNT; ++j) _mm512_store_ps(out[j], acc[j]);
+          const int64_t mm = std::min<int64_t>(16, rows - 16 * t);
+          for (int64_t m = 0; m < mm; ++m) {
+            Out* dst = py + (16 * t + m) * n_out + n0;
+            for (int64_t j = 0; j < nn; ++j) dst[j] = static_cast<Out>(out[j][m] * sc[j]);
           }
         }
-      });
+      }
+    });
+  };
+  if (f32)
+    run(y.data_ptr<float>());
+  else
+    run(y.data_ptr<BFloat16>());
+  return y;
+}
+#endif
+
+Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
+#ifdef OMAX_INT4_KERNEL
+  if (dense_fits(x, w)) {
+    const int64_t n_out = w.size(0), kp_n = x.size(1) / 2;
+    const uint32_t* pw = reinterpret_cast<const uint32_t*>(w.data_ptr<BFloat16>());
+    const char* last = reinterpret_cast<const char*>(pw + n_out * kp_n);
+    auto block = [&](int64_t n0, const uint32_t** wr, std::vector<uint32_t>&) {
+      for (int64_t j = 0; j < kNT; ++j) wr[j] = pw + std::min(n0 + j, n_out - 1) * kp_n;
+      const char* next = reinterpret_cast<const char*>(pw + std::min(n0 + kNT, n_out - 1) * kp_n);
+      return std::pair<const char*, const char*>(next, last);
     };
-    if (f32)
-      run(y.data_ptr<float>());
-    else
-      run(y.data_ptr<BFloat16>());
-    return y;
+    return tile_mm(x, n_out, f32, block, [](int64_t) { return 1.f; });
   }
 #endif
   return at::linear(x, w);
+}
+
+// x [M, K] bf16 @ int8 w [N, K].T * s, for many rows, without a bf16 copy of w: each
+// block of kNT weight rows is widened to bf16 (exact: |q| <= 127) into a scratch the
+// size of the block, then multiplied as dense_mm does, the scales applied to the sums.
+// Elsewhere torch's _weight_int8pack_mm.
+Tensor int8_many(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = false) {
+#ifdef OMAX_INT4_KERNEL
+  const int64_t n_out = w.size(0), k_in = w.size(1);
+  if (x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() &&
+      x.size(1) == k_in && k_in % 16 == 0 && w.scalar_type() == at::kChar &&
+      w.is_contiguous() && s.scalar_type() == at::kBFloat16 && s.is_contiguous()) {
+    const int8_t* pw = w.data_ptr<int8_t>();
+    const BFloat16* ps = s.data_ptr<BFloat16>();
+    auto block = [&](int64_t n0, const uint32_t** wr, std::vector<uint32_t>& scratch) {
+      scratch.resize(static_cast<size_t>(kNT * k_in / 2));
+      for (int64_t j = 0; j < kNT; ++j) {
+        const int8_t* src = pw + std::min(n0 + j, n_out - 1) * k_in;
+        __m256i* dst = reinterpret_cast<__m256i*>(scratch.data() + j * k_in / 2);
+        for (int64_t k = 0; k < k_in; k += 16) {
+          const __m512 f = _mm512_cvtepi32_ps(
+              _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+          _mm256_storeu_si256(dst + k / 16, (__m256i)_mm512_cvtneps_pbh(f));
+        }
+        wr[j] = scratch.data() + j * k_in / 2;
+      }
+      return std::pair<const char*, const char*>(nullptr, nullptr);
+    };
+    return tile_mm(x, n_out, f32, block, [&](int64_t n) { return static_cast<float>(ps[n]); });
+  }
+#endif
+  return at::_weight_int8pack_mm(x, w, s);
 }
 
 // Whether the step's kernels are this file's own (this CPU has their instructions):
@@ -549,14 +601,16 @@ constexpr bool kOwnKernels = true;
 constexpr bool kOwnKernels = false;
 #endif
 
-// The int8 kernel for up to this many rows; dense_mm on the bf16 copy beyond.
+// The int8 kernel for up to this many rows; int8_many (widening blocks) beyond.
 constexpr int64_t kInt8Rows = 4;
 
-// x @ the linear's weight: t[at..at+3] = packed weight, scales, dense copy.
+// x @ the linear's weight: t[at..at+3] = packed weight, scales, dense weight. Packed
+// linears (kind 4, 8) keep no dense copy (empty): the dense weight is read only by
+// kind 0 (unquantised weights).
 //
 // With the own kernels every row's result is the same bits whatever the other rows
 // (each kernel computes a row in the same order for any row count), except where an
-// int8 linear passes from its kernel to dense_mm past kInt8Rows: ``invariant`` keeps
+// int8 linear passes from its kernel to int8_many past kInt8Rows: ``invariant`` keeps
 // the int8 kernel there, over groups of kInt8Rows rows.
 Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x,
            bool f32 = false, bool invariant = false) {
@@ -569,6 +623,7 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
       parts.push_back(int8_mm(x.narrow(0, r, std::min(kInt8Rows, rows - r)), t[at], t[at + 1], f32));
     return at::cat(parts);
   }
+  if (kind == 8) return int8_many(x, t[at], t[at + 1], f32);
   if (invariant && rows > 1 && !dense_fits(x, t[at + 2])) {  // torch's: a call per row
     std::vector<Tensor> parts;
     for (int64_t r = 0; r < rows; ++r) parts.push_back(dense_mm(x.narrow(0, r, 1), t[at + 2], f32));
@@ -577,35 +632,60 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
   return dense_mm(x, t[at + 2], f32);
 }
 
+bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
+
+// Rows idx [I] of a linear's weight (t[at..at+3], kind as lin) in fp32 [I, K], as
+// linear.Lin.rows reads them: the dense weight's, int8 q * s, or int4 (q - 8) * s + z
+// unpacked from torch's layout (blocks of 64 rows; in a block each pair of k's takes
+// 64 bytes, byte b holding k + b / 32 of row b % 32 low and of row 32 + b % 32 high).
+Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& idx) {
+  if (present(t[at + 2])) return t[at + 2].index_select(0, idx).to(at::kFloat);
+  const Tensor& w = t[at];
+  const Tensor& s = t[at + 1];
+  if (kind == 8)
+    return w.index_select(0, idx).to(at::kFloat) * s.index_select(0, idx).to(at::kFloat).unsqueeze(1);
+  TORCH_CHECK(kind == 4, "a linear without weights");
+  const int64_t pairs = w.size(1), k_in = 2 * pairs, n_idx = idx.size(0);
+  Tensor blocks = w.reshape({-1, pairs, 64}).index_select(0, at::floor_divide(idx, 64));
+  Tensor r = at::remainder(idx, 64);
+  Tensor lane = at::remainder(r, 32);
+  Tensor pick = at::stack({lane, lane + 32}, -1).unsqueeze(1).expand({n_idx, pairs, 2});
+  Tensor shift = (at::floor_divide(r, 32) * 4).to(at::kInt).view({n_idx, 1, 1});
+  Tensor codes = at::bitwise_and(at::bitwise_right_shift(blocks.gather(2, pick).to(at::kInt), shift), 15);
+  Tensor scale = s.select(2, 0).index_select(1, idx).t().to(at::kFloat).unsqueeze(-1);
+  Tensor zero = s.select(2, 1).index_select(1, idx).t().to(at::kFloat).unsqueeze(-1);
+  Tensor q = codes.reshape({n_idx, -1, kGroup}).to(at::kFloat);
+  return ((q - 8) * scale + zero).reshape({n_idx, k_in});
+}
+
 // bf16 logits are 1/8 apart between 16 and 32, so the top ones often tie and the
 // greedy token would hang on rounding: the top kRefine are recomputed in fp32 from the
-// dense weight's rows (as fastpath.refine_top does). Each dot product is a loop of its
-// own, not one bmm for the batch: bmm's sums follow the row count, and a pinned row's
+// weight's rows (as fastpath.refine_top does). Each dot product is a loop of its own,
+// not one bmm for the batch: bmm's sums follow the row count, and a pinned row's
 // logits must not.
 constexpr int64_t kRefine = 8;
 
-Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
+Tensor refine_top(Tensor logits, const Tensor& x, const std::vector<Tensor>& t, size_t at,
+                  int64_t kind) {
   const int64_t k = std::min(kRefine, logits.size(1));
   Tensor idx = std::get<1>(at::topk(logits, k, 1)).contiguous();  // [R, k]
   Tensor xf = x.to(at::kFloat).contiguous();
-  TORCH_CHECK(dense.scalar_type() == at::kBFloat16, "the head's dense weight must be bf16");
-  Tensor wf = dense.contiguous();
+  Tensor wf = weight_rows(t, at, kind, idx.view({-1})).contiguous();  // [R * k, n]
   const int64_t rows = idx.size(0), n = xf.size(1);
   const int64_t* pi = idx.data_ptr<int64_t>();
   const float* px = xf.data_ptr<float>();
-  const BFloat16* pw = wf.data_ptr<BFloat16>();
+  const float* pw = wf.data_ptr<float>();
   Tensor out = logits.contiguous();
   float* po = out.data_ptr<float>();
   const int64_t vocab = out.size(1);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t at = pi[r * k + j];
-      const BFloat16* w = pw + at * n;
+      const float* w = pw + (r * k + j) * n;
       const float* xr = px + r * n;
       float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t h = 0; h < n; ++h) acc += xr[h] * static_cast<float>(w[h]);
-      po[r * vocab + at] = acc;
+      for (int64_t h = 0; h < n; ++h) acc += xr[h] * w[h];
+      po[r * vocab + pi[r * k + j]] = acc;
     }
   return out;
 }
@@ -615,7 +695,7 @@ Tensor refine_top(Tensor logits, const Tensor& x, const Tensor& dense) {
 Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& x,
               bool invariant) {
   Tensor y = lin(t, at, kind, x, true, invariant);
-  return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, t[at + 2]);
+  return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, t, at, kind);
 }
 
 // RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
@@ -961,7 +1041,6 @@ constexpr size_t kLn1 = 0, kQkv = 1, kO = kQkv + kLin, kLn2 = kO + kLin, kGu = k
                  kDown = kGu + kLin, kBias = kDown + kLin, kQNorm = kBias + 1, kKNorm = kQNorm + 1,
                  kPostAttn = kKNorm + 1, kPostFfn = kPostAttn + 1, kPerLayer = kPostFfn + 1;
 
-bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
 
 const BFloat16* optional_ptr(const Tensor& x) {
   return present(x) ? x.data_ptr<BFloat16>() : nullptr;
@@ -1000,7 +1079,9 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     ~Restore() { use_team = true; }
   } restore;
   use_team = kOwnKernels;
-  Tensor h = at::index_select(t[tail], 0, ids);
+  // the rows' embeddings (bf16 [R, H], looked up by the caller from a quantised
+  // embedding), or token ids into the dense one
+  Tensor h = ids.is_floating_point() ? ids.clone() : at::index_select(t[tail], 0, ids);
   if (embed_scale != 1.) h.mul_(embed_scale);  // a bf16 value: torch's bf16 product
   for (int64_t i = 0; i < n_layers; ++i) {
     const size_t b = static_cast<size_t>(i) * kPerLayer;

@@ -42,11 +42,13 @@ def test_native_decode_matches_the_python_step(smollm2_int4_engine, built):
     py, nat = _runners(model, built)
     # Its own matmul and attention kernels sum in another order, so each layer's bf16
     # results may differ in the last bit, and 30 layers carry that into the logits
-    # (~0.1 on average, up to ~0.8 measured); never into the chosen token here.
+    # (~0.1 on average, up to ~0.8 measured): into the chosen token only where the
+    # Python step's top two nearly tie (these prompts are arbitrary tokens).
     for step in range(4):
         a, b = py.decode([7 + step], [30 + step]), nat.decode([7 + step], [30 + step])
         assert (a - b).abs().max() < 2.0, (a - b).abs().max()
-        assert int(a.argmax()) == int(b.argmax())
+        chosen = int(b.argmax())
+        assert chosen == int(a.argmax()) or a[0, chosen] > a.max() - 0.5, (step, a.topk(2))
     # 16 rows at their own positions (the Python step's dense kernels against the
     # native int4 ones, each row attending to its own keys): the same argmax
     agree = total = 0
