@@ -7,6 +7,14 @@ pure ``placement.place`` where it goes, unloads what the decision evicts, has th
 replica fetched there (``Replicator.fetch``), then starts a ModelActor pinned to that
 worker and waits for its weights. Only one load per model runs at a time.
 
+A load whose actor read a blob that did not verify (DigestMismatch) is not answered
+with that error: the worker has quarantined the replica's bad blobs and made it
+partial, so the load is placed again, the replica fetched again (which replaces the
+quarantined blobs from a peer or the origin) and the actor started anew. A worker
+whose replica fails twice is left out of that load's placement; after
+``LOAD_ATTEMPTS`` the caller gets a StoreError (500), never the DigestMismatch's 400:
+damaged storage is not a bad request.
+
 The actor lives as long as this module holds its future (``futures``): Dask does not
 hold resources for an actor's lifetime, so the slot's memory is accounted in the
 registry's ``Loaded`` entry. Every way out goes through ``unload``: the keep-alive
@@ -31,7 +39,7 @@ from typing import Any
 from distributed import Client
 
 from omax.config import Settings
-from omax.errors import OmaxError, PlacementRefused, to_wire
+from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
 from omax.plugins import placement
 from omax.plugins.memory import model_memory
 from omax.plugins.registry import Registry
@@ -44,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}  # omax.engine.prefix-cache -> Engine
 CLOSE_TIMEOUT_S = 10
+LOAD_ATTEMPTS = 3  # placements tried when loads find damaged replicas
 REAP_EVERY_S = 0.5
 
 
@@ -133,7 +142,10 @@ class Lifecycle:
         from omax.sharding.blobs import BlobStore
         from omax.sharding.manifest import Manifest
 
-        raw = await asyncio.to_thread(BlobStore(self.cfg.store_url).get, digest)
+        try:
+            raw = await asyncio.to_thread(BlobStore(self.cfg.store_url).get, digest)
+        except DigestMismatch as err:  # not the client's fault: no 400
+            raise StoreError(f"the origin store's manifest of '{name}' is damaged: {err}") from err
         manifest = Manifest.from_json(raw)
         need = placement.Need(
             digest=digest,
@@ -141,10 +153,39 @@ class Lifecycle:
             memory=model_memory(manifest, num_ctx, self.cfg.engine_dtype),
             max_loaded_per_slot=self.cfg.max_loaded_per_slot,
         )
+        failures: dict[str, int] = {}  # worker -> loads that found its replica damaged
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            avoid = {w for w, n in failures.items() if n >= 2}
+            decision = self._place(need, avoid)
+            try:
+                await self._load_on(decision, need, num_ctx, keep_alive)
+                return
+            except DigestMismatch as err:
+                if attempt == LOAD_ATTEMPTS:
+                    raise StoreError(
+                        f"loading '{name}' failed {attempt} times on damaged replicas: {err}"
+                    ) from err
+                failures[decision.worker] = failures.get(decision.worker, 0) + 1
+                self.replicator.damaged_replica(digest, decision.worker, str(err))
+
+    def _place(self, need: placement.Need, avoid: set[str]) -> placement.Place:
         reg = self.registry
-        decision = placement.place(reg.workers.values(), list(reg.loaded.values()), need)
+        workers = [w for w in reg.workers.values() if w.address not in avoid]
+        decision = placement.place(workers, list(reg.loaded.values()), need)
         if isinstance(decision, placement.Refuse):
             raise PlacementRefused(decision.reason)
+        return decision
+
+    async def _load_on(
+        self,
+        decision: placement.Place,
+        need: placement.Need,
+        num_ctx: int,
+        keep_alive: float | None,
+    ) -> None:
+        """Fetch the replica to the decided worker and start the actor there."""
+        reg = self.registry
+        digest, name = need.digest, need.name
         spot = (digest, decision.worker)
         reg.placing = reg.placing | {spot}  # eviction leaves this replica alone
         try:

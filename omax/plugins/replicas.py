@@ -1,15 +1,25 @@
 """A worker's local replicas: which manifests it holds whole, and fetching the rest.
 
 A replica is complete only when every blob of its manifest is in the local store
-(each verified as it was written) and the marker ``replicas/<hex>.complete`` was
-written last. A fetch interrupted by a crash leaves a ``.partial`` marker and the
-blobs it already verified, so the next fetch resumes without refetching them (the
-``.partial`` marker's byte count is a hint for reports; what counts is the blobs).
-Fetching itself is ``omax.sharding.replication``: peers first, the origin last.
+(each verified as it was written, and on disk before its name) and the marker
+``replicas/<hex>.complete`` was written last. Markers are written atomically
+(temporary file, fsync, rename, directory fsync), so after a power loss a marker is
+the old one or the new one, whole. A fetch interrupted by a crash leaves a
+``.partial`` marker and the blobs it already verified, so the next fetch resumes
+without refetching them (the ``.partial`` marker's byte count is a hint for reports;
+what counts is the blobs). Fetching itself is ``omax.sharding.replication``: peers
+first, the origin last.
+
+``recover`` runs when the worker starts: it clears temporary files a crash left,
+drops markers that cannot be read, and turns a complete replica with a blob missing
+or of the wrong size back into a partial one, so the next fetch repairs it. Damage
+that keeps a blob's size is found when a load re-hashes it (``damaged``): the bad
+blobs are quarantined and the replica becomes partial until fetched again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,9 +27,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from omax.errors import DigestMismatch
 from omax.plugins.state import Replica
 from omax.sharding import replication
 from omax.sharding.blobs import BlobStore
+from omax.sharding.durable import is_temporary, write_atomic
+from omax.sharding.leases import held_async
 from omax.sharding.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -39,24 +52,89 @@ class LocalReplicas:
     def _marker(self, digest: str, kind: str) -> Path:
         return self.markers / f"{digest.split(':', 1)[1]}.{kind}"
 
+    def _write_marker(
+        self, digest: str, kind: str, info: dict[str, Any], sync: bool = True
+    ) -> None:
+        write_atomic(self._marker(digest, kind), json.dumps(info).encode(), sync=sync)
+
+    def _read_marker(self, digest: str, kind: str) -> dict[str, Any] | None:
+        """A marker's document; None when absent or unreadable (cut short)."""
+        try:
+            info = json.loads(self._marker(digest, kind).read_text())
+            return info if isinstance(info, dict) and isinstance(info.get("total"), int) else None
+        except (OSError, ValueError):
+            return None
+
     def scan(self) -> dict[str, Replica]:
         """Complete and partial replicas, from the markers on disk."""
         out: dict[str, Replica] = {}
         for marker in self.markers.iterdir():
+            if is_temporary(marker.name):
+                continue
             hexdigest, _, kind = marker.name.partition(".")
             digest = f"sha256:{hexdigest}"
-            try:
-                info = json.loads(marker.read_text())
-            except (OSError, ValueError):
+            if kind not in ("complete", "partial"):
+                continue
+            info = self._read_marker(digest, kind)
+            if info is None:
                 continue
             if kind == "complete":
                 out[digest] = Replica(digest, True, info["total"], info["total"])
-            elif kind == "partial" and digest not in out:
+            elif digest not in out:
                 out[digest] = Replica(digest, False, info.get("done", 0), info["total"])
         return out
 
     def is_complete(self, digest: str) -> bool:
-        return self._marker(digest, "complete").exists()
+        """Whether a whole, readable complete marker says so."""
+        return self._read_marker(digest, "complete") is not None
+
+    def recover(self) -> dict[str, list[str]]:
+        """Repair what a crash or power loss left; run before the worker reports.
+
+        Removes temporary files (blob writes and marker writes cut short), drops
+        unreadable markers, and turns a complete replica whose manifest or blobs are
+        missing or of the wrong size (quarantined) into a partial one. Answers what it
+        did, by kind, for the log and tests."""
+        done: dict[str, list[str]] = {"tmp": [], "markers": [], "demoted": []}
+        done["tmp"] = self.store.clean_tmp()
+        for marker in list(self.markers.iterdir()):
+            hexdigest, _, kind = marker.name.partition(".")
+            if is_temporary(marker.name):
+                marker.unlink(missing_ok=True)
+                done["tmp"].append(marker.name)
+                continue
+            if kind not in ("complete", "partial"):
+                continue
+            digest = f"sha256:{hexdigest}"
+            if self._read_marker(digest, kind) is None:
+                logger.warning("replica marker %s is unreadable (cut short): dropped", marker)
+                marker.unlink(missing_ok=True)
+                done["markers"].append(marker.name)
+        for digest in [d for d, r in self.scan().items() if r.complete]:
+            if not self._blobs_intact(digest):
+                self.drop_marker(digest, partial=True)
+                done["demoted"].append(digest)
+        if any(done.values()):
+            logger.warning(
+                "local store %s recovered: %d temporary file(s) removed, %d unreadable "
+                "marker(s) dropped, %d complete replica(s) with missing or cut-short blobs "
+                "made partial (the next fetch repairs them)",
+                self.path,
+                len(done["tmp"]),
+                len(done["markers"]),
+                len(done["demoted"]),
+            )
+        return done
+
+    def _blobs_intact(self, digest: str) -> bool:
+        """Cheap check (stats, one manifest read): every blob stored at its size."""
+        try:
+            sizes = self.manifest(digest).blob_sizes()
+        except Exception as err:  # missing or damaged manifest
+            if self.store.has(digest):
+                self.store.quarantine(digest, str(err))
+            return False
+        return all(self.store.intact(b, n) for b, n in sizes.items())
 
     def manifest(self, digest: str) -> Manifest:
         return Manifest.from_json(self.store.get(digest))
@@ -84,10 +162,34 @@ class LocalReplicas:
         Blobs come from ``peers`` (through ``stream_peer``) and fall back to the origin
         store at ``origin_url`` (none when empty).
         """
-        if self.is_complete(digest):
-            total = json.loads(self._marker(digest, "complete").read_text())["total"]
+        info = self._read_marker(digest, "complete")
+        if info is not None:
+            total = info["total"]
             return Replica(digest, True, total, total), replication.FetchResult(total, total)
         origin = BlobStore(origin_url) if origin_url else None
+        if origin is None:
+            return await self._fetch(
+                digest, None, peers, stream_peer, progress, on_bad, rate, concurrency
+            )
+        # gc on the origin leaves this model's blobs alone while they are copied, even
+        # if its name is deleted meanwhile
+        what = f"replicate {digest[:19]} to {self.path}"
+        async with held_async(origin, what, [digest], required=False):
+            return await self._fetch(
+                digest, origin, peers, stream_peer, progress, on_bad, rate, concurrency
+            )
+
+    async def _fetch(
+        self,
+        digest: str,
+        origin: BlobStore | None,
+        peers: Sequence[str],
+        stream_peer: replication.PeerStream | None,
+        progress: Progress | None,
+        on_bad: Callable[[replication.BadSource], None] | None,
+        rate: float,
+        concurrency: int = 8,
+    ) -> tuple[Replica, replication.FetchResult]:
         raw = await replication.fetch_one(self.store, digest, peers, stream_peer, origin)
         sizes = Manifest.from_json(raw).blob_sizes()
         sizes[digest] = len(raw)
@@ -99,11 +201,12 @@ class LocalReplicas:
             now = time.monotonic()
             if now - last[0] >= MARKER_EVERY_S or done == total:
                 last[0] = now
-                partial.write_text(json.dumps({"total": total, "done": done}))
+                # a hint for reports, rewritten often: atomic, not worth an fsync
+                self._write_marker(digest, "partial", {"total": total, "done": done}, False)
                 if progress is not None:
                     progress(digest, done, total)
 
-        partial.write_text(json.dumps({"total": total, "done": 0}))
+        await asyncio.to_thread(self._write_marker, digest, "partial", {"total": total, "done": 0})
         result = await replication.fetch_blobs(
             self.store,
             sizes,
@@ -115,8 +218,8 @@ class LocalReplicas:
             on_progress=note,
             on_bad=on_bad,
         )
-        # every blob verified as it landed; the marker goes last
-        self._marker(digest, "complete").write_text(json.dumps({"total": total}))
+        # every blob verified as it landed and is on disk; the marker goes last
+        await asyncio.to_thread(self._write_marker, digest, "complete", {"total": total})
         partial.unlink(missing_ok=True)
         logger.info(
             "replica %s complete (%d bytes, %d fetched: %s)",
@@ -128,24 +231,27 @@ class LocalReplicas:
         return Replica(digest, True, total, total), result
 
     def verify(self, digest: str) -> list[str]:
-        """Re-hash a replica's blobs; drop bad ones and its complete marker. Return them."""
+        """Re-hash a replica's blobs (its manifest included); quarantine bad ones and
+        make the replica partial, so the next fetch replaces them. Return them."""
+        bad: list[str] = []
         try:
             sizes = self.manifest(digest).blob_sizes()
+        except DigestMismatch as err:
+            self.store.quarantine(digest, str(err))
+            sizes, bad = {}, [digest]
         except Exception:
             sizes = {}
-        bad = [b for b in sizes if self.store.has(b) and not self.store.verify(b)]
+        bad += [b for b in sizes if self.store.has(b) and not self.store.check(b)]
         if bad:
-            for b in bad:
-                self.store.delete(b)
             self.drop_marker(digest, partial=True)
         return bad
 
     def drop_marker(self, digest: str, partial: bool = False) -> None:
         """Forget a replica is complete (``partial``: keep it as a partial one)."""
         complete = self._marker(digest, "complete")
-        if partial and complete.exists():
-            info: dict[str, Any] = json.loads(complete.read_text())
-            self._marker(digest, "partial").write_text(json.dumps({**info, "done": 0}))
+        info = self._read_marker(digest, "complete")
+        if partial and info is not None:
+            self._write_marker(digest, "partial", {**info, "done": 0})
         complete.unlink(missing_ok=True)
         if not partial:
             self._marker(digest, "partial").unlink(missing_ok=True)

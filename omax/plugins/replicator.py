@@ -13,7 +13,9 @@ needed for a count, least recently used first, through the worker's
 pull needs it.
 
 A worker that served bytes that did not verify is ``suspect`` for that model until
-it re-verified its replica. Wanted counts are saved next to the catalog
+it re-verified its replica. A replica that failed verification where a load read it
+(``damaged_replica``) is logged and kept in ``damage`` with the bad sources; the
+load fetches it again through ``fetch``. Wanted counts are saved next to the catalog
 (``omax.sharding.wanted``), so a restarted scheduler keeps pulled models at their count.
 """
 
@@ -178,6 +180,25 @@ class Replicator:
             self.tasks.spawn(
                 self._reverify(digest, source), name=f"omax: verify {digest[:19]} on {source}"
             )
+
+    def damaged_replica(self, digest: str, worker: str, reason: str) -> None:
+        """A load on ``worker`` found its replica of ``digest`` damaged; the worker has
+        quarantined the bad blobs and made the replica partial. Log and keep it, and
+        count the replica partial now, so it is no source for peers until fetched
+        again (the worker's own report says the same a moment later)."""
+        logger.warning(
+            "replica %s on %s failed verification at load; fetching it again: %s",
+            digest[:19],
+            worker,
+            reason,
+        )
+        entry = {"digest": digest, "source": worker, "blob": "", "worker": worker}
+        self.damage = (*self.damage[-99:], {**entry, "reason": reason, "time": time.time()})
+        info = self.registry.workers.get(worker)
+        held = info.replicas.get(digest) if info is not None else None
+        if held is not None:  # partial now; the worker's own report follows
+            partial = {**held.to_dict(), "complete": False, "bytes_done": 0}
+            self.registry.record_replica(worker, digest, partial, time.time())
 
     async def _reverify(self, digest: str, source: str) -> None:
         try:

@@ -3,17 +3,20 @@
 ``local_source(digest)`` runs inside a worker process: it finds the omax worker
 plugin's local store, checks the replica is complete and returns the engine's
 ``ModelSpec`` plus a lazy iterator of ``RawTensor`` read through the zarr store, so
-tensors stream into torch one at a time instead of being held twice.
+tensors stream into torch one at a time instead of being held twice. Every blob is
+re-hashed as it is read; one that does not verify ends the load with DigestMismatch
+after the worker plugin quarantined the replica's bad blobs (``damaged``), so the
+scheduler fetches them again and retries the load instead of trusting the replica.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from omax.engine.spec import ModelSpec
-from omax.errors import EngineError
+from omax.errors import DigestMismatch, EngineError
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest
 from omax.sharding.tensors import RawTensor
@@ -58,8 +61,23 @@ def local_source(digest: str) -> tuple[ModelSpec, Iterator[RawTensor]]:
 
     from omax.plugins.worker import plugin_of
 
-    replicas = plugin_of(get_worker()).replicas
+    plugin = plugin_of(get_worker())
+    replicas = plugin.replicas
     assert replicas is not None
     if not replicas.is_complete(digest):
         raise EngineError(f"this worker holds no complete replica of {digest}")
-    return store_source(replicas.store, digest)
+    try:
+        spec, tensors = store_source(replicas.store, digest)
+    except DigestMismatch as err:
+        raise plugin.damaged(digest, err) from err
+    return spec, _checked(tensors, lambda err: plugin.damaged(digest, err))
+
+
+def _checked(
+    tensors: Iterator[RawTensor], damaged: Callable[[DigestMismatch], DigestMismatch]
+) -> Iterator[RawTensor]:
+    """``tensors``, with a blob that fails verification answered by ``damaged``."""
+    try:
+        yield from tensors
+    except DigestMismatch as err:
+        raise damaged(err) from err

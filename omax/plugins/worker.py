@@ -3,8 +3,9 @@
 Load it with ``dask worker ADDR --preload omax.plugins.worker``. The plugin
 
 - detects the worker's slots (GPUs, or one CPU slot of ``omax.worker.slot-memory``),
-- opens the worker-local blob store (``omax.worker.store``) and knows which replicas
-  in it are complete (a marker written after every blob verified) or partial,
+- opens the worker-local blob store (``omax.worker.store``), repairs what a crash
+  left in it (``LocalReplicas.recover``) and knows which replicas in it are complete
+  (a marker written after every blob verified) or partial,
 - answers the scheduler: ``omax_state`` (slots + replicas), ``omax_replicate`` (fetch
   a model's blobs into the local store, from peers first and the origin last),
   ``omax_verify_replica`` (re-hash a replica, dropping bad blobs) and
@@ -12,7 +13,10 @@ Load it with ``dask worker ADDR --preload omax.plugins.worker``. The plugin
   stream of messages on one comm, unverified: the reader hashes as it writes),
 - pushes ``omax_report`` to the scheduler whenever its replicas change,
   ``omax_progress`` as blobs land and ``omax_bad_source`` when a peer's bytes do not
-  verify.
+  verify,
+- answers a load that found a blob damaged (``damaged``, from the actor's loading
+  thread): the replica is re-hashed, its bad blobs quarantined, it becomes partial
+  and the scheduler hears of it, which fetches it again before loading once more.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from distributed.worker import Worker
 import omax.engine.actor  # noqa: F401
 import omax.plugins.source  # noqa: F401
 from omax.config import settings, worker_store_path
-from omax.errors import BlobNotFound, from_wire, is_wire_error, to_wire
+from omax.errors import BlobNotFound, DigestMismatch, from_wire, is_wire_error, to_wire
 from omax.plugins.replicas import LocalReplicas
 from omax.plugins.slots import detect_slots
 from omax.sharding.replication import BadSource
@@ -87,6 +91,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         # so a restarted worker finds its replicas again; it defaults to the address.
         path = worker_store_path(cfg.worker_store, str(worker.name), worker.address)
         self.replicas = LocalReplicas(path)
+        await asyncio.to_thread(self.replicas.recover)  # before the first report
         worker.handlers["omax_state"] = self.state
         worker.handlers["omax_replicate"] = self.replicate
         worker.handlers["omax_blob_stream"] = self.blob_stream
@@ -233,6 +238,29 @@ class OmaxWorkerPlugin(WorkerPlugin):
             self.drops.discard(drop)
         await self._push()
         return freed
+
+    def damaged(self, digest: str, err: DigestMismatch) -> DigestMismatch:
+        """A load of ``digest`` read a blob that did not verify (called from the
+        loading thread). Re-hash the whole replica, quarantine every bad blob, make it
+        partial and report it; return the error the load ends with, naming this worker
+        (the scheduler fetches the replica again and retries the load)."""
+        assert self.replicas is not None and self.worker is not None
+        bad = self.replicas.verify(digest)
+        where = self.worker.address
+        logger.warning(
+            "replica %s on %s failed verification at load (%s): %d blob(s) quarantined, "
+            "the replica is partial until fetched again",
+            digest[:19],
+            where,
+            err,
+            len(bad),
+        )
+        self.worker.loop.add_callback(self._push)
+        first = bad[0] if bad else "?"
+        return DigestMismatch(
+            f"replica {digest} on {where} is damaged ({len(bad)} blob(s) quarantined, "
+            f"e.g. {first}): {err}"
+        )
 
     def _progress(self, digest: str, done: int, total: int) -> None:
         self._spawn(self._push_progress(digest, done, total))

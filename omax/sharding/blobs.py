@@ -4,8 +4,16 @@ A blob is immutable bytes named ``sha256:<64 hex>`` of its content, stored at
 ``<root>/blobs/sha256/<hex[:2]>/<hex>``. Writes go to a temporary name under
 ``<root>/blobs/tmp/`` and are renamed into place only after the hash has been checked,
 so a reader never sees a partial or wrong blob under a digest name (on object stores
-the rename is a server-side copy whose destination appears whole). Reads re-hash by
-default: bytes are verified whenever they cross a disk or process boundary.
+the rename is a server-side copy whose destination appears whole). On a local disk
+the temporary file is fsynced before the rename and the directory after it, so a
+power loss cannot leave a digest name over bytes that never reached the disk.
+
+A blob that exists is not trusted for being there: a write whose bytes verified
+replaces whatever the name holds (equal names mean equal bytes, so this is safe, and
+it heals a blob damaged on disk), ``intact`` checks the size cheaply, and reads
+re-hash by default. A blob found damaged is ``quarantine``d: moved to
+``<root>/blobs/quarantine/`` (kept for inspection, never read again) and logged, so the
+next fetch or write puts good bytes under its name.
 
 Errors: ``InvalidRequest`` for a malformed digest, ``BlobNotFound``, ``DigestMismatch``,
 and ``StoreError`` for any failure of the underlying filesystem.
@@ -15,7 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,6 +36,10 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from omax.errors import BlobNotFound, DigestMismatch, InvalidRequest, StoreError
+from omax.sharding.durable import fsync_dir
+from omax.sharding.durable import makedirs as durable_makedirs
+
+logger = logging.getLogger(__name__)
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 COPY_BLOCK = 8 << 20
@@ -100,38 +115,116 @@ class BlobStore:
         """Store the concatenation of ``chunks``; return ``(digest, created)``.
 
         With ``expected_digest``, raise DigestMismatch (leaving nothing behind) when the
-        bytes hash to another name. ``created`` is False when the blob already existed
-        (deduplicated); nothing is written then.
+        bytes hash to another name. ``created`` is False when the name existed already
+        (deduplicated); the new bytes, which verified, replace the old ones even then,
+        so a damaged blob is healed rather than trusted, and its modified time says the
+        blob was just needed (``gc`` and its leases rely on that).
         """
         if expected_digest is not None:
             check_digest(expected_digest)
-            if self.has(expected_digest):
-                digest = _hash_only(chunks)
-                _check_match(digest, expected_digest)
-                return digest, False
         tmp = f"{self.root}/blobs/tmp/{uuid.uuid4().hex}"
         h = hashlib.sha256()
         try:
             self._makedirs(f"{self.root}/blobs/tmp")
-            with self.fs.open(tmp, "wb") as f:
-                for chunk in chunks:
-                    h.update(chunk)
-                    f.write(chunk)
+            if self._local:
+                with open(tmp, "wb") as f:
+                    for chunk in chunks:
+                        h.update(chunk)
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())  # the bytes are on disk before the name is
+            else:
+                with self.fs.open(tmp, "wb") as fo:
+                    for chunk in chunks:
+                        h.update(chunk)
+                        fo.write(chunk)
             digest = "sha256:" + h.hexdigest()
             if expected_digest is not None:
                 _check_match(digest, expected_digest)
             final = self.path(digest)
-            if self.fs.exists(final):
-                self._rm_quiet(tmp)
-                return digest, False
-            self._makedirs(final.rsplit("/", 1)[0])
-            self.fs.mv(tmp, final)
-            return digest, True
+            existed = self.fs.exists(final)
+            folder = final.rsplit("/", 1)[0]
+            self._makedirs(folder)
+            if self._local:
+                os.replace(tmp, final)
+                fsync_dir(folder)  # and the name is on disk before anyone counts on it
+            else:
+                self.fs.mv(tmp, final)
+            return digest, not existed
         except BaseException as err:
             self._rm_quiet(tmp)
             if isinstance(err, OSError):
                 raise StoreError(f"cannot write blob to {self.url}: {err}") from err
             raise
+
+    def intact(self, digest: str, size: int) -> bool:
+        """Whether the blob is stored with ``size`` bytes: a cheap check (one stat) for
+        resuming. A blob of another size (cut short by a crash) is quarantined."""
+        try:
+            actual = int(self.fs.size(self.path(digest)))
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise StoreError(f"cannot stat blob {digest}: {err}") from err
+        if actual == size:
+            return True
+        self.quarantine(digest, f"{actual} bytes, not {size}")
+        return False
+
+    def check(self, digest: str) -> bool:
+        """Re-hash one blob: True when stored and intact; a damaged one is quarantined
+        (False), so a later write or fetch replaces it."""
+        try:
+            if self.verify(digest):
+                return True
+        except BlobNotFound:
+            return False
+        self.quarantine(digest, "its bytes do not hash to its name")
+        return False
+
+    def quarantine(self, digest: str, reason: str = "") -> str | None:
+        """Move a damaged blob out of its name into ``blobs/quarantine/`` and log it;
+        return where it went (None when it was not there)."""
+        hexd = check_digest(digest)[7:]
+        dest = f"{self.root}/blobs/quarantine/{hexd}.{time.time_ns()}"
+        try:
+            self._makedirs(f"{self.root}/blobs/quarantine")
+            self.fs.mv(self.path(digest), dest)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(f"cannot quarantine blob {digest}: {err}") from err
+        logger.warning(
+            "blob %s in %s is damaged (%s): quarantined to %s", digest, self.url, reason, dest
+        )
+        return dest
+
+    def quarantined(self) -> list[str]:
+        """Paths of the quarantined blobs, oldest first."""
+        try:
+            return sorted(self.fs.find(f"{self.root}/blobs/quarantine"), key=_stamp)
+        except FileNotFoundError:
+            return []
+
+    def clean_tmp(self, older_than_s: float = 0.0) -> list[str]:
+        """Remove temporary files (writes a crash interrupted) older than
+        ``older_than_s``; return them. Only safe at ages no live write reaches."""
+        try:
+            paths = self.fs.find(f"{self.root}/blobs/tmp")
+        except FileNotFoundError:
+            return []
+        now = time.time()
+        removed: list[str] = []
+        for p in paths:
+            if older_than_s > 0:
+                try:
+                    if now - self.fs.modified(p).timestamp() < older_than_s:
+                        continue
+                except (NotImplementedError, OSError, AttributeError):
+                    continue
+            self._rm_quiet(p)
+            removed.append(p)
+        return removed
 
     def get(self, digest: str, verify: bool = True) -> bytes:
         """Return the blob's bytes, re-hashed against its name unless ``verify`` is False."""
@@ -189,7 +282,9 @@ class BlobStore:
         return [d for d in self.iter_digests() if not self.verify(d)]
 
     def _makedirs(self, path: str) -> None:
-        if self._local or "memory" in _protocols(self.fs):
+        if self._local:
+            durable_makedirs(path)
+        elif "memory" in _protocols(self.fs):
             self.fs.makedirs(path, exist_ok=True)
 
     def _rm_quiet(self, path: str) -> None:
@@ -208,11 +303,9 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
-def _hash_only(chunks: Iterable[bytes | memoryview]) -> str:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return "sha256:" + h.hexdigest()
+def _stamp(path: str) -> int:
+    tail = path.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _check_match(actual: str, expected: str, what: str = "uploaded bytes") -> None:

@@ -5,6 +5,11 @@ Invariant: a model becomes visible only by the last step of any operation, the c
 compare-and-swap, after all its blobs and its manifest blob are written. A failed
 import or create therefore leaves every existing model and the catalog untouched
 (orphan blobs it wrote are reclaimed by ``gc``).
+
+Every import, create and pull runs under a lease (``omax.sharding.leases``), so a
+``gc`` running meanwhile leaves alone the blobs it wrote and the ones it builds on,
+however long it runs. As a backstop the commit re-checks that every blob of the new
+manifest is stored at its size and refuses to publish a model that lost one.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from omax.sharding.catalog import Catalog, CatalogEntry, normalize_name
 from omax.sharding.importers.common import BlobWriter, ImportReport, Progress
 from omax.sharding.importers.gguf import import_gguf, is_gguf
 from omax.sharding.importers.hf import import_safetensors
+from omax.sharding.leases import SLACK_S, TTL_S, Lease, LeaseInfo, held, read_leases
 from omax.sharding.manifest import Manifest
 from omax.sharding.zarrstore import CHUNK_BYTES
 
@@ -114,15 +120,19 @@ class ModelStore:
         normalize_name(name)
         start = time.monotonic()
         writer = self._writer(progress)
-        with _naming(path):
+        with held(self.blobs, f"import {name} from {path}"), _naming(path):
             manifest = import_file(writer, Path(path).expanduser())
-        return self._commit(name, manifest, writer, start, source=str(path))
+            return self._commit(name, manifest, writer, start, source=str(path))
 
     def import_manifest(
         self, name: str, manifest: Manifest, writer: BlobWriter, start: float, source: str = ""
     ) -> ImportReport:
-        """Publish a manifest an importer built (used by the ollama/hf.co importers)."""
-        return self._commit(name, manifest, writer, start, source)
+        """Publish a manifest an importer built (used by the ollama/hf.co importers).
+
+        The caller should have held ``leases.held(store.blobs, ...)`` while it wrote
+        the blobs; the commit re-checks them either way."""
+        with held(self.blobs, f"publish {name}"):
+            return self._commit(name, manifest, writer, start, source)
 
     def create(
         self,
@@ -143,29 +153,30 @@ class ModelStore:
             raise InvalidRequest("create needs exactly one of 'from' or 'files'")
         start = time.monotonic()
         writer = self._writer(progress)
-        with _naming(from_ or "uploaded files"):
-            if files:
-                base = self._from_files(writer, files)
-            else:
-                assert from_ is not None
-                base = self._from(writer, from_)
-        if isinstance(license, list):
-            license = "\n".join(license)
-        params: dict[str, Any] | None = None
-        if parameters is not None:
-            params = {}
-            for key, value in parameters.items():
-                mf.add_parameter(
-                    params, key, value if not isinstance(value, str) else _typed(key, value)
-                )
-        manifest = base.with_changes(
-            template=template,
-            system=system,
-            parameters=params,
-            messages=messages,
-            license=license,
-        )
-        return self._commit(name, manifest, writer, start, source=from_ or "files")
+        with held(self.blobs, f"create {name}") as lease:
+            with _naming(from_ or "uploaded files"):
+                if files:
+                    base = self._from_files(writer, files, lease)
+                else:
+                    assert from_ is not None
+                    base = self._from(writer, from_, lease)
+            if isinstance(license, list):
+                license = "\n".join(license)
+            params: dict[str, Any] | None = None
+            if parameters is not None:
+                params = {}
+                for key, value in parameters.items():
+                    mf.add_parameter(
+                        params, key, value if not isinstance(value, str) else _typed(key, value)
+                    )
+            manifest = base.with_changes(
+                template=template,
+                system=system,
+                parameters=params,
+                messages=messages,
+                license=license,
+            )
+            return self._commit(name, manifest, writer, start, source=from_ or "files")
 
     def pull(self, ref: str, progress: Progress | None = None) -> ImportReport:
         """Import ``ollama://name[:tag]`` from the user's Ollama models folder as
@@ -179,9 +190,9 @@ class ModelStore:
             normalize_name(name)
             start = time.monotonic()
             writer = self._writer(progress)
-            with _naming(ref):
+            with held(self.blobs, f"pull {ref}"), _naming(ref):
                 manifest = import_hub(writer, ref)
-            return self._commit(name, manifest, writer, start, source=ref)
+                return self._commit(name, manifest, writer, start, source=ref)
         if not ref.startswith("ollama://"):
             raise InvalidRequest(
                 f"cannot pull {ref!r}: use ollama://NAME[:TAG] or hf.co/USER/REPO[:QUANT]"
@@ -190,9 +201,9 @@ class ModelStore:
         normalize_name(name)
         start = time.monotonic()
         writer = self._writer(progress)
-        with _naming(ref):
+        with held(self.blobs, f"pull {ref}"), _naming(ref):
             manifest = import_ollama(writer, name)
-        return self._commit(name, manifest, writer, start, source=ref)
+            return self._commit(name, manifest, writer, start, source=ref)
 
     def create_from_modelfile(
         self, name: str, text: str, base_dir: str | Path = ".", progress: Progress | None = None
@@ -237,28 +248,55 @@ class ModelStore:
         self, dry_run: bool = True, grace_s: float = GC_GRACE_S
     ) -> tuple[builtins.list[str], int]:
         """Blobs no cataloged model references: ``(digests, bytes)``; removed unless
-        ``dry_run``. Blobs younger than ``grace_s`` are kept, since an import in flight
-        writes its blobs before its catalog entry."""
-        keep = self.referenced()
-        now = time.time()
+        ``dry_run``. Kept besides: blobs younger than ``grace_s``, and whatever a live
+        lease protects (an import, create, pull or replication in progress, however
+        long it runs: ``omax.sharding.leases``). Removing also clears temporary files
+        that crashed writes left, once older than ``leases.TTL_S``."""
+        began = time.time()
+        leases = read_leases(self.blobs, began)
+        keep = self.referenced() | self._leased(leases)
+        since = min((lease.started for lease in leases), default=began) - SLACK_S
         victims: builtins.list[str] = []
         total = 0
         for digest in self.blobs.iter_digests():
-            if digest in keep or self._younger(digest, now, grace_s):
+            if digest in keep or self._younger(digest, began, grace_s):
                 continue
+            if leases and self._modified(digest, default=began) >= since:
+                continue  # written (or rewritten) since a live lease began
             victims.append(digest)
             total += self.blobs.size(digest)
         if not dry_run:
             for digest in victims:
+                # a write that began after the leases were read rewrote it: keep it
+                if self._modified(digest, default=0.0) >= began:
+                    continue
                 self.blobs.delete(digest)
                 self._manifests.pop(digest, None)
+            self.blobs.clean_tmp(older_than_s=max(grace_s, TTL_S))
         return sorted(victims), total
+
+    def _leased(self, leases: builtins.list[LeaseInfo]) -> set[str]:
+        """The blobs live leases name, manifests expanded to their blobs."""
+        out: set[str] = set()
+        for lease in leases:
+            out |= set(lease.blobs) | set(lease.manifests)
+            for digest in lease.manifests:
+                with contextlib.suppress(BlobNotFound, InvalidRequest, ValueError):
+                    out |= self.manifest(digest).blob_digests()
+        return out
 
     # internals
 
     def _commit(
         self, name: str, manifest: Manifest, writer: BlobWriter, start: float, source: str
     ) -> ImportReport:
+        missing = self._missing(manifest)
+        if missing:
+            raise StoreError(
+                f"{len(missing)} blob(s) of the new model vanished from the store before its "
+                f"commit (removed by hand, or by a gc that ignores leases), e.g. {missing[0]}; "
+                "nothing was published: run the import again"
+            )
         writer.stage("writing manifest")
         data = manifest.to_json()
         digest, size = writer.put_bytes(data)
@@ -278,19 +316,25 @@ class ModelStore:
             source=source,
         )
 
-    def _from(self, writer: BlobWriter, from_: str) -> Manifest:
+    def _missing(self, manifest: Manifest) -> builtins.list[str]:
+        """Blobs of ``manifest`` not stored at their size (one stat each)."""
+        return sorted(d for d, n in manifest.blob_sizes().items() if not self.blobs.intact(d, n))
+
+    def _from(self, writer: BlobWriter, from_: str, lease: Lease) -> Manifest:
         path = Path(from_).expanduser()
         if path.is_absolute() or from_.startswith((".", "~")) or path.exists():
             if not path.exists():
                 raise ImportFailed(f"{path}: no such file or directory")
             return import_file(writer, path)
-        _, base = self.resolve(from_)
+        digest, base = self.resolve(from_)
+        lease.add(manifests=[digest])
         return base
 
-    def _from_files(self, writer: BlobWriter, files: Mapping[str, str]) -> Manifest:
+    def _from_files(self, writer: BlobWriter, files: Mapping[str, str], lease: Lease) -> Manifest:
+        lease.add(blobs=[check_digest(d) for d in files.values()])
         for fname, digest in files.items():
-            check_digest(digest)
-            if not self.blobs.has(digest):
+            # re-hashed, not trusted for existing: the importer reads them whole anyway
+            if not self.blobs.check(digest):
                 raise BlobNotFound(f"blob {digest} for {fname} not found; upload it first")
             if Path(fname).is_absolute() or ".." in Path(fname).parts:
                 raise InvalidRequest(f"invalid file name {fname!r}")
@@ -330,11 +374,14 @@ class ModelStore:
     def _younger(self, digest: str, now: float, grace_s: float) -> bool:
         if grace_s <= 0:
             return False
+        return now - self._modified(digest, default=0.0) < grace_s
+
+    def _modified(self, digest: str, default: float) -> float:
+        """The blob's modified time; ``default`` when the store cannot say."""
         try:
-            modified = self.blobs.fs.modified(self.blobs.path(digest))
+            return float(self.blobs.fs.modified(self.blobs.path(digest)).timestamp())
         except (NotImplementedError, OSError, AttributeError):
-            return False
-        return now - modified.timestamp() < grace_s
+            return default
 
 
 def _typed(key: str, value: str) -> Any:

@@ -16,9 +16,12 @@ Two layers:
   lands under its name only after it verified; bytes that do not verify are fetched
   again from the next source and the bad source is reported through ``on_bad``.
 
-Resuming is free: a blob already in the local store verified when it was written,
-so a fetch after a crash or restart skips it. ``fetch_blobs`` never marks anything
-complete; the caller writes its completion marker after it returns.
+Resuming is cheap: a blob already in the local store verified when it was written
+(and reached the disk before its name did), so a fetch after a crash or restart skips
+it once a stat shows its size; one of another size is quarantined and fetched again.
+Damage that keeps the size is caught where bytes are read (every read re-hashes) and
+repaired by quarantining the blob and fetching again. ``fetch_blobs`` never marks
+anything complete; the caller writes its completion marker after it returns.
 
 Errors: ``StoreError`` when some blob could be fetched from no source (the message
 names it and what each source answered). Everything else is caught per source.
@@ -35,7 +38,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Iterator, Mapp
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from omax.errors import DigestMismatch, StoreError
+from omax.errors import BlobNotFound, DigestMismatch, StoreError
 from omax.sharding.blobs import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -150,7 +153,7 @@ async def fetch_blobs(
     ``on_progress(done, total)`` runs on the event loop after each blob verified;
     ``on_bad`` after a source delivered bytes that did not verify.
     """
-    present = {b for b in sizes if await asyncio.to_thread(store.has, b)}
+    present = await asyncio.to_thread(lambda: {b for b, n in sizes.items() if store.intact(b, n)})
     result = FetchResult(
         total=sum(sizes.values()), present=sum(s for b, s in sizes.items() if b in present)
     )
@@ -224,9 +227,15 @@ async def fetch_one(
     stream_peer: PeerStream | None,
     origin: BlobStore | None,
 ) -> bytes:
-    """The verified bytes of one blob of unknown size (a manifest), stored locally too."""
-    if await asyncio.to_thread(store.has, digest):
+    """The verified bytes of one blob of unknown size (a manifest), stored locally too.
+
+    A local copy that does not verify is quarantined and fetched again."""
+    try:
         return await asyncio.to_thread(store.get, digest)
+    except BlobNotFound:
+        pass
+    except DigestMismatch as err:
+        await asyncio.to_thread(store.quarantine, digest, str(err))
     errors = []
     for source in [*(peers if stream_peer else ()), *([ORIGIN] if origin else [])]:
         try:
