@@ -94,6 +94,13 @@ def _nonnegative_duration(value: Any) -> float:
     return seconds
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(value)
+    return seconds
+
+
 @dataclass(frozen=True)
 class Settings:
     store_url: str
@@ -114,6 +121,10 @@ class Settings:
     max_body: int
     api_keys: tuple[str, ...]
     jwt_secret: str
+    rpc_timeout: float
+    start_timeout: float
+    reconnect_min: float
+    reconnect_max: float
     replication_target: int
     loaded_replicas: int
     max_loaded_per_slot: int
@@ -220,6 +231,16 @@ def settings() -> Settings:
         max_body=_check("serve.max-body", parse_size, "a size such as '64 MiB'"),
         api_keys=_check("serve.api-keys", _string_list, "a list of strings"),
         jwt_secret=str(_get("serve.jwt-secret") or ""),
+        rpc_timeout=_check("serve.rpc-timeout", _positive_duration, "a duration > 0 such as '10s'"),
+        start_timeout=_check(
+            "serve.start-timeout", _positive_duration, "a duration > 0 such as '10m'"
+        ),
+        reconnect_min=_check(
+            "serve.reconnect-min", _positive_duration, "a duration > 0 such as '0.5s'"
+        ),
+        reconnect_max=_check(
+            "serve.reconnect-max", _positive_duration, "a duration > 0 such as '5s'"
+        ),
         replication_target=_check("replication.target", _int_at_least(1), "an integer >= 1"),
         loaded_replicas=_check("placement.loaded-replicas", _int_at_least(1), "an integer >= 1"),
         max_loaded_per_slot=_check(

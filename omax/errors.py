@@ -8,6 +8,8 @@ OmaxError                      base; message is safe to show to a user
 ├── ServerBusy                 a bounded queue is full (HTTP 503)
 ├── Cancelled                  the client went away (HTTP 499)
 ├── PlacementRefused           no slot can hold the model (HTTP 503), says why
+├── Unavailable                the scheduler is unreachable; retry later (HTTP 503)
+├── DeadlineExceeded           a remote wait passed its deadline (HTTP 504), names it
 ├── ImportFailed               a model file cannot be imported; names file and reason
 ├── StoreError                 the blob store or catalog failed (HTTP 500)
 │   └── CatalogConflict        a compare-and-swap lost; retry with fresh state
@@ -70,6 +72,14 @@ class Cancelled(OmaxError):
 
 class PlacementRefused(OmaxError):
     status = 503
+
+
+class Unavailable(OmaxError):
+    status = 503
+
+
+class DeadlineExceeded(OmaxError):
+    status = 504
 
 
 class ImportFailed(OmaxError):

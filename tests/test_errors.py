@@ -27,6 +27,8 @@ TREE = [
     errors.DigestMismatch("wrong bytes"),
     ServerBusy(),
     PlacementRefused("needs 2 GiB"),
+    errors.Unavailable("scheduler unreachable"),
+    errors.DeadlineExceeded("omax_ensure took too long"),
     errors.ImportFailed("bad file"),
     errors.StoreError("store down"),
     CatalogConflict("lost a race"),

@@ -21,6 +21,8 @@ from omax.serve.middleware import DEFAULT_MAX_BODY, BearerAuthMiddleware, BodyLi
 from omax.serve.openapi import openapi_document
 from omax.serve.runtime import Runtime
 
+PROBES = ("/", "/api/health")  # liveness and readiness: open even with auth on
+
 
 def build_app(
     runtime: Runtime,
@@ -32,8 +34,8 @@ def build_app(
     """The HTTP app serving ``runtime``.
 
     ``max_body_bytes`` bounds every JSON body (blob uploads stream and are exempt).
-    With ``api_keys`` and/or ``jwt_secret`` set, every route but ``GET /`` needs
-    ``Authorization: Bearer <key or HS256 JWT>``.
+    With ``api_keys`` and/or ``jwt_secret`` set, every route but the probes (``GET /``
+    and ``GET /api/health``) needs ``Authorization: Bearer <key or HS256 JWT>``.
     """
     metrics = ServeMetrics()
     document = openapi_document()
@@ -50,7 +52,12 @@ def build_app(
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if api_keys or jwt_secret:
         middleware.append(
-            Middleware(BearerAuthMiddleware, api_keys=tuple(api_keys or ()), jwt_secret=jwt_secret)
+            Middleware(
+                BearerAuthMiddleware,
+                api_keys=tuple(api_keys or ()),
+                jwt_secret=jwt_secret,
+                open_paths=PROBES,
+            )
         )
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())

@@ -15,6 +15,14 @@ keeps its error; what failed the engine may have been in it).
 
 Model-store operations (tags, show, create, copy, delete, blobs) run against the
 origin store the scheduler names, in threads so the event loop never blocks.
+
+The scheduler is reached through a ``SchedulerLink`` (omax.serve.upstream), which
+reconnects by itself after the scheduler restarts: while it is down, requests fail
+at once with ``Unavailable`` (503) and ``health`` says why. Every remote wait has a
+deadline (``Deadlines``): short calls ``omax.serve.rpc-timeout``, a model's load and
+then a request's first token or embedding ``omax.serve.start-timeout``; past it,
+``DeadlineExceeded`` (504). After a reconnect what was cached about actors is
+dropped: the restarted scheduler places models afresh.
 """
 
 from __future__ import annotations
@@ -36,12 +44,28 @@ from typing import Any
 from distributed import Client
 
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
-from omax.errors import EngineDead, ModelNotFound, ServerBusy, from_wire, is_wire_error
+from omax.errors import (
+    DeadlineExceeded,
+    EngineDead,
+    ModelNotFound,
+    ServerBusy,
+    Unavailable,
+    from_wire,
+    is_wire_error,
+)
 from omax.serve import catalog_view
 from omax.serve.actors import ActorHandle
 from omax.serve.catalog_rpc import SchedulerCatalog
 from omax.serve.router import Poller, pick
-from omax.serve.runtime import CreateRequest, LoadedModel, ModelInfo, Progress, ShowInfo
+from omax.serve.runtime import (
+    CreateRequest,
+    Health,
+    LoadedModel,
+    ModelInfo,
+    Progress,
+    ShowInfo,
+)
+from omax.serve.upstream import Deadlines, SchedulerLink, bounded
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +75,12 @@ _CACHE_S = 2.0
 
 class ClusterRuntime:
     def __init__(
-        self, client: Client, store_url: str, max_queue: int = 512, coalesce: float = 0.0
+        self, link: SchedulerLink, store_url: str, max_queue: int = 512, coalesce: float = 0.0
     ) -> None:
         from omax.sharding.modelstore import ModelStore
 
-        self.client = client
+        self.link = link
+        self.deadlines = link.deadlines
         self.store = ModelStore(store_url)
         self.max_queue = max_queue
         self.coalesce = coalesce  # seconds a started stream's tokens may gather per poll
@@ -67,35 +92,60 @@ class ClusterRuntime:
         # out by omax_touch (or EngineDead) and dropped.
         self._names: dict[str, tuple[float, tuple[str, Any]]] = {}
         self._replicas: dict[str, tuple[float, list[ActorHandle]]] = {}
+        link.on_reconnect(self._forget_all)
 
     @classmethod
     async def connect(
-        cls, scheduler: str | Client, max_queue: int = 512, coalesce: float = 0.0
+        cls,
+        scheduler: str | Client,
+        max_queue: int = 512,
+        coalesce: float = 0.0,
+        deadlines: Deadlines | None = None,
     ) -> ClusterRuntime:
-        client = (
-            scheduler
-            if isinstance(scheduler, Client)
-            else await Client(scheduler, asynchronous=True, direct_to_workers=True)
-        )
-        info = await client.scheduler.omax_info()
-        runtime = cls(client, info["store_url"], max_queue, coalesce)
+        """Connect to ``scheduler`` (deadlines from ``omax.serve.*`` when not given)."""
+        link = await SchedulerLink.connect(scheduler, deadlines or Deadlines.from_settings())
+        try:
+            info = await link.call("omax_info")
+        except BaseException:
+            await link.close()
+            raise
+        runtime = cls(link, info["store_url"], max_queue, coalesce)
         runtime.store.catalog = SchedulerCatalog(
-            info["store_url"], client, asyncio.get_running_loop()
+            info["store_url"], link, asyncio.get_running_loop()
         )
         return runtime
 
+    @property
+    def client(self) -> Client:
+        """The current Dask client (a new one replaces it after a lost scheduler)."""
+        return self.link.client
+
     async def close(self) -> None:
-        await self.client.close()
+        await self.link.close()
+
+    def _forget_all(self) -> None:
+        """The scheduler came back: it places models afresh, so forget its old answers."""
+        self._replicas.clear()
+        self._pollers.clear()
+        self._names.clear()
 
     # ---- generation -------------------------------------------------------------
 
     async def _actors(self, name: str, digest: str, num_ctx: int, keep_alive: float | None):
-        reply = await self.client.scheduler.omax_ensure(
-            name=name, digest=digest, num_ctx=num_ctx, keep_alive=keep_alive
+        reply = await self.link.call(
+            "omax_ensure",
+            timeout=self.deadlines.start,
+            name=name,
+            digest=digest,
+            num_ctx=num_ctx,
+            keep_alive=keep_alive,
         )
         if is_wire_error(reply):
             raise from_wire(reply)
-        return [ActorHandle(self.client, a["worker"], a["key"]) for a in reply["actors"]]
+        client = self.link.require()
+        return [
+            ActorHandle(client, a["worker"], a["key"], self.deadlines.rpc) for a in reply["actors"]
+        ]
 
     async def _choose(
         self, name: str, digest: str, num_ctx: int, keep_alive: float | None
@@ -118,7 +168,7 @@ class ClusterRuntime:
     async def _failed(self, digest: str, actor: ActorHandle, reason: str) -> None:
         """Stop routing to ``actor`` and have the scheduler unload it."""
         self._forget_actor(digest, actor)
-        await self.client.scheduler.omax_actor_failed(key=actor.key, reason=reason)
+        await self.link.call("omax_actor_failed", key=actor.key, reason=reason)
 
     async def _check_engine(self, digest: str, actor: ActorHandle) -> None:
         """A request on ``actor`` ended in an error: if its engine died, report it."""
@@ -139,12 +189,10 @@ class ClusterRuntime:
         """Choose an actor and count a request on it with the scheduler (last use,
         in flight, keep_alive); a cached actor unloaded meanwhile is chosen afresh."""
         actor = await self._choose(name, digest, num_ctx, keep_alive)
-        if not await self.client.scheduler.omax_touch(
-            key=actor.key, delta=1, keep_alive=keep_alive
-        ):
+        if not await self.link.call("omax_touch", key=actor.key, delta=1, keep_alive=keep_alive):
             self._forget_actor(digest, actor)
             actor = await self._choose(name, digest, num_ctx, keep_alive)
-            await self.client.scheduler.omax_touch(key=actor.key, delta=1, keep_alive=keep_alive)
+            await self.link.call("omax_touch", key=actor.key, delta=1, keep_alive=keep_alive)
         self._outstanding[actor.key] += 1
         return actor
 
@@ -157,7 +205,7 @@ class ClusterRuntime:
             if poller is not None and poller.live == 0:
                 self._pollers.pop(actor.key, None)
         with contextlib.suppress(Exception):
-            await self.client.scheduler.omax_touch(key=actor.key, delta=-1, keep_alive=keep_alive)
+            await self.link.call("omax_touch", key=actor.key, delta=-1, keep_alive=keep_alive)
 
     async def _resolve(self, name: str) -> tuple[str, Any]:
         hit = self._names.get(name)
@@ -168,6 +216,7 @@ class ClusterRuntime:
         return found
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        self.link.require()  # while the scheduler is away: 503 at once
         digest, _ = await self._resolve(request.model)
         if self._pending[digest] >= self.max_queue:
             raise ServerBusy()
@@ -199,19 +248,29 @@ class ClusterRuntime:
                 # that was unloaded meanwhile) and submitting it are independent round
                 # trips: both go at once, off the time to first token.
                 replies: tuple[Any, Any] = await asyncio.gather(
-                    self.client.scheduler.omax_touch(
-                        key=actor.key, delta=1, keep_alive=request.keep_alive
+                    self.link.call(
+                        "omax_touch", key=actor.key, delta=1, keep_alive=request.keep_alive
                     ),
                     actor.call("submit", _with_id(request, rid)),
                     return_exceptions=True,
                 )
                 touched, submitted = replies
+                if isinstance(touched, (Unavailable, DeadlineExceeded)):
+                    raise touched
                 if isinstance(submitted, BaseException):
                     raise submitted
                 if touched is not True:
                     raise EngineDead(f"model actor {actor.key} is no longer loaded")
                 while True:
-                    item = await queue.get()
+                    item = await (
+                        queue.get()
+                        if started
+                        else bounded(
+                            f"first token from model actor {actor.key}",
+                            queue.get(),
+                            self.deadlines.start,
+                        )
+                    )
                     if isinstance(item, Exception):
                         raise item
                     started = True
@@ -234,11 +293,12 @@ class ClusterRuntime:
                 await self._release(actor, request.keep_alive)
 
     async def embed(self, request: EmbedRequest) -> EmbedResult:
+        self.link.require()
         digest, _ = await self._resolve(request.model)
         for attempt in range(_RETRIES + 1):
             actor = await self._acquire(request.model, digest, 512, request.keep_alive)
             try:
-                return await actor.call("embed", request)
+                return await actor.call_within(self.deadlines.start, "embed", request)
             except EngineDead as e:
                 if attempt == _RETRIES:
                     raise
@@ -248,9 +308,10 @@ class ClusterRuntime:
         raise AssertionError("unreachable")
 
     async def load(self, model: str, keep_alive: float | None) -> None:
+        self.link.require()
         digest, _ = await self._resolve(model)
         if keep_alive == 0:
-            await self.client.scheduler.omax_unload(digest=digest)
+            await self.link.call("omax_unload", digest=digest)
             return
         await self._actors(model, digest, 4096, keep_alive)
 
@@ -273,7 +334,7 @@ class ClusterRuntime:
         self._names.clear()
         still_named = any(e.digest == digest for e in await asyncio.to_thread(self.store.list))
         if not still_named:  # a copy's deletion leaves the shared model loaded
-            await self.client.scheduler.omax_unload(digest=digest)
+            await self.link.call("omax_unload", digest=digest)
 
     async def create(self, request: CreateRequest) -> AsyncIterator[Progress]:
         self._names.clear()
@@ -290,16 +351,26 @@ class ClusterRuntime:
             yield p
         name = model.removeprefix("ollama://")
         digest, _ = await self._resolve(name)
-        job = asyncio.ensure_future(self.client.scheduler.omax_replicate_model(digest=digest))
-        while not job.done():
-            await asyncio.wait({job}, timeout=0.25)
-            state = await self.client.scheduler.omax_cluster()
-            for w in state["workers"]:
-                for r in w.get("replicating", []):
-                    if r["digest"] == digest:
-                        yield Progress(
-                            f"replicating to {w['address']}", digest, r["total"], r["completed"]
-                        )
+        # Replication takes as long as the bytes take: no deadline but the connection's.
+        job = asyncio.ensure_future(
+            self.link.call("omax_replicate_model", timeout=None, digest=digest)
+        )
+        try:
+            while not job.done():
+                await asyncio.wait({job}, timeout=0.25)
+                state = await self.link.call("omax_cluster")
+                for w in state["workers"]:
+                    for r in w.get("replicating", []):
+                        if r["digest"] == digest:
+                            yield Progress(
+                                f"replicating to {w['address']}",
+                                digest,
+                                r["total"],
+                                r["completed"],
+                            )
+        finally:
+            if not job.done():
+                job.cancel()
         reply = job.result()
         if is_wire_error(reply):
             raise from_wire({**reply, "error": f"replicating {name}: {reply['error']}"})
@@ -326,7 +397,7 @@ class ClusterRuntime:
     # ---- the cluster -------------------------------------------------------------
 
     async def ps(self) -> list[LoadedModel]:
-        rows = await self.client.scheduler.omax_ps()
+        rows = await self.link.call("omax_ps")
         out = []
         for r in rows:
             try:
@@ -349,7 +420,25 @@ class ClusterRuntime:
         return out
 
     async def cluster(self) -> dict[str, Any]:
-        return await self.client.scheduler.omax_cluster()
+        return await self.link.call("omax_cluster")
+
+    async def health(self) -> Health:
+        """Ready when the scheduler answers and a worker has reported its inference
+        slots (until then a request could only be refused)."""
+        if not self.link.connected:
+            return Health(scheduler=False, reason=str(self.link.unavailable()))
+        try:
+            state, rows = await asyncio.gather(
+                self.link.call("omax_cluster"), self.link.call("omax_ps")
+            )
+        except (Unavailable, DeadlineExceeded) as e:
+            return Health(scheduler=False, reason=str(e))
+        workers = sum(1 for w in state["workers"] if w.get("slots"))
+        models = tuple(sorted({r["name"] for r in rows}))
+        if not workers:
+            reason = "no worker with an inference slot is connected to the scheduler"
+            return Health(scheduler=True, models=models, reason=reason)
+        return Health(scheduler=True, workers=workers, models=models)
 
 
 def _poll_fn(actor: ActorHandle, linger: float) -> Callable[[list[str]], Awaitable[Any]]:

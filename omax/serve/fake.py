@@ -32,6 +32,7 @@ from omax.engine.request import (
 from omax.errors import BlobNotFound, DigestMismatch, InvalidRequest, ModelNotFound, OmaxError
 from omax.serve.runtime import (
     CreateRequest,
+    Health,
     LoadedModel,
     ModelDetails,
     ModelInfo,
@@ -110,6 +111,7 @@ class FakeRuntime:
         self.cancelled: list[str] = []
         self.completed: list[str] = []
         self.active = 0
+        self.down = ""  # set to a reason: health answers that the scheduler is away
 
     def enqueue(self, script: Script | None = None, **kwargs: Any) -> None:
         """Queue what the next generation yields (``Script`` fields as keywords)."""
@@ -320,6 +322,11 @@ class FakeRuntime:
             "workers": [{"address": "tcp://127.0.0.1:0", "gpus": []}],
             "models": sorted(self.loaded),
         }
+
+    async def health(self) -> Health:
+        if self.down:
+            return Health(scheduler=False, reason=self.down)
+        return Health(scheduler=True, workers=1, models=tuple(sorted(self.loaded)))
 
 
 def _rfc3339(when: datetime) -> str:

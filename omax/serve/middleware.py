@@ -73,7 +73,8 @@ class BodyLimitMiddleware:
 
 class BearerAuthMiddleware:
     """Require ``Authorization: Bearer <token>`` where the token is a known API key or a
-    JWT signed with ``jwt_secret`` (HS256). ``GET /`` stays open for health probes."""
+    JWT signed with ``jwt_secret`` (HS256). ``open_paths`` (the app passes ``/`` and
+    ``/api/health``) stay open for load balancers and probes."""
 
     def __init__(
         self,

@@ -319,9 +319,25 @@ async def cluster(request: Request) -> Response:
     return JSONResponse(await runtime_of(request).cluster())
 
 
+async def health(request: Request) -> Response:
+    """Readiness for load balancers and probes (``GET /`` is liveness): 200 when the
+    scheduler answers and a worker is connected, else 503 with the reason."""
+    h = await runtime_of(request).health()
+    body: dict[str, Any] = {
+        "status": "ok" if h.ready else "unavailable",
+        "scheduler": h.scheduler,
+        "workers": h.workers,
+        "models": list(h.models),
+    }
+    if not h.ready:
+        body["reason"] = h.reason or "not ready"
+    return JSONResponse(body, status_code=200 if h.ready else 503)
+
+
 routes = [
     Route("/", root, methods=["GET", "HEAD"]),
     Route("/api/version", version, methods=["GET", "HEAD"]),
+    Route("/api/health", health, methods=["GET", "HEAD"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),

@@ -86,6 +86,17 @@ PROGRESS_OUT = {
         "completed": {"type": "integer"},
     },
 }
+HEALTH_OUT = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "scheduler": {"type": "boolean"},
+        "workers": {"type": "integer"},
+        "models": {"type": "array", "items": {"type": "string"}},
+        "reason": {"type": "string"},
+    },
+    "required": ["status", "scheduler", "workers", "models"],
+}
 LIST = {
     "type": "object",
     "properties": {"models": {"type": "array", "items": OBJ}},
@@ -102,6 +113,7 @@ ROUTES: list[tuple[str, str, type[BaseModel] | None, dict[str, Any] | None, str 
         {"type": "object", "properties": {"version": {"type": "string"}}},
         None,
     ),
+    ("get", "/api/health", None, HEALTH_OUT, None),
     ("post", "/api/generate", s.GenerateBody, GENERATE_OUT, "application/x-ndjson"),
     ("post", "/api/chat", s.ChatBody, CHAT_OUT, "application/x-ndjson"),
     ("post", "/api/embed", s.EmbedBody, OBJ, None),
@@ -148,6 +160,11 @@ def _operation(
             "413": {"description": "body too large", "content": error},
         },
     }
+    if path == "/api/health":
+        op["responses"]["503"] = {
+            "description": "not ready: the scheduler is unreachable or no worker is connected",
+            "content": {"application/json": {"schema": HEALTH_OUT}},
+        }
     if model is not None:
         ref = {"$ref": f"#/components/schemas/{model.__name__}"}
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref}}}

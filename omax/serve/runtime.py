@@ -76,6 +76,21 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Health:
+    """What ``GET /api/health`` answers: ready when the scheduler answers and at
+    least one worker is connected; ``reason`` says why not."""
+
+    scheduler: bool  # the scheduler answered
+    workers: int = 0  # workers connected to it
+    models: tuple[str, ...] = ()  # loaded models, "name:tag"
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler and self.workers > 0 and not self.reason
+
+
+@dataclass(frozen=True)
 class CreateRequest:
     model: str
     from_: str | None = None
@@ -127,3 +142,7 @@ class Runtime(Protocol):
     async def ps(self) -> list[LoadedModel]: ...
 
     async def cluster(self) -> dict[str, Any]: ...
+
+    async def health(self) -> Health:
+        """Whether this front door can serve now; never raises for an outage."""
+        ...
