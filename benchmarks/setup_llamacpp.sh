@@ -11,9 +11,9 @@ PY="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo '*' >"$VENV/.gitignore"
 "$VENV/bin/pip" install -q --upgrade pip
-# A native build (-march=native) faults with SIGILL at the first generate on this VM: it
-# advertises AMX/AVX-512 features that trap. Pin a portable AVX2/FMA/F16C build instead.
-CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}" \
+# ggml built for this CPU's vector units (AVX-512 where /proc/cpuinfo lists it), AMX
+# off: benchmarks/llamacpp_flags.sh, the same flags as benchmarks/build_llamacpp.sh.
+CMAKE_ARGS="${CMAKE_ARGS:-$(bash "$HERE/llamacpp_flags.sh")}" \
   "$VENV/bin/pip" install -q --force-reinstall --no-cache-dir llama-cpp-python
 # The CPU torch wheel omax pins (found through pip's find-links), not PyPI's CUDA build.
 "$VENV/bin/pip" install -q "torch==$("$HERE/../.venv/bin/python" -c 'import torch; print(torch.__version__)')"
