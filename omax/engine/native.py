@@ -244,16 +244,15 @@ class NativeDecoder:
         def opt(t: torch.Tensor | None) -> torch.Tensor:
             return empty if t is None else t.contiguous()
 
-        # The order is native_decode.cpp's kLn1 .. kPostFfn, then embed, norm, head.
+        # The order is native_decode.cpp's kLn1 .. kPostFfn, then embed, norm, head
+        # (kinds: four per layer, then the embedding's and the head's).
         for layer in model.layers:
             tensors += [layer.ln1, *lin(layer.qkv), *lin(layer.o), layer.ln2]
             tensors += [*lin(layer.gu), *lin(layer.down)]
             extra = (layer.bias, layer.q_norm, layer.k_norm, layer.post_attn, layer.post_ffn)
             tensors += [opt(t) for t in extra]
-        # the embedding is looked up in Python (Lin.rows reads a packed weight's rows)
-        tensors += [empty, model.norm, *lin(model.head)]
+        tensors += [*lin(model.embed), model.norm, *lin(model.head)]
         self.kinds = kinds
-        self.embed = model.embed
         rope_kinds = sorted(model.tables)
         a = model.arch
         self.native = mod.Model(
@@ -293,5 +292,4 @@ class NativeDecoder:
     ) -> torch.Tensor:
         """Logits [R, V] (fp32) of one token for each of cache slots ``0..R-1``;
         ``invariant``: each row's bits as alone or in any batch (a seeded request's)."""
-        rows = self.embed.rows(ids, self.embed.act)
-        return self.native.decode(rows, positions, length, invariant)
+        return self.native.decode(ids, positions, length, invariant)

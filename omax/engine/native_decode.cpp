@@ -658,6 +658,48 @@ Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const 
   return ((q - 8) * scale + zero).reshape({n_idx, k_in});
 }
 
+// Rows ids [R] (int64) of a linear's weight (t[at..at+3], kind as lin) as bf16 [R, K],
+// the bits linear.Lin.rows gives: the dense weight's rows, int8 q * s, or int4
+// (q - 8) * s + z (each in fp32, not fused, then rounded), read in place: the
+// embedding lookup of a packed embedding.
+Tensor embed_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& ids) {
+  if (present(t[at + 2])) return at::index_select(t[at + 2], 0, ids);
+  const Tensor& w = t[at];
+  const Tensor& s = t[at + 1];
+  Tensor idx = ids.to(at::kLong).contiguous();
+  const int64_t rows = idx.size(0);
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  const BFloat16* ps = s.data_ptr<BFloat16>();
+  if (kind == 8) {
+    const int64_t k = w.size(1);
+    Tensor out = at::empty({rows, k}, s.options());
+    const int8_t* pw = w.data_ptr<int8_t>();
+    BFloat16* po = out.data_ptr<BFloat16>();
+    for (int64_t i = 0; i < rows; ++i) {
+      const float sc = static_cast<float>(ps[pi[i]]);
+      for (int64_t j = 0; j < k; ++j) po[i * k + j] = BFloat16(static_cast<float>(pw[pi[i] * k + j]) * sc);
+    }
+    return out;
+  }
+  TORCH_CHECK(kind == 4, "an embedding without weights");
+  const int64_t pairs = w.size(1), k = 2 * pairs, n = s.size(1);
+  Tensor out = at::empty({rows, k}, s.options());
+  const uint8_t* pw = w.data_ptr<uint8_t>();
+  BFloat16* po = out.data_ptr<BFloat16>();
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t id = pi[i];
+    const uint8_t* block = pw + (id / 64) * pairs * 64;
+    const int lane = static_cast<int>(id % 32), shift = id % 64 < 32 ? 0 : 4;
+    for (int64_t j = 0; j < k; ++j) {
+      const int q = (block[(j / 2) * 64 + lane + 32 * (j & 1)] >> shift) & 15;
+      const BFloat16* sz = ps + ((j / kGroup) * n + id) * 2;
+      volatile float p = static_cast<float>(q - 8) * static_cast<float>(sz[0]);  // no FMA
+      po[i * k + j] = BFloat16(p + static_cast<float>(sz[1]));
+    }
+  }
+  return out;
+}
+
 // bf16 logits are 1/8 apart between 16 and 32, so the top ones often tie and the
 // greedy token would hang on rounding: the top kRefine are recomputed in fp32 from the
 // weight's rows (as fastpath.refine_top does). Each dot product is a loop of its own,
@@ -1035,7 +1077,7 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
 }
 
 // Where a layer's tensors are in Model::t: kPerLayer of them per layer, then the
-// embedding, the final norm and the head (kLin). The optional ones are empty tensors
+// embedding (kLin), the final norm and the head (kLin). The optional ones are empty tensors
 // where the family lacks them (see omax.engine.arch).
 constexpr size_t kLn1 = 0, kQkv = 1, kO = kQkv + kLin, kLn2 = kO + kLin, kGu = kLn2 + 1,
                  kDown = kGu + kLin, kBias = kDown + kLin, kQNorm = kBias + 1, kKNorm = kQNorm + 1,
@@ -1053,7 +1095,7 @@ const BFloat16* optional_ptr(const Tensor& x) {
 // held).
 struct Model {
   std::vector<Tensor> t;
-  std::vector<int64_t> kinds;  // per layer: qkv, o, gu, down; then the head
+  std::vector<int64_t> kinds;  // per layer: qkv, o, gu, down; then the embedding, the head
   std::vector<Tensor> kc, vc;
   std::vector<Tensor> tables;  // rotary tables, complex64 [max_pos, hd / 2]
   std::vector<int64_t> rope;   // per layer: its table
@@ -1079,9 +1121,7 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     ~Restore() { use_team = true; }
   } restore;
   use_team = kOwnKernels;
-  // the rows' embeddings (bf16 [R, H], looked up by the caller from a quantised
-  // embedding), or token ids into the dense one
-  Tensor h = ids.is_floating_point() ? ids.clone() : at::index_select(t[tail], 0, ids);
+  Tensor h = embed_rows(t, tail, kinds[4 * n_layers], ids);
   if (embed_scale != 1.) h.mul_(embed_scale);  // a bf16 value: torch's bf16 product
   for (int64_t i = 0; i < n_layers; ++i) {
     const size_t b = static_cast<size_t>(i) * kPerLayer;
@@ -1099,7 +1139,8 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     Tensor d = lin(t, b + kDown, kd[3], act_mul(gu, gelu), false, invariant);
     h.add_(present(l[kPostFfn]) ? rms_norm(d, l[kPostFfn], eps) : d);
   }
-  Tensor out = logits(t, tail + 2, kinds[4 * n_layers], rms_norm(h, t[tail + 1], eps), invariant);
+  Tensor out = logits(t, tail + kLin + 1, kinds[4 * n_layers + 1],
+                      rms_norm(h, t[tail + kLin], eps), invariant);
   if (final_softcap > 0.) {
     float* p = out.data_ptr<float>();
     const float cap = static_cast<float>(final_softcap);
@@ -1119,9 +1160,9 @@ Model make_model(std::vector<Tensor> tensors, std::vector<int64_t> kinds, std::v
   const size_t n = k.size();
   TORCH_CHECK(v.size() == n && rope.size() == n && windows.size() == n,
               "one cache, table and window per layer");
-  TORCH_CHECK(tensors.size() == n * kPerLayer + 2 + kLin, "expected ", n * kPerLayer + 2 + kLin,
-              " tensors for ", n, " layers, got ", tensors.size());
-  TORCH_CHECK(kinds.size() == 4 * n + 1, "expected ", 4 * n + 1, " kinds");
+  TORCH_CHECK(tensors.size() == n * kPerLayer + 2 * kLin + 1, "expected ",
+              n * kPerLayer + 2 * kLin + 1, " tensors for ", n, " layers, got ", tensors.size());
+  TORCH_CHECK(kinds.size() == 4 * n + 2, "expected ", 4 * n + 2, " kinds");
   TORCH_CHECK(n_heads % n_kv == 0 && head_dim % 2 == 0, "bad attention shape");
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(rope[i] >= 0 && rope[i] < static_cast<int64_t>(tables.size()), "layer ", i,
