@@ -110,10 +110,12 @@ def test_a_worker_restarted_after_a_power_loss_repairs_its_replica(tmp_path):
         worker = start_worker(address, env, "--name", "node-1", "--no-nanny")
         [w] = _wait_workers(address, 1)
         # reported after recovery: the marker cut short counts for nothing, so the
-        # replica is not complete (a fetch resumes it from the blobs that are whole)
-        assert not w["replicas"].get(digest, {}).get("complete"), w["replicas"]
+        # replica is not complete, unless the scheduler's replication has already
+        # fetched the short blob again (a tiny model: it can, before this looks)
+        repaired = blobs.has(cut_blob) and blobs.verify(cut_blob)
+        assert not w["replicas"].get(digest, {}).get("complete") or repaired, w["replicas"]
         assert not torn.exists()  # the temporary file is gone
-        assert not any((store / "replicas").glob("*.complete"))
+        assert repaired or not any((store / "replicas").glob("*.complete"))
         after, cluster = asyncio.run(_serve(address, GENERATE))
         assert after.status_code == 200, after.text + tail(sched, worker)
         assert after.json()["response"] == before.json()["response"]
