@@ -120,7 +120,11 @@ class Settings:
     stream_coalesce: float
     max_body: int
     api_keys: tuple[str, ...]
-    jwt_secret: str
+    jwt_secret: str  # omax.auth.jwt-secret, else the older omax.serve.jwt-secret
+    jwt_accepted: tuple[str, ...]
+    public_key: str
+    auth_required: bool
+    metrics_access: str
     rpc_timeout: float
     start_timeout: float
     reconnect_min: float
@@ -133,6 +137,9 @@ class Settings:
     log_file: str
     log_max_bytes: int
     log_backups: int
+
+
+MIN_SECRET = 32  # characters of an HS256 secret (RFC 7518: a key as long as the hash)
 
 
 def _get(key: str) -> Any:
@@ -188,6 +195,30 @@ def _string_list(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in value)
 
 
+def _secret(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or (value and len(value) < MIN_SECRET):
+        raise ValueError(value)
+    return value
+
+
+def _secret_list(value: Any) -> tuple[str, ...]:
+    secrets = _string_list(value)
+    for secret in secrets:
+        _secret(secret)
+    return secrets
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ValueError(value)
+    return text in {"true", "1", "yes"}
+
+
 def _level(value: Any) -> str:
     level = str(value).upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -230,7 +261,14 @@ def settings() -> Settings:
         ),
         max_body=_check("serve.max-body", parse_size, "a size such as '64 MiB'"),
         api_keys=_check("serve.api-keys", _string_list, "a list of strings"),
-        jwt_secret=str(_get("serve.jwt-secret") or ""),
+        jwt_secret=_check("auth.jwt-secret", _secret, f"{MIN_SECRET}+ characters, or empty")
+        or _check("serve.jwt-secret", _secret, f"{MIN_SECRET}+ characters, or empty"),
+        jwt_accepted=_check(
+            "auth.jwt-accepted", _secret_list, f"a list of secrets of {MIN_SECRET}+ characters"
+        ),
+        public_key=str(_get("auth.public-key") or ""),
+        auth_required=_check("auth.required", _bool, "true or false"),
+        metrics_access=_check("auth.metrics", _choice("open", "viewer"), "open or viewer"),
         rpc_timeout=_check("serve.rpc-timeout", _positive_duration, "a duration > 0 such as '10s'"),
         start_timeout=_check(
             "serve.start-timeout", _positive_duration, "a duration > 0 such as '10m'"

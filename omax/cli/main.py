@@ -56,6 +56,6 @@ def cli(log_format: str | None, log_file: str | None, log_level: str | None) -> 
 
 
 def main() -> None:
-    from omax.cli import models, native, serve  # noqa: F401  (registers the commands)
+    from omax.cli import auth, models, native, serve  # noqa: F401  (registers the commands)
 
     cli(prog_name="omax")

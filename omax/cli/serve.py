@@ -26,6 +26,12 @@ logger = logging.getLogger("omax.serve")
 @click.option("--workers", type=int, default=None, help="Workers of the embedded cluster.")
 @click.option("--dashboard", default=":8787", help="Dashboard address of the embedded cluster.")
 @click.option("--no-demo", is_flag=True, help="Do not import the bundled demo model on start.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve on a non-loopback address without authentication (anyone who reaches "
+    "the port may create, overwrite and delete models).",
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -33,16 +39,33 @@ def serve(
     workers: int | None,
     dashboard: str,
     no_demo: bool,
+    insecure: bool,
 ) -> None:
     """Serve the Ollama and OpenAI APIs.
 
     With no --scheduler, start an embedded Dask cluster with the omax plugins (one
     worker per GPU; with none, one worker whose inference slot is the CPU).
+
+    On an address other than loopback, authentication must be on (docs/security.md)
+    unless --insecure is given.
     """
+    from omax.auth.policy import auth_config
+
     cfg = settings()
+    host = host or cfg.host
+    open_door = not auth_config(cfg).enabled and not is_loopback(host)
+    if open_door and not insecure:
+        raise click.ClickException(
+            f"refusing to serve on {host} without authentication: anyone who reaches it "
+            "could create, overwrite and delete models. Set omax.auth.jwt-secret or "
+            "omax.auth.required with keys from `omax key create` (docs/security.md), "
+            "listen on 127.0.0.1, or pass --insecure to accept the risk."
+        )
+    if open_door:
+        logger.warning("serving on %s WITHOUT authentication (--insecure)", host)
     asyncio.run(
         _serve(
-            host or cfg.host,
+            host,
             cfg.port if port is None else port,
             scheduler,
             workers,
@@ -50,6 +73,19 @@ def serve(
             demo=not no_demo,
         )
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback name or address (only this machine can connect)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 async def _serve(
@@ -73,12 +109,9 @@ async def _serve(
     try:
         if demo:
             await _ensure_demo(runtime)
-        app = build_app(
-            runtime,
-            max_body_bytes=cfg.max_body,
-            api_keys=cfg.api_keys or None,
-            jwt_secret=cfg.jwt_secret or None,
-        )
+        from omax.auth.policy import auth_config
+
+        app = build_app(runtime, max_body_bytes=cfg.max_body, auth=auth_config(cfg))
         config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()

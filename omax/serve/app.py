@@ -14,14 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from omax.auth.policy import AuthConfig
+from omax.auth.store import AuthStore
 from omax.serve import ollama, openai
+from omax.serve.auth import AuthMiddleware, SnapshotCache
 from omax.serve.errors import exception_handlers
 from omax.serve.metrics import MetricsMiddleware, ServeMetrics
-from omax.serve.middleware import DEFAULT_MAX_BODY, BearerAuthMiddleware, BodyLimitMiddleware
+from omax.serve.middleware import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from omax.serve.openapi import openapi_document
 from omax.serve.runtime import Runtime
-
-PROBES = ("/", "/api/health")  # liveness and readiness: open even with auth on
 
 
 def build_app(
@@ -30,12 +31,15 @@ def build_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     api_keys: Iterable[str] | None = None,
     jwt_secret: str | None = None,
+    auth: AuthConfig | None = None,
 ) -> Starlette:
     """The HTTP app serving ``runtime``.
 
     ``max_body_bytes`` bounds every JSON body (blob uploads stream and are exempt).
-    With ``api_keys`` and/or ``jwt_secret`` set, every route but the probes (``GET /``
-    and ``GET /api/health``) needs ``Authorization: Bearer <key or HS256 JWT>``.
+    With ``auth`` enabled, every route but the probes (``GET /`` and ``GET
+    /api/health``) needs ``Authorization: Bearer <token or key>`` and a role the route
+    table (``omax.auth.roles``) allows. ``api_keys`` (admin keys) and ``jwt_secret``
+    are a shorthand for an ``AuthConfig`` with only those.
     """
     metrics = ServeMetrics()
     document = openapi_document()
@@ -50,15 +54,11 @@ def build_app(
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
-    if api_keys or jwt_secret:
-        middleware.append(
-            Middleware(
-                BearerAuthMiddleware,
-                api_keys=tuple(api_keys or ()),
-                jwt_secret=jwt_secret,
-                open_paths=PROBES,
-            )
-        )
+    if auth is None and (api_keys or jwt_secret):
+        auth = AuthConfig.build(secret=jwt_secret or "", static_keys=api_keys or ())
+    if auth is not None and auth.enabled:
+        store = AuthStore(auth.store_url) if auth.store_url else None
+        middleware.append(Middleware(AuthMiddleware, config=auth, cache=SnapshotCache(store)))
     middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
     app.state.runtime = runtime

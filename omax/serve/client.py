@@ -1,7 +1,7 @@
 """``OmaxClient``: the small HTTP client the ``omax`` CLI uses to talk to a running server.
 
 It reads ``OMAX_HOST`` (default ``127.0.0.1:11434``; ``host:port``, ``:port`` or a
-URL). Streaming methods yield one dict per NDJSON line. Errors:
+URL) and sends ``OMAX_API_KEY``, else ``OLLAMA_API_KEY``, as its bearer token. Streaming methods yield one dict per NDJSON line. Errors:
 
     ServerUnreachable   nothing answers at the address (one-line message)
     ResponseError       the server answered an error: ``.status`` and ``.message``
@@ -62,12 +62,22 @@ def _error(response: httpx.Response) -> ResponseError:
     )
 
 
+def bearer_headers() -> dict[str, str]:
+    """``Authorization`` from ``OMAX_API_KEY``, else ``OLLAMA_API_KEY``; none if neither."""
+    key = (os.environ.get("OMAX_API_KEY") or os.environ.get("OLLAMA_API_KEY") or "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class OmaxClient:
     """Methods mirror the API; ``stream=True`` ones yield dicts as lines arrive."""
 
     def __init__(self, host: str | None = None, timeout: float | None = None) -> None:
         self.url = base_url(host)
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            headers=bearer_headers(),
+        )
 
     def close(self) -> None:
         self._http.close()

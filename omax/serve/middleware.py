@@ -1,11 +1,9 @@
-"""Small ASGI middlewares: request body limit and bearer-token auth.
+"""Small ASGI middlewares: the request body limit (auth lives in ``omax.serve.auth``).
 
-Both answer with the error shape of the path's API family (``omax.serve.errors``).
+It answers with the error shape of the path's API family (``omax.serve.errors``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,48 +67,3 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await error_response(path, 413, "request body too large")(scope, receive, send)
-
-
-class BearerAuthMiddleware:
-    """Require ``Authorization: Bearer <token>`` where the token is a known API key or a
-    JWT signed with ``jwt_secret`` (HS256). ``open_paths`` (the app passes ``/`` and
-    ``/api/health``) stay open for load balancers and probes."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        api_keys: Iterable[str] = (),
-        jwt_secret: str | None = None,
-        open_paths: tuple[str, ...] = ("/",),
-    ) -> None:
-        self.app = app
-        self.api_keys = frozenset(api_keys)
-        self.jwt_secret = jwt_secret
-        self.open_paths = open_paths
-
-    def _valid(self, token: str) -> bool:
-        if token in self.api_keys:
-            return True
-        if self.jwt_secret:
-            import jwt
-
-            try:
-                jwt.decode(token, self.jwt_secret, algorithms=["HS256"])
-                return True
-            except jwt.PyJWTError:
-                return False
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not self._valid(token.strip()):
-            response = error_response(
-                scope["path"], 401, "unauthorized", headers={"WWW-Authenticate": "Bearer"}
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
