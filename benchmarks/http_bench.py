@@ -9,8 +9,9 @@ never both running while measuring:
 
 1. ``omax serve`` (embedded cluster, free port on 127.0.0.1, its own store in a temporary
    folder), ``omax create`` from a Modelfile ``FROM <gguf>``, the model loaded by an
-   empty request; the RSS the worker process (the serve process's descendant that grew)
-   added by the load, and after the measurements.
+   empty request (after one load and unload, so the worker has its imports done); the
+   RSS the worker process (the serve process's descendant that grew) added by the
+   load, and after the measurements.
 2. ``llama-server -m GGUF -np 16 -c 16*CTX -t THREADS`` (benchmarks/.llamacpp/bin).
 
 On each: a warm-up request, then one stream (greedy, raw prompt, N tokens: decode tok/s
@@ -191,10 +192,19 @@ def bench_omax(gguf: Path, args, store: Path) -> dict:
             [OMAX, "create", name, "-f", str(mf)], env=env, check=True, capture_output=True
         )
         res["start_s"] = time.perf_counter() - t_start
+        http = httpx.Client(base_url=url, timeout=1800)
+        # Load and unload once first: the worker then has torch, transformers and the
+        # engine imported (a few hundred MB no model adds again), so the growth below
+        # is what loading the model adds to a running worker.
+        warm = {"model": name, "prompt": "1", "keep_alive": 0, "stream": False}
+        check(http.post("/api/generate", json={**warm, "options": {"num_predict": 1}}))
+        for _ in range(120):
+            if not http.get("/api/ps").json().get("models"):
+                break
+            time.sleep(0.5)
         time.sleep(1.0)
         ps = psutil.Process(proc.pid)
         before = tree_rss(ps)
-        http = httpx.Client(base_url=url, timeout=1800)
         t0 = time.perf_counter()
         r = http.post("/api/generate", json={"model": name, "keep_alive": -1})
         check(r)
