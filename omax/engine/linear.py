@@ -29,19 +29,19 @@ class Lin:
     not have): it takes "int8" instead, per-output-row symmetric for
     ``_weight_int8pack_mm``. "none" keeps the weight dense in the activation dtype.
 
-    A packed weight keeps no dense copy: the model stays about the size of its GGUF
-    (the issue's memory target), every call of any row count takes the packed kernel
-    (row-invariant: a seeded row's bits do not follow the batch), and embedding lookups
-    and ``refine_top`` read rows straight from the packed weight. The one exception is
-    a ``lookups`` weight (the embedding and the head) in int4 whose rows are not a
-    multiple of 64, the block ``int4_rows`` reads: it keeps a bf16 copy for its lookups
-    and for batches of more than ``SMALL`` rows. The packed kernels cost more per row
-    than a dense matmul past a few rows, so prompts prefill slower than from a dense
-    copy would (benchmarks/RESULTS.md); the native step has many-row kernels of its own.
+    A packed weight keeps no dense copy: the model stays about the size of its GGUF,
+    and embedding lookups and ``refine_top`` read rows straight from the packed weight.
+    int4 weights take the packed kernel for any row count (row-invariant: a seeded
+    row's bits do not follow the batch). torch's int8 kernel is slow past a few dozen
+    rows (a prompt chunk), so an int8 layer takes it up to ``SMALL`` rows and past that
+    a dense matmul on a bf16 copy made for that call only (the rows ``Rows`` pins
+    keep their kernels as with any dense weight). The one kept copy: a ``lookups``
+    weight (the embedding and the head) in int4 whose rows are not a multiple of 64,
+    the block ``int4_rows`` reads. The native step has many-row kernels of its own.
     """
 
     __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only")
-    SMALL = {"int4": 8, "int8": 4}
+    SMALL = {"int4": 8, "int8": 48}
 
     def __init__(
         self,
@@ -66,7 +66,7 @@ class Lin:
             sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
             self.s = sz.transpose(0, 1).contiguous().to(act)
         # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
-        self.packed_only = quant == "int8" or (
+        self.packed_only = (quant == "int8" and lookups) or (
             quant == "int4" and (not lookups or self.n % 64 == 0)
         )
         self.small = self.SMALL.get(quant, 0)
@@ -89,13 +89,14 @@ class Lin:
         r = x.shape[0]
         if self.packed_only:  # row-invariant for any row count: pins need nothing more
             return self._packed(x)
-        dense = self._dense
-        assert dense is not None
         if rows is None:
-            return self._packed(x) if self.w is not None and r <= self.small else F.linear(x, dense)
+            if self.w is not None and r <= self.small:
+                return self._packed(x)
+            return F.linear(x, self._weight())
         packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
         if packed is not None and len(packed) == r:
             return self._packed(x)
+        dense = self._weight()
         if len(groups) == 1 and groups[0] == (0, r):
             return F.linear(x, dense)
         out = x.new_empty(r, self.n)
@@ -106,6 +107,14 @@ class Lin:
         for first, n in groups:
             out[first : first + n] = F.linear(x[first : first + n], dense)
         return out
+
+    def _weight(self) -> torch.Tensor:
+        """The dense weight: the kept copy, or (an int8 layer) one made for this call
+        only, the bits a kept copy would hold."""
+        if self._dense is not None:
+            return self._dense
+        assert self.w is not None and self.s is not None
+        return (self.w.float() * self.s.float()[:, None]).to(self.act)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant == "int4":
