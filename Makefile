@@ -49,8 +49,12 @@ typecheck: install
 test: install $(TESTDATA) lint typecheck
 	$(BIN)/python -m pytest -q -ra --durations=15
 
-bench: install
-	$(BIN)/python benchmarks/run_all.py
+# The benchmarks need a quiet machine and, for the comparisons, llama.cpp built for it
+# (benchmarks/build_llamacpp.sh): each script's docstring says how to run it.
+bench: install $(TESTDATA)
+	bash benchmarks/build_llamacpp.sh
+	$(BIN)/python benchmarks/make_models.py
+	$(BIN)/python benchmarks/http_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
