@@ -634,36 +634,16 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
 
 bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
 
-// Rows idx [I] of a linear's weight (t[at..at+3], kind as lin) in fp32 [I, K], as
-// linear.Lin.rows reads them: the dense weight's, int8 q * s, or int4 (q - 8) * s + z
-// unpacked from torch's layout (blocks of 64 rows; in a block each pair of k's takes
-// 64 bytes, byte b holding k + b / 32 of row b % 32 low and of row 32 + b % 32 high).
-Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& idx) {
-  if (present(t[at + 2])) return t[at + 2].index_select(0, idx).to(at::kFloat);
-  const Tensor& w = t[at];
-  const Tensor& s = t[at + 1];
-  if (kind == 8)
-    return w.index_select(0, idx).to(at::kFloat) * s.index_select(0, idx).to(at::kFloat).unsqueeze(1);
-  TORCH_CHECK(kind == 4, "a linear without weights");
-  const int64_t pairs = w.size(1), k_in = 2 * pairs, n_idx = idx.size(0);
-  Tensor blocks = w.reshape({-1, pairs, 64}).index_select(0, at::floor_divide(idx, 64));
-  Tensor r = at::remainder(idx, 64);
-  Tensor lane = at::remainder(r, 32);
-  Tensor pick = at::stack({lane, lane + 32}, -1).unsqueeze(1).expand({n_idx, pairs, 2});
-  Tensor shift = (at::floor_divide(r, 32) * 4).to(at::kInt).view({n_idx, 1, 1});
-  Tensor codes = at::bitwise_and(at::bitwise_right_shift(blocks.gather(2, pick).to(at::kInt), shift), 15);
-  Tensor scale = s.select(2, 0).index_select(1, idx).t().to(at::kFloat).unsqueeze(-1);
-  Tensor zero = s.select(2, 1).index_select(1, idx).t().to(at::kFloat).unsqueeze(-1);
-  Tensor q = codes.reshape({n_idx, -1, kGroup}).to(at::kFloat);
-  return ((q - 8) * scale + zero).reshape({n_idx, k_in});
-}
-
-// Rows ids [R] (int64) of a linear's weight (t[at..at+3], kind as lin) as bf16 [R, K],
-// the bits linear.Lin.rows gives: the dense weight's rows, int8 q * s, or int4
-// (q - 8) * s + z (each in fp32, not fused, then rounded), read in place: the
-// embedding lookup of a packed embedding.
-Tensor embed_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& ids) {
-  if (present(t[at + 2])) return at::index_select(t[at + 2], 0, ids);
+// Rows ids [R] of a linear's weight (t[at..at+3], kind as lin) as Out (float or
+// bf16) [R, K], the bits linear.Lin.rows gives: the dense weight's rows, int8 q * s,
+// or int4 (q - 8) * s + z (each op in fp32, not fused, then rounded to Out) read in
+// place from torch's layout (blocks of 64 rows; in a block each pair of k's takes 64
+// bytes, byte b holding k + b / 32 of row b % 32 low and of row 32 + b % 32 high).
+// The embedding lookup (bf16) and refine_top's rows (fp32) of packed weights.
+template <typename Out>
+Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& ids) {
+  const auto dtype = std::is_same_v<Out, float> ? at::kFloat : at::kBFloat16;
+  if (present(t[at + 2])) return at::index_select(t[at + 2], 0, ids).to(dtype);
   const Tensor& w = t[at];
   const Tensor& s = t[at + 1];
   Tensor idx = ids.to(at::kLong).contiguous();
@@ -672,20 +652,20 @@ Tensor embed_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const T
   const BFloat16* ps = s.data_ptr<BFloat16>();
   if (kind == 8) {
     const int64_t k = w.size(1);
-    Tensor out = at::empty({rows, k}, s.options());
+    Tensor out = at::empty({rows, k}, s.options().dtype(dtype));
     const int8_t* pw = w.data_ptr<int8_t>();
-    BFloat16* po = out.data_ptr<BFloat16>();
+    Out* po = out.data_ptr<Out>();
     for (int64_t i = 0; i < rows; ++i) {
       const float sc = static_cast<float>(ps[pi[i]]);
-      for (int64_t j = 0; j < k; ++j) po[i * k + j] = BFloat16(static_cast<float>(pw[pi[i] * k + j]) * sc);
+      for (int64_t j = 0; j < k; ++j) po[i * k + j] = Out(static_cast<float>(pw[pi[i] * k + j]) * sc);
     }
     return out;
   }
-  TORCH_CHECK(kind == 4, "an embedding without weights");
+  TORCH_CHECK(kind == 4, "a linear without weights");
   const int64_t pairs = w.size(1), k = 2 * pairs, n = s.size(1);
-  Tensor out = at::empty({rows, k}, s.options());
+  Tensor out = at::empty({rows, k}, s.options().dtype(dtype));
   const uint8_t* pw = w.data_ptr<uint8_t>();
-  BFloat16* po = out.data_ptr<BFloat16>();
+  Out* po = out.data_ptr<Out>();
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t id = pi[i];
     const uint8_t* block = pw + (id / 64) * pairs * 64;
@@ -694,7 +674,7 @@ Tensor embed_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const T
       const int q = (block[(j / 2) * 64 + lane + 32 * (j & 1)] >> shift) & 15;
       const BFloat16* sz = ps + ((j / kGroup) * n + id) * 2;
       volatile float p = static_cast<float>(q - 8) * static_cast<float>(sz[0]);  // no FMA
-      po[i * k + j] = BFloat16(p + static_cast<float>(sz[1]));
+      po[i * k + j] = Out(p + static_cast<float>(sz[1]));
     }
   }
   return out;
@@ -712,7 +692,7 @@ Tensor refine_top(Tensor logits, const Tensor& x, const std::vector<Tensor>& t, 
   const int64_t k = std::min(kRefine, logits.size(1));
   Tensor idx = std::get<1>(at::topk(logits, k, 1)).contiguous();  // [R, k]
   Tensor xf = x.to(at::kFloat).contiguous();
-  Tensor wf = weight_rows(t, at, kind, idx.view({-1})).contiguous();  // [R * k, n]
+  Tensor wf = weight_rows<float>(t, at, kind, idx.view({-1}));  // [R * k, n]
   const int64_t rows = idx.size(0), n = xf.size(1);
   const int64_t* pi = idx.data_ptr<int64_t>();
   const float* px = xf.data_ptr<float>();
@@ -1121,7 +1101,7 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     ~Restore() { use_team = true; }
   } restore;
   use_team = kOwnKernels;
-  Tensor h = embed_rows(t, tail, kinds[4 * n_layers], ids);
+  Tensor h = weight_rows<BFloat16>(t, tail, kinds[4 * n_layers], ids);
   if (embed_scale != 1.) h.mul_(embed_scale);  // a bf16 value: torch's bf16 product
   for (int64_t i = 0; i < n_layers; ++i) {
     const size_t b = static_cast<size_t>(i) * kPerLayer;
