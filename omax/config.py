@@ -104,6 +104,7 @@ def _positive_duration(value: Any) -> float:
 @dataclass(frozen=True)
 class Settings:
     store_url: str
+    import_roots: tuple[str, ...]
     worker_store: str
     slot_memory: int
     disk_budget: int
@@ -129,6 +130,7 @@ class Settings:
     start_timeout: float
     reconnect_min: float
     reconnect_max: float
+    origins: tuple[str, ...]
     replication_target: int
     loaded_replicas: int
     max_loaded_per_slot: int
@@ -154,6 +156,11 @@ def _check(key: str, parse: Any, allowed: str) -> Any:
         raise ConfigError(
             f"invalid configuration omax.{key}={value!r}: expected {allowed}"
         ) from None
+
+
+def positive_int(key: str) -> int:
+    """``omax.<key>`` as an integer >= 1; ConfigError naming the key if it is not."""
+    return int(_check(key, _int_at_least(1), "an integer >= 1"))
 
 
 def _choice(*options: str) -> Any:
@@ -237,6 +244,9 @@ def settings() -> Settings:
     """Read and validate the ``omax`` namespace. Raises ConfigError on a bad value."""
     return Settings(
         store_url=expand_path(_check("store.url", _nonempty, "an fsspec URL or path")),
+        import_roots=tuple(
+            expand_path(p) for p in _check("store.import-roots", _string_list, "a list of paths")
+        ),
         worker_store=_check("worker.store", _nonempty, "a path"),
         slot_memory=_check("worker.slot-memory", parse_size, "a size such as '8 GiB'"),
         disk_budget=_check(
@@ -276,6 +286,7 @@ def settings() -> Settings:
         reconnect_min=_check(
             "serve.reconnect-min", _positive_duration, "a duration > 0 such as '0.5s'"
         ),
+        origins=_check("serve.origins", _string_list, "a list of origin patterns"),
         reconnect_max=_check(
             "serve.reconnect-max", _positive_duration, "a duration > 0 such as '5s'"
         ),

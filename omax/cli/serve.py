@@ -94,6 +94,7 @@ async def _serve(
     import uvicorn
 
     from omax.serve.app import build_app
+    from omax.serve.bounds import Bounds
     from omax.serve.cluster import ClusterRuntime
 
     cfg = settings()
@@ -111,7 +112,14 @@ async def _serve(
             await _ensure_demo(runtime)
         from omax.auth.policy import auth_config
 
-        app = build_app(runtime, max_body_bytes=cfg.max_body, auth=auth_config(cfg))
+        app = build_app(
+            runtime,
+            max_body_bytes=cfg.max_body,
+            auth=auth_config(cfg),
+            bounds=Bounds.configured(),
+            origins=cfg.origins,
+            check_host=is_loopback(host),
+        )
         config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
         server = uvicorn.Server(config)
         loop = asyncio.get_running_loop()

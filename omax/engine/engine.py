@@ -33,6 +33,7 @@ from omax.engine.sampling import SamplerState
 from omax.engine.spec import ModelSpec
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.engine.threads import adopt_torch_threads
+from omax.engine.truncation import char_budget, truncate_ids
 from omax.errors import EngineDead, EngineError, InvalidRequest
 from omax.sharding.tensors import RawTensor
 
@@ -127,9 +128,13 @@ class Engine:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     # ---- generation ----------------------------------------------------------------
-    def encode_prompt(self, req: GenerateRequest) -> tuple[list[int], int]:
-        """Return (prompt token ids, how many leading ids to keep when truncating)."""
-        text, system_prefix = templates.render(req, self.spec)
+    def encode_prompt(self, req: GenerateRequest, num_ctx: int = 0) -> tuple[list[int], int]:
+        """Return (prompt token ids, how many leading ids to keep when truncating).
+
+        With ``num_ctx``, text no context of that size could hold is dropped before
+        tokenising (``omax.engine.truncation``)."""
+        budget = char_budget(num_ctx) if num_ctx > 0 else None
+        text, system_prefix = templates.render(req, self.spec, budget)
         tok = self.tokenizer
         ids = tok.encode(text, add_special_tokens=False)
         keep = len(tok.encode(system_prefix, add_special_tokens=False)) if system_prefix else 0
@@ -144,14 +149,6 @@ class Engine:
             ids, keep = list(req.context) + ids, 0
         return ids, max(keep, req.options.num_keep)
 
-    def _truncate(self, ids: list[int], keep: int, num_ctx: int, num_predict: int) -> list[int]:
-        room = max(1, min(num_predict, num_ctx // 2)) if num_predict > 0 else max(1, num_ctx // 4)
-        target = num_ctx - room
-        if len(ids) <= target:
-            return ids
-        keep = min(keep, target // 2)
-        return ids[:keep] + ids[len(ids) - (target - keep) :]
-
     def submit(self, req: GenerateRequest) -> str:
         """Queue ``req``; return its request id (``req.request_id`` if set)."""
         if self.batcher is None:
@@ -160,10 +157,10 @@ class Engine:
             raise EngineDead(self.batcher.dead)
         grammar = self.grammar(req.format) if req.format not in (None, "") else None
         rid = req.request_id or f"r{next(self._ids)}-{uuid.uuid4().hex[:8]}"
-        ids, keep = self.encode_prompt(req)
         o = req.options
         num_ctx = min(o.num_ctx if o.num_ctx > 0 else self.max_ctx, self.max_ctx)
-        ids = self._truncate(ids, keep, num_ctx, o.num_predict)
+        ids, keep = self.encode_prompt(req, num_ctx)
+        ids = truncate_ids(ids, keep, num_ctx, o.num_predict)
         if not ids:
             raise InvalidRequest("empty prompt")
         if max(ids) >= self.vocab or min(ids) < 0:  # a bad one would kill the engine

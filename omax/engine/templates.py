@@ -14,13 +14,16 @@ import json
 import re
 from typing import Any
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+import jinja2
 
+from omax.engine import sandbox
 from omax.engine.request import GenerateRequest, Message, ToolCall
 from omax.engine.spec import ModelSpec
+from omax.engine.truncation import fit_messages, tail
 from omax.errors import InvalidRequest
 
-_env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+_env = sandbox.BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+MAX_OUTPUT = 1 << 24  # characters a template may render (inputs are cut to the context first)
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,7 +33,9 @@ def _compiled(template: str) -> Any:
 
 
 _env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(InvalidRequest(msg))
-_env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+_env.filters["tojson"] = sandbox.bounded(
+    lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+)
 
 _FALLBACK = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -88,17 +93,21 @@ def chat_template(spec: ModelSpec) -> str:
     )
 
 
-def render(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str]:
+def render(req: GenerateRequest, spec: ModelSpec, budget: int | None = None) -> tuple[str, str]:
     """Return ``(prompt_text, system_prefix_text)`` for ``req``.
 
     ``system_prefix_text`` is the rendered part that must survive front truncation.
+    ``budget`` characters of input are kept (``omax.engine.truncation``); the Jinja
+    template renders within ``sandbox.SECONDS`` and ``MAX_OUTPUT`` characters, and
+    any failure of it is an InvalidRequest.
     """
+    budget = budget or MAX_OUTPUT
     if req.raw:
-        return req.prompt or "", ""
+        return tail(req.prompt or "", budget), ""
     if req.messages is not None:
-        messages = [_message_dict(m) for m in req.messages]
+        messages = fit_messages([_message_dict(m) for m in req.messages], budget)
     else:
-        messages = [{"role": "user", "content": req.prompt or ""}]
+        messages = [{"role": "user", "content": tail(req.prompt or "", budget)}]
     system = req.system if req.system is not None else spec.system
     if system and not any(m["role"] == "system" for m in messages):
         messages.insert(0, {"role": "system", "content": system})
@@ -117,15 +126,30 @@ def render(req: GenerateRequest, spec: ModelSpec) -> tuple[str, str]:
     }
     if req.tools:
         kwargs["tools"] = list(req.tools)
-    text = _compiled(template).render(**kwargs)
+    text = _render_jinja(template, kwargs)
     sys_msgs = [m for m in messages if m["role"] == "system"]
     prefix = ""
     if sys_msgs:
-        kwargs.update(messages=sys_msgs, add_generation_prompt=False)
-        prefix = _compiled(template).render(**kwargs)
+        prefix = _render_jinja(
+            template, {**kwargs, "messages": sys_msgs, "add_generation_prompt": False}
+        )
         if not text.startswith(prefix):
             prefix = ""
     return text, prefix
+
+
+def _render_jinja(template: str, kwargs: dict[str, Any]) -> str:
+    """Compile (cached) and render within the sandbox's limits; a template error is a 400."""
+
+    def run() -> str:
+        return sandbox.render_bounded(_compiled(template), kwargs, MAX_OUTPUT)
+
+    try:
+        return sandbox.within(sandbox.SECONDS, run)
+    except InvalidRequest:
+        raise
+    except (jinja2.TemplateError, RecursionError, TypeError, ValueError) as e:
+        raise InvalidRequest(f"template error: {e}") from None
 
 
 _TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)

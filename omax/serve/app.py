@@ -18,10 +18,12 @@ from omax.auth.policy import AuthConfig
 from omax.auth.store import AuthStore
 from omax.serve import ollama, openai
 from omax.serve.auth import AuthMiddleware, SnapshotCache
+from omax.serve.bounds import Bounds
 from omax.serve.errors import exception_handlers
 from omax.serve.metrics import MetricsMiddleware, ServeMetrics
 from omax.serve.middleware import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from omax.serve.openapi import openapi_document
+from omax.serve.origins import OriginMiddleware, allowed_origins
 from omax.serve.runtime import Runtime
 
 
@@ -32,6 +34,9 @@ def build_app(
     api_keys: Iterable[str] | None = None,
     jwt_secret: str | None = None,
     auth: AuthConfig | None = None,
+    bounds: Bounds | None = None,
+    origins: Iterable[str] = (),
+    check_host: bool = False,
 ) -> Starlette:
     """The HTTP app serving ``runtime``.
 
@@ -39,7 +44,10 @@ def build_app(
     With ``auth`` enabled, every route but the probes (``GET /`` and ``GET
     /api/health``) needs ``Authorization: Bearer <token or key>`` and a role the route
     table (``omax.auth.roles``) allows. ``api_keys`` (admin keys) and ``jwt_secret``
-    are a shorthand for an ``AuthConfig`` with only those.
+    are a shorthand for an ``AuthConfig`` with only those. ``bounds`` caps what one
+    request may ask (``omax.serve.bounds``). Browser origins other than the local ones
+    and ``origins`` are refused, and with ``check_host`` (a loopback bind) so is a
+    ``Host`` that does not name this machine (``omax.serve.origins``).
     """
     metrics = ServeMetrics()
     document = openapi_document()
@@ -53,7 +61,10 @@ def build_app(
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
-    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
+        Middleware(OriginMiddleware, origins=allowed_origins(origins), check_host=check_host),
+    ]
     if auth is None and (api_keys or jwt_secret):
         auth = AuthConfig.build(secret=jwt_secret or "", static_keys=api_keys or ())
     if auth is not None and auth.enabled:
@@ -63,4 +74,5 @@ def build_app(
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.bounds = bounds or Bounds()
     return app

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from omax.config import settings
 from omax.errors import ModelNotFound, OmaxError
 from omax.serve.runtime import CreateRequest, ModelDetails, ModelInfo, Progress, ShowInfo
 
@@ -157,6 +158,7 @@ async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
             messages=list(request.messages) or None,
             license=request.license,
             progress=_forward(first),
+            import_roots=settings().import_roots,
         )
         first(dedup_status(result))
 

@@ -80,6 +80,8 @@ def request_id() -> str:
 
 
 def from_generate(body: GenerateBody) -> GenerateRequest:
+    if body.raw and (body.template or body.system or body.context):
+        raise InvalidRequest("raw mode does not support template, system, or context")
     return GenerateRequest(
         model=require_model(body.model),
         prompt=body.prompt or "",

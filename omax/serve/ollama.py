@@ -35,6 +35,7 @@ from omax.serve.service import (
     body_chunks,
     count_tokens,
     details,
+    embed_checked,
     now,
     read,
     runtime_of,
@@ -157,7 +158,7 @@ async def embed(request: Request) -> Response:
     if not req.inputs:
         await runtime_of(request).load(req.model, req.keep_alive)
         return JSONResponse({"model": req.model, "embeddings": []})
-    result = await runtime_of(request).embed(req)
+    result = await embed_checked(request, req)
     return JSONResponse(
         {
             "model": req.model,
@@ -174,7 +175,7 @@ async def embeddings(request: Request) -> Response:
     if req.inputs == ("",):
         await runtime_of(request).load(req.model, req.keep_alive)
         return JSONResponse({"embedding": []})
-    result = await runtime_of(request).embed(req)
+    result = await embed_checked(request, req)
     return JSONResponse({"embedding": list(result.embeddings[0])})
 
 

@@ -22,7 +22,14 @@ from omax.engine.request import GenerateChunk, Metrics, ToolCall
 from omax.errors import ModelNotFound
 from omax.serve import convert
 from omax.serve.schemas import OpenAIChatBody, OpenAICompletionBody, OpenAIEmbeddingsBody
-from omax.serve.service import count_tokens, finish_reason, read, runtime_of, start
+from omax.serve.service import (
+    count_tokens,
+    embed_checked,
+    finish_reason,
+    read,
+    runtime_of,
+    start,
+)
 from omax.serve.streaming import collect, raise_for_chunk, sse_response
 
 FINGERPRINT = "fp_omax"
@@ -176,7 +183,7 @@ def _encode(vector: tuple[float, ...], encoding: str) -> list[float] | str:
 async def embeddings(request: Request) -> Response:
     body = await read(request, OpenAIEmbeddingsBody)
     req = convert.from_openai_embeddings(body)
-    result = await runtime_of(request).embed(req)
+    result = await embed_checked(request, req)
     data = [
         {"object": "embedding", "embedding": _encode(v, body.encoding_format), "index": i}
         for i, v in enumerate(result.embeddings)

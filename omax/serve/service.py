@@ -15,8 +15,9 @@ from typing import Any
 
 from starlette.requests import Request
 
-from omax.engine.request import GenerateChunk, GenerateRequest
+from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.errors import InvalidRequest
+from omax.serve.bounds import Bounds, check_embed, check_generate
 from omax.serve.metrics import ServeMetrics
 from omax.serve.runtime import ModelDetails, Runtime
 from omax.serve.schemas import B, parse_body
@@ -34,6 +35,10 @@ def metrics_of(request: Request) -> ServeMetrics:
 async def read(request: Request, model: type[B]) -> B:
     """Read and validate a JSON body (the size limit is enforced by middleware)."""
     return parse_body(model, await request.body())
+
+
+def bounds_of(request: Request) -> Bounds:
+    return getattr(request.app.state, "bounds", None) or Bounds()
 
 
 def now() -> str:
@@ -74,11 +79,18 @@ async def check_capabilities(runtime: Runtime, req: GenerateRequest) -> None:
 async def start(request: Request, req: GenerateRequest) -> Primed[GenerateChunk]:
     """Check, start the generation and wait for its first chunk (timed as TTFT)."""
     started = time.perf_counter()
+    check_generate(req, bounds_of(request))
     runtime = runtime_of(request)
     await check_capabilities(runtime, req)
     primed = await prime(runtime.generate(req))
     metrics_of(request).first_token(req.model, started)
     return primed
+
+
+async def embed_checked(request: Request, req: EmbedRequest) -> EmbedResult:
+    """Check ``req`` against the bounds, then embed it."""
+    check_embed(req, bounds_of(request))
+    return await runtime_of(request).embed(req)
 
 
 def count_tokens(request: Request, model: str, chunk: GenerateChunk) -> None:

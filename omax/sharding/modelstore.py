@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from omax.sharding.importers.gguf import import_gguf, is_gguf
 from omax.sharding.importers.hf import import_safetensors
 from omax.sharding.leases import SLACK_S, TTL_S, Lease, LeaseInfo, held, read_leases
 from omax.sharding.manifest import Manifest
+from omax.sharding.paths import check_relative_name, under_roots
 from omax.sharding.zarrstore import CHUNK_BYTES
 
 GC_GRACE_S = 3600.0
@@ -63,6 +64,9 @@ def _naming(source: str | Path) -> Iterator[None]:
         yield
     except StoreError as err:
         raise StoreError(f"{source}: {err}") from err
+
+
+_WEIGHTS = (".gguf", ".safetensors")  # a ``from`` ending so names a file, not a model
 
 
 class ModelStore:
@@ -145,9 +149,14 @@ class ModelStore:
         messages: builtins.list[dict[str, Any]] | None = None,
         license: str | builtins.list[str] | None = None,
         progress: Progress | None = None,
+        import_roots: Sequence[str] | None = None,
     ) -> ImportReport:
         """Ollama's ``/api/create``: base on ``from_`` (a model name, or a local file or
-        folder) or on uploaded ``files`` (filename -> blob digest), then override."""
+        folder) or on uploaded ``files`` (filename -> blob digest), then override.
+
+        ``import_roots`` (what the HTTP API passes: ``omax.store.import-roots``) limits
+        ``from_`` paths to those folders, none when empty; None (a notebook's own
+        store) reads any path (``omax.sharding.paths``)."""
         normalize_name(name)
         if (from_ is None) == (not files):
             raise InvalidRequest("create needs exactly one of 'from' or 'files'")
@@ -159,7 +168,7 @@ class ModelStore:
                     base = self._from_files(writer, files, lease)
                 else:
                     assert from_ is not None
-                    base = self._from(writer, from_, lease)
+                    base = self._from(writer, from_, lease, import_roots)
             if isinstance(license, list):
                 license = "\n".join(license)
             params: dict[str, Any] | None = None
@@ -320,9 +329,17 @@ class ModelStore:
         """Blobs of ``manifest`` not stored at their size (one stat each)."""
         return sorted(d for d, n in manifest.blob_sizes().items() if not self.blobs.intact(d, n))
 
-    def _from(self, writer: BlobWriter, from_: str, lease: Lease) -> Manifest:
+    def _from(
+        self, writer: BlobWriter, from_: str, lease: Lease, roots: Sequence[str] | None
+    ) -> Manifest:
         path = Path(from_).expanduser()
-        if path.is_absolute() or from_.startswith((".", "~")) or path.exists():
+        if roots is not None:  # a request: a path only if it looks like one
+            if path.is_absolute() or from_.startswith((".", "~")) or from_.endswith(_WEIGHTS):
+                path = under_roots(from_, roots)
+                if not path.exists():
+                    raise ImportFailed(f"{from_}: no such file or directory")
+                return import_file(writer, path)
+        elif path.is_absolute() or from_.startswith((".", "~")) or path.exists():
             if not path.exists():
                 raise ImportFailed(f"{path}: no such file or directory")
             return import_file(writer, path)
@@ -333,11 +350,10 @@ class ModelStore:
     def _from_files(self, writer: BlobWriter, files: Mapping[str, str], lease: Lease) -> Manifest:
         lease.add(blobs=[check_digest(d) for d in files.values()])
         for fname, digest in files.items():
+            check_relative_name(fname)
             # re-hashed, not trusted for existing: the importer reads them whole anyway
             if not self.blobs.check(digest):
                 raise BlobNotFound(f"blob {digest} for {fname} not found; upload it first")
-            if Path(fname).is_absolute() or ".." in Path(fname).parts:
-                raise InvalidRequest(f"invalid file name {fname!r}")
         with self._materialize(files) as folder:
             ggufs = [f for f in files if f.endswith(".gguf")]
             if len(ggufs) == 1 and not any(f.endswith(".safetensors") for f in files):

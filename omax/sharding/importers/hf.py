@@ -21,6 +21,7 @@ import numpy as np
 from omax.errors import ImportFailed
 from omax.sharding.importers.common import BlobWriter
 from omax.sharding.manifest import Manifest, TensorEntry, format_parameter_count
+from omax.sharding.paths import inside
 
 # safetensors dtype -> (stored numpy dtype, real dtype name)
 DTYPES: dict[str, tuple[str, str]] = {
@@ -86,12 +87,16 @@ def weight_files(folder: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError) as err:
             raise ImportFailed(f"{index}: corrupt index: {err}") from err
-        files = sorted({folder / f for f in weight_map.values()})
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(f, str) for f in weight_map.values()
+        ):
+            raise ImportFailed(f"{index}: corrupt index: weight_map must map names to files")
+        files = sorted({inside(folder, f, index.name) for f in weight_map.values()})
         for f in files:
             if not f.exists():
                 raise ImportFailed(f"{index}: names missing shard {f.name}")
         return files
-    files = sorted(folder.glob("*.safetensors"))
+    files = sorted(inside(folder, f.name, folder.name) for f in folder.glob("*.safetensors"))
     if not files:
         raise ImportFailed(f"{folder}: no *.safetensors weights")
     return files
@@ -175,6 +180,7 @@ def _extra_files(writer: BlobWriter, folder: Path) -> dict[str, tuple[str, int]]
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
+    inside(path.parent, path.name, path.name)  # a symlink out of the model folder
     try:
         value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
