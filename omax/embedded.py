@@ -45,6 +45,16 @@ def gpu_count() -> int:
         return 0
 
 
+def on_loopback(address: str) -> str:
+    """``address`` with a bare port (``:8787``) bound to 127.0.0.1, not every interface.
+
+    The embedded scheduler and workers listen on 127.0.0.1 (``LocalCluster``'s
+    default host); Dask would still bind a bare-port dashboard to 0.0.0.0, showing
+    every task, log and worker to anyone who reaches the port. Exposing it is then
+    a choice: ``--dashboard 0.0.0.0:8787``."""
+    return f"127.0.0.1{address}" if address.startswith(":") else address
+
+
 async def start_cluster(
     n_workers: int | None = None, dashboard_address: str = ":8787"
 ) -> LocalCluster:
@@ -58,7 +68,7 @@ async def start_cluster(
             threads_per_worker=2,
             processes=True,
             asynchronous=True,
-            dashboard_address=dashboard_address,
+            dashboard_address=on_loopback(dashboard_address),
             scheduler_kwargs={"preload": ["omax.plugins.scheduler"]},
             preload=["omax.plugins.worker"],
             memory_limit=0,

@@ -21,10 +21,15 @@ logger = logging.getLogger("omax.serve")
     "--scheduler",
     default=None,
     metavar="ADDR",
-    help="Join the Dask cluster at this scheduler (tcp://HOST:PORT) instead of starting one.",
+    help="Join the Dask cluster at this scheduler (tcp://HOST:PORT, or tls://HOST:PORT "
+    "with distributed.comm.tls.* set) instead of starting one.",
 )
 @click.option("--workers", type=int, default=None, help="Workers of the embedded cluster.")
-@click.option("--dashboard", default=":8787", help="Dashboard address of the embedded cluster.")
+@click.option(
+    "--dashboard",
+    default=":8787",
+    help="Dashboard address of the embedded cluster; a bare :PORT listens on 127.0.0.1.",
+)
 @click.option("--no-demo", is_flag=True, help="Do not import the bundled demo model on start.")
 @click.option(
     "--insecure",

@@ -73,6 +73,7 @@ class Lifecycle:
         self.rpc = rpc  # worker address -> its RPC proxy
         self.settle = settle  # waits for joining workers' state, before a decision
         self.address = ""  # the scheduler's, for the client that starts actors
+        self.security: Any = None  # its Security for that client (TLS), None: config
         self.futures: dict[str, Any] = {}  # actor key -> Future keeping the actor alive
         self.loading: dict[str, asyncio.Task] = {}  # digest -> load in progress
         self.failed: tuple[dict[str, Any], ...] = ()  # dead engines reported, the last 100
@@ -323,7 +324,10 @@ class Lifecycle:
     async def _get_client(self) -> Client:
         if self._client is None:
             self._client = await Client(
-                self.address, asynchronous=True, name="omax-scheduler-plugin"
+                self.address,
+                asynchronous=True,
+                name="omax-scheduler-plugin",
+                security=self.security,
             )
         return self._client
 

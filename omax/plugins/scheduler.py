@@ -35,6 +35,7 @@ from omax.errors import OmaxError, to_wire
 from omax.plugins.lifecycle import Lifecycle
 from omax.plugins.registry import Registry
 from omax.plugins.replicator import Replicator
+from omax.plugins.security import client_security
 from omax.plugins.state import WorkerInfo
 from omax.plugins.tasks import Tasks
 from omax.sharding.catalog import normalize_name
@@ -86,6 +87,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.lifecycle.address = scheduler.address
+        self.lifecycle.security = client_security(scheduler.security)
         for name in HANDLERS:
             scheduler.handlers[name] = getattr(self, name)
         from omax.plugins import dashboard

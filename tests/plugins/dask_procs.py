@@ -31,8 +31,9 @@ def wait_for_line(pattern: str, proc: subprocess.Popen, timeout: float = 60) -> 
     raise AssertionError(f"{pattern!r} not seen:\n{''.join(lines)}")
 
 
-def start_scheduler(env: dict) -> tuple[subprocess.Popen, str]:
-    """A scheduler with the omax plugin on a free port; returns (process, address)."""
+def start_scheduler(env: dict, *args: str) -> tuple[subprocess.Popen, str]:
+    """A scheduler with the omax plugin on a free port; returns (process, address).
+    ``args`` are more ``dask scheduler`` options (``--protocol tls``)."""
     proc = subprocess.Popen(
         [
             DASK,
@@ -43,12 +44,13 @@ def start_scheduler(env: dict) -> tuple[subprocess.Popen, str]:
             ":0",
             "--preload",
             "omax.plugins.scheduler",
+            *args,
         ],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    address = wait_for_line(r"Scheduler at:\s+(tcp://\S+)", proc).group(1)
+    address = wait_for_line(r"Scheduler at:\s+((?:tcp|tls)://\S+)", proc).group(1)
     _drain(proc)
     return proc, address
 
