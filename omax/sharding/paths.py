@@ -2,13 +2,15 @@
 
 ``/api/create`` may name a server path (``from``) only under ``omax.store.import-roots``;
 an uploaded file's name (``files``) and the shard names of a safetensors index must
-stay inside the folder they are joined to. Paths are resolved (``..`` and symlinks
-followed) before they are compared, so neither can step outside. A refused path is
+stay inside the folder they are joined to. A ``from`` path is resolved (``..`` and
+symlinks followed) before it is compared with the roots; names inside a model are
+checked lexically (``inside``). A refused path is
 an ``InvalidRequest`` (400) that does not say whether the path exists.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -54,9 +56,15 @@ def check_relative_name(name: str) -> str:
 
 
 def inside(folder: Path, name: str, what: str) -> Path:
-    """``folder / name`` if it resolves inside ``folder``; InvalidRequest naming
-    ``what`` (the file that named it) otherwise."""
+    """``folder / name`` if it names a file inside ``folder``; InvalidRequest naming
+    ``what`` (the file that named it) otherwise.
+
+    Lexical (``..`` and absolute names), not through symlinks: a Hugging Face cache
+    folder links every file to a blob outside it, and an upload has no symlinks
+    (its files are hard links or copies of verified blobs)."""
     path = folder / name
-    if Path(name).is_absolute() or not is_within(path, folder):
+    if Path(name).is_absolute() or not os.path.normpath(path).startswith(
+        os.path.normpath(folder) + os.sep
+    ):
         raise InvalidRequest(f"{what}: {name!r} points outside the model folder")
     return path

@@ -96,7 +96,7 @@ def weight_files(folder: Path) -> list[Path]:
             if not f.exists():
                 raise ImportFailed(f"{index}: names missing shard {f.name}")
         return files
-    files = sorted(inside(folder, f.name, folder.name) for f in folder.glob("*.safetensors"))
+    files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ImportFailed(f"{folder}: no *.safetensors weights")
     return files
@@ -180,7 +180,6 @@ def _extra_files(writer: BlobWriter, folder: Path) -> dict[str, tuple[str, int]]
 def _load_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    inside(path.parent, path.name, path.name)  # a symlink out of the model folder
     try:
         value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
