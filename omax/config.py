@@ -110,6 +110,7 @@ class Settings:
     disk_budget: int
     cpu_threads: int
     device: str
+    request_lease: float
     engine_dtype: str
     engine_quant: str
     prefix_cache: str
@@ -134,6 +135,7 @@ class Settings:
     replication_target: int
     loaded_replicas: int
     max_loaded_per_slot: int
+    drain_grace: float
     log_format: str
     log_level: str
     log_file: str
@@ -254,6 +256,9 @@ def settings() -> Settings:
         ),
         cpu_threads=_check("worker.cpu-threads", _int_at_least(0), "an integer >= 0"),
         device=_check("worker.device", _choice("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+        request_lease=_check(
+            "worker.request-lease", _positive_duration, "a duration > 0 such as '15s'"
+        ),
         engine_dtype=_check("engine.dtype", _choice("float32", "bfloat16"), "float32 or bfloat16"),
         engine_quant=_check(
             "engine.quant", _choice("none", "int8", "int4", "bf16"), "none, int8, int4 or bf16"
@@ -294,6 +299,9 @@ def settings() -> Settings:
         loaded_replicas=_check("placement.loaded-replicas", _int_at_least(1), "an integer >= 1"),
         max_loaded_per_slot=_check(
             "placement.max-loaded-per-slot", _int_at_least(0), "an integer >= 0"
+        ),
+        drain_grace=_check(
+            "placement.drain-grace", _nonnegative_duration, "a duration such as '30s' or 0"
         ),
         log_format=_check("log.format", _choice("text", "json"), "text or json"),
         log_level=_check("log.level", _level, "DEBUG, INFO, WARNING, ERROR or CRITICAL"),

@@ -17,12 +17,18 @@ An engine whose batching step failed is dead (``Batcher.dead``): its requests we
 answered with the error, ``submit`` raises ``EngineDead``, ``poll`` raises it once the
 requests asked about have nothing left to deliver, and ``stats`` names the cause, so
 a front door stops routing to the actor and has the scheduler unload it.
+
+Every request is held under a lease its polls renew (``omax.engine.request_leases``):
+one nobody has polled for ``omax.worker.request-lease`` (its front door died) is
+cancelled, and its last chunks are dropped rather than kept for a reader that never
+comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import pickle
 import sys
@@ -31,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
+from omax.engine.request_leases import RequestLeases
 from omax.engine.spec import ModelSpec
 from omax.errors import EngineDead, EngineError
 from omax.sharding.tensors import RawTensor
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
     from omax.engine.engine import Engine
 
 LoadSource = Callable[[], tuple[ModelSpec, Iterable[RawTensor]]]
+
+logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.002
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -107,6 +116,7 @@ class ModelActor:
         device: str = "cpu",
         dtype: str = "float32",
         engine_options: dict[str, Any] | None = None,
+        request_lease: float | None = None,
     ) -> None:
         self.model_digest = model_digest
         self.store_url = store_url
@@ -122,6 +132,10 @@ class ModelActor:
         self._lingering = 0
         self._streaming: set[str] = set()  # requests whose first chunk was delivered
         self.load_duration_ns = 0
+        self._leases = RequestLeases(time.monotonic())
+        self._lease_s = request_lease  # None: omax.worker.request-lease, read at load
+        self._unread: set[str] = set()  # cancelled requests whose last chunk nobody takes
+        self._expiry: asyncio.Task | None = None
 
     def _load_sync(self) -> Engine:
         from omax.engine.engine import Engine  # here, off the event loop (module doc)
@@ -147,6 +161,12 @@ class ModelActor:
             except Exception:
                 self._loading = None
                 raise
+            if self._expiry is None:
+                if self._lease_s is None:
+                    from omax.config import settings
+
+                    self._lease_s = settings().request_lease
+                self._expiry = asyncio.ensure_future(self._expire_leases(self._lease_s))
         return {"model": self.model_digest, "load_duration": self.load_duration_ns}
 
     def _engine(self) -> Engine:
@@ -162,7 +182,9 @@ class ModelActor:
 
     async def submit(self, req: GenerateRequest) -> str:
         eng = self._engine()
-        return await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
+        rid = await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
+        self._leases.renew([rid], time.monotonic())
+        return rid
 
     async def poll(
         self, request_ids: Iterable[str], timeout: float = 0.05, linger: float = 0.0
@@ -178,6 +200,7 @@ class ModelActor:
         eng = self._engine()
         ids = list(request_ids)
         start = time.monotonic()
+        self._leases.renew(ids, start)
         out = eng.poll(ids, 0.0)
         if not out and self.dead is not None:  # every request was answered already
             raise EngineDead(f"model {self.model_digest} failed: {self.dead}")
@@ -188,6 +211,7 @@ class ModelActor:
         for rid, chunks in out.items():
             if chunks and chunks[-1].done:
                 self._streaming.discard(rid)
+                self._leases.end(rid, time.monotonic())
             else:
                 self._streaming.add(rid)
         return out
@@ -265,7 +289,32 @@ class ModelActor:
 
     async def cancel(self, request_id: str) -> None:
         self._streaming.discard(request_id)
+        self._leases.end(request_id, time.monotonic())
+        self._unread.add(request_id)
         self._engine().cancel(request_id)
+
+    async def _expire_leases(self, ttl: float) -> None:
+        """Cancel requests nobody polled for ``ttl`` s; drop cancelled ones' last chunks."""
+        while self.engine is not None:
+            await asyncio.sleep(min(max(ttl / 4, 0.05), 2.0))
+            eng = self.engine
+            if eng is None:
+                return
+            for rid in self._leases.expired(time.monotonic(), ttl):
+                logger.warning(
+                    "request %s on model %s: not polled for %.0f s (its front door is"
+                    " gone?); cancelled",
+                    rid,
+                    self.model_digest[:19],
+                    ttl,
+                )
+                self._streaming.discard(rid)
+                self._unread.add(rid)
+                eng.cancel(rid)
+            if self._unread:
+                for rid, chunks in eng.poll(list(self._unread), 0.0).items():
+                    if chunks and chunks[-1].done:
+                        self._unread.discard(rid)
 
     async def embed(self, req: EmbedRequest) -> EmbedResult:
         return await asyncio.to_thread(self._engine().embed, req)
@@ -275,9 +324,13 @@ class ModelActor:
         if self.engine is None:
             return {"loaded": False, "dead": None, "model": self.model_digest}
         stats = self.engine.stats()
-        return {"loaded": True, "dead": self.dead, "model": self.model_digest, **stats}
+        leases = {"leases": len(self._leases), "idle_s": self._leases.idle_for(time.monotonic())}
+        return {"loaded": True, "dead": self.dead, "model": self.model_digest, **stats, **leases}
 
     async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
             self.engine = None

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from distributed import Client
+from distributed.protocol import Serialized, deserialize
 
 from omax.config import Settings
 from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
@@ -54,6 +55,7 @@ PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}  # omax.engine.prefix-cache -> E
 CLOSE_TIMEOUT_S = 10
 LOAD_ATTEMPTS = 3  # placements tried when loads find damaged replicas
 REAP_EVERY_S = 0.5
+DRAIN_POLL_S = 0.25
 
 
 class Lifecycle:
@@ -278,6 +280,16 @@ class Lifecycle:
         m = self.registry.loaded.get(key)
         if m is None:
             return False
+        stats = await self._stats(m)
+        if stats is not None and stats.get("loaded") and not stats.get("dead"):
+            # One failed call (a blip on the wire) must not unload what serves others.
+            logger.warning(
+                "model %s on %s was reported failed (%s) but answers and serves: kept",
+                m.name,
+                m.worker,
+                reason,
+            )
+            return False
         logger.error(
             "model %s failed on %s (%s) and is unloaded: %s", m.name, m.worker, m.slot, reason
         )
@@ -290,13 +302,49 @@ class Lifecycle:
             "time": time.time(),
         }
         self.failed = (*self.failed[-99:], report)
-        await self.unload_key(key)  # leaves the registry before its first await
+        await self.unload_key(key, drain=False)  # leaves the registry before its first await
         return True
 
-    async def unload_key(self, key: str) -> None:
-        """The one way an actor ends: out of the registry first, then closed and released."""
+    async def _stats(self, m: Loaded, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The actor's ``stats``, or None when it cannot be reached within ``timeout`` s."""
+        try:
+            call = self.rpc(m.worker).actor_execute(
+                actor=m.key, function="stats", args=(), kwargs={}
+            )
+            reply = await asyncio.wait_for(call, timeout)
+        except Exception as e:
+            logger.debug("stats of actor %s: %s", m.key, e)
+            return None
+        if reply.get("status") != "OK":
+            return None
+        result = reply.get("result")
+        if isinstance(result, Serialized):  # the scheduler's comms leave replies packed
+            result = deserialize(result.header, result.frames)
+        return result if isinstance(result, dict) else None
+
+    async def _drain(self, m: Loaded) -> None:
+        """Wait up to ``omax.placement.drain-grace`` for ``m``'s requests to finish."""
+        deadline = time.monotonic() + self.cfg.drain_grace
+        while time.monotonic() < deadline:
+            stats = await self._stats(m)
+            if stats is None or not stats.get("live"):
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
+        logger.warning(
+            "unloading %s from %s with requests still running after %.0f s",
+            m.name,
+            m.worker,
+            self.cfg.drain_grace,
+        )
+
+    async def unload_key(self, key: str, drain: bool = True) -> None:
+        """The one way an actor ends: out of the registry first (no new requests reach
+        it), then, with ``drain``, its running requests finish (a bounded grace), then
+        it is closed and released."""
         m = self.registry.drop_loaded(key)
         future = self.futures.pop(key, None)
+        if m is not None and drain:
+            await self._drain(m)
         if m is not None:
             try:  # stop its batching thread and free its memory before releasing it
                 call = self.rpc(m.worker).actor_execute(
@@ -318,8 +366,34 @@ class Lifecycle:
         """Unload idle models whose keep_alive ran out."""
         while True:
             await asyncio.sleep(REAP_EVERY_S)
+            await self._settle_orphans()
             for m in placement.expired(self.registry.loaded.values(), time.time()):
                 await self.unload_key(m.key)
+
+    async def _settle_orphans(self) -> None:
+        """Models that front doors still count requests on, unused for longer than a
+        request lease: ask their actors. One that holds no lease serves nothing (the
+        front door that counted died; the actor cancelled what it left), so it counts
+        as idle since the actor last saw a request, and can idle out on time."""
+        now = time.time()
+        lease = self.cfg.request_lease
+        for m in list(self.registry.loaded.values()):
+            if not (m.ready and m.in_flight > 0 and now - m.last_used > lease):
+                continue
+            stats = await self._stats(m)
+            if stats is None or not stats.get("loaded") or stats.get("leases"):
+                continue
+            if not stats.get("live"):
+                idle = float(stats.get("idle_s", 0.0))
+                logger.warning(
+                    "%s on %s: %d request(s) counted by front doors that went away;"
+                    " idle for %.0f s",
+                    m.name,
+                    m.worker,
+                    m.in_flight,
+                    idle,
+                )
+                self.registry.settle_idle(m.key, now - idle)
 
     async def _get_client(self) -> Client:
         if self._client is None:

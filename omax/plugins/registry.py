@@ -136,6 +136,14 @@ class Registry:
         self.loaded = {**self.loaded, key: m.touched(now, keep_alive, delta)}
         return True
 
+    def settle_idle(self, key: str, idle_since: float) -> None:
+        """The actor ``key`` says it serves nothing (front doors that counted requests
+        on it died): no requests in flight, last used at ``idle_since``."""
+        m = self.loaded.get(key)
+        if m is not None:
+            m = replace(m, in_flight=0, last_used=min(m.last_used, idle_since))
+            self.loaded = {**self.loaded, key: m}
+
     def last_used(self) -> dict[Spot, float]:
         """Last use of every replica, a loaded model's own use counting for its replica."""
         return {**self.used, **{(m.digest, m.worker): m.last_used for m in self.loaded.values()}}
