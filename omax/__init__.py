@@ -34,7 +34,12 @@ __all__ = ["__version__", *_EXPORTS]
 del _config
 
 
+_SUBMODULES = {"batch"}  # ``omax.batch.generate`` without importing omax.batch first
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"omax.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'omax' has no attribute {name!r}")
