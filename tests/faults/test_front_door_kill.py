@@ -122,6 +122,8 @@ def test_a_killed_front_door_leaves_no_generation_behind(tmp_path):
         )
         assert all(len(seen) < 3000 for _, seen in streams)  # none ran to its end
     finally:
+        if a_proc.poll() is None:  # the test failed before killing it
+            stop_server(a_proc)
         stop_server(b_proc)
         stop(worker, sched)
     assert "Traceback" not in b_log.read_text()
