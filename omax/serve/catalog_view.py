@@ -176,10 +176,11 @@ def dedup_status(result: Any) -> str:
     return f"wrote {fmt_bytes(result.bytes_written)} of new blobs, {fmt_bytes(shared)} deduplicated"
 
 
-async def pull(store: Any, name: str) -> AsyncIterator[Progress]:
+async def pull(store: Any, name: str, insecure: bool = False) -> AsyncIterator[Progress]:
     """Pull a model: ``ollama://name`` imports from the local Ollama folder,
-    ``hf.co/...`` from the Hugging Face hub; a model the store has already is
-    verified and reported complete."""
+    ``hf.co/...`` from the Hugging Face hub, any other name from the Ollama registry it
+    names (``insecure``: plain HTTP). A model the store holds that did not come from a
+    registry (imported from a file, created) is verified and reported complete."""
     yield Progress("pulling manifest")
 
     def work(report: Callable[..., None]) -> None:
@@ -187,11 +188,11 @@ async def pull(store: Any, name: str) -> AsyncIterator[Progress]:
             result = store.pull(name, progress=_forward(report))
             report(dedup_status(result))
             return
-        try:
-            digest, manifest = store.resolve(name)
-        except ModelNotFound:
-            raise OmaxError("pull model manifest: file does not exist") from None
-        for blob, size in sorted(manifest.blob_sizes().items()):
+        local = _local_only(store, name)
+        if local is None:
+            store.pull(name, progress=_forward_registry(report), insecure=insecure, on_layer=report)
+            return
+        for blob, size in sorted(local.blob_sizes().items()):
             report(f"pulling {blob.split(':')[1][:12]}", blob, size, size)
         report("verifying sha256 digest")
         report("writing manifest")
@@ -201,17 +202,47 @@ async def pull(store: Any, name: str) -> AsyncIterator[Progress]:
     yield Progress("success")
 
 
-async def push(store: Any, name: str, destination: str | None) -> AsyncIterator[Progress]:
+def local_name(ref: str) -> str:
+    """The catalog name a pull of ``ref`` stores the model under."""
+    if ref.startswith(("http://", "https://")):
+        from omax.sharding.importers.registry import parse_ref
+
+        return parse_ref(ref).name
+    return ref.removeprefix("ollama://")
+
+
+def _local_only(store: Any, name: str) -> Any:
+    """The manifest of ``name`` when the store holds it from anywhere but a registry;
+    None when it is absent or was pulled from a registry (then pull it again)."""
+    from omax.sharding.importers.registry import MANIFEST_FILE
+
+    try:
+        _, manifest = store.resolve(local_name(name))
+    except ModelNotFound:
+        return None
+    return None if MANIFEST_FILE in manifest.files else manifest
+
+
+def _forward_registry(report: Callable[..., None]) -> Callable[[str, int, int], None]:
+    """``_forward`` less the first "pulling manifest", which ``pull`` has sent."""
+    forward = _forward(report)
+
+    def progress(status: str, done: int, total: int) -> None:
+        if status != "pulling manifest":
+            forward(status, done, total)
+
+    return progress
+
+
+async def push(
+    store: Any, name: str, destination: str | None, insecure: bool = False
+) -> AsyncIterator[Progress]:
+    """Push ``name`` to the registry ``destination`` (or its own name) names, layer by
+    layer as it was pulled, or copy it into the store URL ``destination`` names."""
     yield Progress("retrieving manifest")
 
     def work(report: Callable[..., None]) -> None:
-        digest, manifest = store.resolve(name)
-        if destination:
-            store.push(name, destination, progress=report)
-        else:
-            for blob, size in sorted(manifest.blob_sizes().items()):
-                report(f"pushing {blob.split(':')[1][:12]}", blob, size, size)
-        report("pushing manifest")
+        store.push(name, destination, insecure=insecure, progress=report, on_layer=report)
 
     async for p in _progress_of(work):
         yield p

@@ -345,11 +345,11 @@ class ClusterRuntime:
         """Import or verify the model in the origin store, then replicate it to
         ``omax.replication.target`` workers, streaming bytes per (model, worker)."""
         self._names.clear()
-        async for p in catalog_view.pull(self.store, model):
+        async for p in catalog_view.pull(self.store, model, insecure):
             if p.status == "success":
                 break
             yield p
-        name = model.removeprefix("ollama://")
+        name = catalog_view.local_name(model)
         digest, _ = await self._resolve(name)
         # Replication takes as long as the bytes take: no deadline but the connection's.
         job = asyncio.ensure_future(
@@ -376,8 +376,10 @@ class ClusterRuntime:
             raise from_wire({**reply, "error": f"replicating {name}: {reply['error']}"})
         yield Progress("success")
 
-    async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:
-        async for p in catalog_view.push(self.store, model, destination):
+    async def push(
+        self, model: str, destination: str | None = None, insecure: bool = False
+    ) -> AsyncIterator[Progress]:
+        async for p in catalog_view.push(self.store, model, destination, insecure):
             yield p
 
     async def has_blob(self, digest: str) -> bool:

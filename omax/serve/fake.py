@@ -275,7 +275,9 @@ class FakeRuntime:
         self.models.setdefault(full_name(model), _model(model, "llama", ("completion",), 1024))
         yield Progress(status="success")
 
-    async def push(self, model: str, destination: str | None = None) -> AsyncIterator[Progress]:
+    async def push(
+        self, model: str, destination: str | None = None, insecure: bool = False
+    ) -> AsyncIterator[Progress]:
         m = self._get(model)
         yield Progress(status="retrieving manifest")
         yield Progress(

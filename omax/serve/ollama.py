@@ -239,7 +239,8 @@ async def pull(request: Request) -> Response:
 async def push(request: Request) -> Response:
     body = await read(request, PushBody)
     model = require_model(body.target)
-    return await _progress_response(runtime_of(request).push(model, body.destination), body.stream)
+    call = runtime_of(request).push(model, body.destination, body.insecure)
+    return await _progress_response(call, body.stream)
 
 
 async def create(request: Request) -> Response:

@@ -20,9 +20,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omax.errors import BlobNotFound, ImportFailed, InvalidRequest, ModelNotFound, StoreError
 from omax.sharding import modelfile as mf
@@ -35,6 +35,9 @@ from omax.sharding.leases import SLACK_S, TTL_S, Lease, LeaseInfo, held, read_le
 from omax.sharding.manifest import Manifest
 from omax.sharding.paths import check_relative_name, under_roots
 from omax.sharding.zarrstore import CHUNK_BYTES
+
+if TYPE_CHECKING:
+    from omax.sharding.importers.registry import LayerProgress
 
 GC_GRACE_S = 3600.0
 
@@ -187,12 +190,21 @@ class ModelStore:
             )
             return self._commit(name, manifest, writer, start, source=from_ or "files")
 
-    def pull(self, ref: str, progress: Progress | None = None) -> ImportReport:
+    def pull(
+        self,
+        ref: str,
+        progress: Progress | None = None,
+        insecure: bool = False,
+        on_layer: LayerProgress | None = None,
+    ) -> ImportReport:
         """Import ``ollama://name[:tag]`` from the user's Ollama models folder as
-        ``name``, or ``hf.co/user/repo[:quant]`` from the Hugging Face hub (through its
-        cache) under that reference as the name."""
+        ``name``, ``hf.co/user/repo[:quant]`` from the Hugging Face hub (through its
+        cache) under that reference as the name, and any other name from the Ollama
+        registry it names (``omax.sharding.importers.registry``; ``insecure``: plain
+        HTTP; ``on_layer`` gets the per-layer download lines)."""
         from omax.sharding.importers.hfhub import import_hub, is_hub_ref
         from omax.sharding.importers.ollama import import_ollama
+        from omax.sharding.importers.registry import import_registry, parse_ref, staging_dir
 
         if is_hub_ref(ref):
             name = ref
@@ -203,9 +215,17 @@ class ModelStore:
                 manifest = import_hub(writer, ref)
                 return self._commit(name, manifest, writer, start, source=ref)
         if not ref.startswith("ollama://"):
-            raise InvalidRequest(
-                f"cannot pull {ref!r}: use ollama://NAME[:TAG] or hf.co/USER/REPO[:QUANT]"
-            )
+            name = parse_ref(ref).name
+            start = time.monotonic()
+            writer = self._writer(progress)
+            current = None
+            with contextlib.suppress(ModelNotFound):
+                current = self.resolve(name)[1]
+            with held(self.blobs, f"pull {ref}"), _naming(ref):
+                manifest = import_registry(
+                    writer, ref, staging_dir(self.blobs), insecure, on_layer, current
+                )
+                return self._commit(name, manifest, writer, start, source=ref)
         name = ref.removeprefix("ollama://")
         normalize_name(name)
         start = time.monotonic()
@@ -213,6 +233,34 @@ class ModelStore:
         with held(self.blobs, f"pull {ref}"), _naming(ref):
             manifest = import_ollama(writer, name)
             return self._commit(name, manifest, writer, start, source=ref)
+
+    def push(
+        self,
+        name: str,
+        destination: str | None = None,
+        insecure: bool = False,
+        progress: Callable[[str], None] | None = None,
+        on_layer: LayerProgress | None = None,
+    ) -> None:
+        """Publish ``name`` to the Ollama registry ``destination`` names (default: the
+        one its own name names), layer for layer as it was pulled
+        (``omax.sharding.registry_push``); or, when ``destination`` is a store URL or
+        path, copy the model there under its name."""
+        from omax.sharding import registry_push as rp
+
+        digest, manifest = self.resolve(name)
+        target = destination or name
+        if rp.is_server_url(target):
+            raise InvalidRequest(
+                f"cannot push to the server {target}: name a registry model or a store URL"
+            )
+        if not rp.is_store_url(target):
+            rp.push_registry(self.blobs, manifest, target, insecure, progress, on_layer)
+            return
+        other = ModelStore(target)
+        with held(other.blobs, f"push {name} from {self.url}", manifests=[digest]):
+            rp.push_store(self.blobs, other.blobs, manifest, digest, on_layer)
+            other.catalog.set(name, digest, manifest.total_size)
 
     def create_from_modelfile(
         self, name: str, text: str, base_dir: str | Path = ".", progress: Progress | None = None
