@@ -19,6 +19,7 @@ COMMANDS = [
     "serve",
     "run",
     "list",
+    "ls",
     "show",
     "pull",
     "push",
@@ -26,10 +27,12 @@ COMMANDS = [
     "cp",
     "rm",
     "ps",
+    "stop",
     "cluster",
     "verify",
     "native",
     "gc",
+    "help",
 ]
 
 
@@ -55,11 +58,12 @@ def test_help_on_every_command(command):
     assert "Usage:" in result.output
     if command is None:
         for name in COMMANDS:
-            assert name in result.output
+            assert name in result.output or name == "ls"  # an alias, not listed
 
 
 @pytest.mark.parametrize(
-    "args", [["list"], ["ps"], ["show", "x"], ["run", "x", "hi"], ["cp", "a", "b"]]
+    "args",
+    [["list"], ["ls"], ["ps"], ["show", "x"], ["run", "x", "hi"], ["cp", "a", "b"], ["stop", "x"]],
 )
 def test_client_commands_without_a_server_say_so_in_one_line(args):
     env = {**os.environ, "OMAX_HOST": f"127.0.0.1:{_closed_port()}"}
@@ -161,3 +165,246 @@ def test_native_status_and_a_build_that_cannot_compile_say_so(tmp_path):
     assert "Traceback" not in build.stderr
     assert "Error: the native decode step did not build" in build.stderr, build.stderr
     assert not list(tmp_path.rglob("*.so"))
+
+
+def test_help_command_prints_a_commands_help():
+    result = CliRunner().invoke(cli, ["help", "run"], prog_name="omax")
+    assert result.exit_code == 0 and "Usage: omax run" in result.output
+    for flag in ("--format", "--verbose", "--think", "--nowordwrap", "--keepalive", "--insecure"):
+        assert flag in result.output
+    assert (
+        "Usage: omax token create"
+        in CliRunner().invoke(cli, ["help", "token", "create"], prog_name="omax").output
+    )
+    assert "stop" in CliRunner().invoke(cli, ["help"]).output
+    bad = CliRunner().invoke(cli, ["help", "nope"])
+    assert bad.exit_code == 2 and "unknown command 'nope'" in bad.output
+
+
+def test_docs_name_every_command_and_option():
+    """docs/cli.md is the CLI reference: a command or flag missing there fails here."""
+    import click
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+
+    def walk(group: click.Group, prefix: str):
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            yield f"{prefix}{name}", command
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{prefix}{name} ")
+
+    for name, command in walk(cli, ""):
+        assert f"omax {name}" in text, name
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-") and opt not in ("-h", "--help"):
+                    assert opt in text, f"omax {name} {opt}"
+
+
+@pytest.mark.parametrize(
+    "omax_host,ollama_host,url",
+    [
+        (None, None, "http://127.0.0.1:11434"),
+        (None, "example.com", "http://example.com:11434"),
+        (None, "10.0.0.1:8080", "http://10.0.0.1:8080"),
+        (None, "http://h:1", "http://h:1"),
+        (None, "0.0.0.0", "http://127.0.0.1:11434"),  # a bind address means this machine
+        ("omax-host:5", "ollama-host:6", "http://omax-host:5"),  # OMAX_HOST wins
+    ],
+)
+def test_host_from_omax_host_then_ollama_host(monkeypatch, omax_host, ollama_host, url):
+    from omax.serve.client import base_url
+
+    for name, value in (("OMAX_HOST", omax_host), ("OLLAMA_HOST", ollama_host)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert base_url() == url
+
+
+def test_relative_times_read_like_ollamas():
+    from omax.cli.timefmt import human_time, parse_time
+
+    now = 1_800_000_000.0
+    assert human_time(now - 120, now) == "2 minutes ago"
+    assert human_time(now + 4 * 60 + 30, now) == "4 minutes from now"
+    assert human_time(now - 0.5, now) == "Less than a second ago"
+    assert human_time(now - 61, now) == "About a minute ago"
+    assert human_time(now - 3 * 3600, now) == "3 hours ago"
+    assert human_time(now - 2 * 86400, now) == "2 days ago"
+    assert human_time(now - 21 * 86400, now) == "3 weeks ago"
+    assert human_time(now + 10 * 365 * 86400, now) == "Forever"  # keep_alive < 0
+    assert human_time(None, now) == "Never"
+    assert parse_time("2026-12-03T20:26:45.251Z") == pytest.approx(1796329605.251)
+    assert parse_time("0001-01-01T00:00:00Z") is None
+
+
+def test_verbose_summary_has_ollamas_lines_and_go_durations():
+    import io
+
+    from omax.cli.render import summary
+    from omax.cli.timefmt import go_duration
+
+    assert go_duration(10_234_610_458) == "10.234610458s"
+    assert go_duration(197_847_049) == "197.847049ms"
+    assert go_duration(1_500) == "1.5µs" and go_duration(999) == "999ns"
+    assert go_duration(61_000_000_000) == "1m1s" and go_duration(3_600_000_000_000) == "1h0m0s"
+    out = io.StringIO()
+    summary(
+        {
+            "total_duration": 2_000_000_000,
+            "load_duration": 500_000_000,
+            "prompt_eval_count": 10,
+            "prompt_eval_duration": 100_000_000,
+            "eval_count": 20,
+            "eval_duration": 1_000_000_000,
+        },
+        out,
+    )
+    assert out.getvalue().splitlines() == [
+        "total duration:       2s",
+        "load duration:        500ms",
+        "prompt eval count:    10 token(s)",
+        "prompt eval duration: 100ms",
+        "prompt eval rate:     100.00 tokens/s",
+        "eval count:           20 token(s)",
+        "eval duration:        1s",
+        "eval rate:            20.00 tokens/s",
+    ]
+
+
+def test_slash_set_changes_the_session():
+    from omax.cli.chat import Session
+    from omax.cli.slash import apply_set, show_text
+
+    s = Session(model="m")
+    assert apply_set(s, ["parameter", "temperature", "0.5"]) == (
+        "Set parameter 'temperature' to '0.5'\n"
+    )
+    apply_set(s, ["parameter", "stop", "<a>", "<b>"])
+    apply_set(s, ["parameter", "num_predict", "7"])
+    assert s.options == {"temperature": 0.5, "stop": ["<a>", "<b>"], "num_predict": 7}
+    assert "Couldn't set parameter" in apply_set(s, ["parameter", "top_k", "many"])
+    assert "Couldn't set parameter" in apply_set(s, ["parameter", "bogus", "1"])
+    assert apply_set(s, ["format", "json"]) == "Set format to 'json' mode.\n" and s.format == "json"
+    assert "Invalid or missing format" in apply_set(s, ["format", "yaml"])
+    apply_set(s, ["verbose"])
+    apply_set(s, ["nowordwrap"])
+    apply_set(s, ["think", "high"])
+    assert s.verbose and not s.wrap and s.think == "high"
+    assert s.fields() == {"options": s.options, "format": "json", "think": "high"}
+    assert "Unknown command '/set nope'" in apply_set(s, ["nope"])
+    shown = show_text(s, {"parameters": "temperature 0.2"}, "parameters")
+    assert "temperature 0.2" in shown and "User defined parameters:" in shown
+    assert show_text(s, {}, "system") == "No system message was specified for this model."
+
+
+class _RecordingServer:
+    """A real HTTP server that answers any progress route with success and keeps the
+    JSON bodies it was sent."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                bodies.append(
+                    (self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                )
+                line = b'{"status": "success"}\n'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Content-Length", str(len(line)))
+                self.end_headers()
+                self.wfile.write(line)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_pull_and_push_insecure_send_it_in_the_body(monkeypatch):
+    server = _RecordingServer()
+    monkeypatch.setenv("OMAX_HOST", server.url)
+    try:
+        for args in (
+            ["pull", "m:1", "--insecure"],
+            ["push", "me/m:1", "--insecure"],
+            ["pull", "m:2"],
+        ):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0 and "success" in result.output, result.output
+    finally:
+        server.httpd.shutdown()
+    assert [(path, body["model"], body["insecure"]) for path, body in server.bodies] == [
+        ("/api/pull", "m:1", True),
+        ("/api/push", "me/m:1", True),
+        ("/api/pull", "m:2", False),
+    ]
+
+
+class _DroppingServer:
+    """A real HTTP server that knows every model and drops the connection one line into
+    any streamed answer, as a server that dies mid-reply does."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/api/show":
+                    body = b'{"model_info": {}, "capabilities": ["completion"]}'
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                line = b'{"response": "Once upon", "done": false}\n'
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.write(b'40\r\n{"respo')  # a chunk cut short
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_a_connection_dropped_mid_reply_is_one_line_not_a_traceback():
+    server = _DroppingServer()
+    try:
+        env = {**os.environ, "OMAX_HOST": server.url}
+        out = subprocess.run(
+            [OMAX, "run", "m", "tell me a story"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        server.httpd.shutdown()
+    assert out.returncode == 1
+    assert "Once upon" in out.stdout
+    assert "Traceback" not in out.stderr
+    assert (
+        out.stderr.strip()
+        == f"Error: lost the connection to the omax server at http://{server.url}"
+    )

@@ -1,7 +1,12 @@
-"""``omax``: the command group, logging options and the one place errors become output."""
+"""``omax``: the command group, logging options and the one place errors become output.
+
+Commands live in the modules of ``COMMAND_MODULES``; the group imports them the first
+time it is asked for a command, so ``cli`` alone is the whole command line.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -12,14 +17,35 @@ from omax.config import settings
 from omax.errors import OmaxError
 from omax.logs import setup_logging
 
+COMMAND_MODULES = ("auth", "models", "native", "run", "serve")
+ALIASES = {"ls": "list"}
+
 
 class OmaxGroup(click.Group):
-    """Turns omax errors into one line on stderr and a non-zero exit, never a traceback."""
+    """Turns omax errors into one line on stderr and a non-zero exit, never a traceback;
+    registers the command modules on first use and resolves aliases (``ls``)."""
+
+    def _register(self) -> None:
+        for name in COMMAND_MODULES:
+            importlib.import_module(f"omax.cli.{name}")
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._register()
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._register()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except OmaxError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except BrokenPipeError:
+            sys.exit(1)  # the reader went away (`omax ls | head`): nobody to tell
+        except OSError as e:  # a file a command reads or writes, a port serve binds
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)
 
@@ -55,7 +81,24 @@ def cli(log_format: str | None, log_file: str | None, log_level: str | None) -> 
     dask.config.set({"omax.log.format": fmt, "omax.log.level": level})
 
 
-def main() -> None:
-    from omax.cli import auth, models, native, serve  # noqa: F401  (registers the commands)
+@cli.command("help")
+@click.argument("command", nargs=-1)
+@click.pass_context
+def help_(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Help about any command: omax help [COMMAND [SUBCOMMAND]]."""
+    parent = ctx.parent
+    assert parent is not None
+    current: click.Command = cli
+    for word in command:
+        if not isinstance(current, click.Group):
+            break
+        found = current.get_command(parent, word)
+        if found is None:
+            raise click.UsageError(f"unknown command '{word}' (see omax help)")
+        parent = found.make_context(word, [], parent=parent, resilient_parsing=True)
+        current = found
+    click.echo(parent.get_help())
 
+
+def main() -> None:
     cli(prog_name="omax")

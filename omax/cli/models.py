@@ -1,134 +1,113 @@
-"""Client commands: they talk to a running ``omax serve`` at ``OMAX_HOST`` like the
-ollama CLI does (list, show, pull, push, create, cp, rm, ps, run, cluster), plus
-``verify`` and ``gc``, which work on the configured origin store directly."""
+"""Client commands: they talk to a running ``omax serve`` (at ``OMAX_HOST``, else
+``OLLAMA_HOST``) like the ollama CLI does (list/ls, show, pull, push, create, cp, rm,
+ps, stop, cluster; ``run`` lives in ``omax.cli.run``), plus ``verify`` and ``gc``,
+which work on the configured origin store directly."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from omax.cli.main import cli
-from omax.serve.client import OmaxClient
+from omax.cli.render import human_bytes, progress, table
+from omax.cli.timefmt import human_time, parse_time
+from omax.serve.client import OmaxClient, ResponseError
 
 
-def _client() -> OmaxClient:
+def client() -> OmaxClient:
+    """The client every command uses: no read timeout (a pull may take an hour)."""
     return OmaxClient(timeout=None)
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("    ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _progress(lines) -> None:
-    """Render an Ollama progress stream: a bar per digest, a line per status."""
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-    last_status = None
-    try:
-        for item in lines:
-            status = item.get("status", "")
-            total = item.get("total")
-            key = item.get("digest") or status
-            if total:
-                bar = bars.get(key)
-                if bar is None:
-                    bar = bars[key] = tqdm(
-                        total=total, desc=status, unit="B", unit_scale=True, leave=True
-                    )
-                bar.update(max(0, (item.get("completed") or 0) - bar.n))
-            elif status != last_status:
-                click.echo(status)
-            last_status = status
-    finally:
-        for bar in bars.values():
-            bar.close()
+def _short(digest: str) -> str:
+    return digest.split(":")[-1][:12]
 
 
 @cli.command("list")
-def list_() -> None:
-    """List models."""
-    with _client() as c:
+@click.argument("prefix", required=False)
+def list_(prefix: str | None) -> None:
+    """List models (those whose name starts with PREFIX). Also: omax ls."""
+    with client() as c:
         models = c.list()
+    now = time.time()
     rows = [
-        [m["name"], m["digest"].split(":")[-1][:12], _size(m["size"]), m["modified_at"][:19]]
+        [m["name"], _short(m["digest"]), human_bytes(m["size"]), _modified(m, now)]
         for m in models
+        if not prefix or m["name"].lower().startswith(prefix.lower())
     ]
-    _table(rows, ["NAME", "ID", "SIZE", "MODIFIED"])
+    table(rows, ["NAME", "ID", "SIZE", "MODIFIED"])
+
+
+def _modified(model: dict[str, Any], now: float) -> str:
+    return human_time(parse_time(model.get("modified_at")), now)
+
+
+SHOW_FIELDS = ("license", "modelfile", "parameters", "system", "template")
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--modelfile", is_flag=True, help="Show the Modelfile.")
-@click.option("--template", is_flag=True, help="Show the template.")
-@click.option("--parameters", is_flag=True, help="Show the parameters.")
-@click.option("--system", is_flag=True, help="Show the system prompt.")
 @click.option("--license", "license_", is_flag=True, help="Show the license.")
+@click.option("--modelfile", is_flag=True, help="Show the Modelfile.")
+@click.option("--parameters", is_flag=True, help="Show the parameters.")
+@click.option("--system", is_flag=True, help="Show the system message.")
+@click.option("--template", is_flag=True, help="Show the prompt template.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every model_info entry.")
 def show(
-    model: str, modelfile: bool, template: bool, parameters: bool, system: bool, license_: bool
+    model: str,
+    license_: bool,
+    modelfile: bool,
+    parameters: bool,
+    system: bool,
+    template: bool,
+    verbose: bool,
 ) -> None:
     """Show information for a model."""
-    with _client() as c:
-        info = c.show(model)
-    for flag, key in (
-        (modelfile, "modelfile"),
-        (template, "template"),
-        (parameters, "parameters"),
-        (system, "system"),
-        (license_, "license"),
-    ):
-        if flag:
-            click.echo(info.get(key, ""))
-            return
-    details = info.get("details", {})
-    mi = info.get("model_info", {})
-    arch = mi.get("general.architecture", details.get("family", ""))
-    click.echo("  Model")
-    click.echo(f"    architecture        {arch}")
-    click.echo(f"    parameters          {details.get('parameter_size', '')}")
-    ctx = mi.get(f"{arch}.context_length")
-    if ctx:
-        click.echo(f"    context length      {ctx}")
-    click.echo(f"    quantization        {details.get('quantization_level', '')}")
-    click.echo("\n  Capabilities")
-    for cap in info.get("capabilities", []):
-        click.echo(f"    {cap}")
-    if info.get("parameters"):
-        click.echo("\n  Parameters")
-        for line in info["parameters"].splitlines():
-            click.echo(f"    {line}")
+    from omax.cli.showinfo import print_info
+
+    chosen = [
+        f
+        for f, on in zip(
+            SHOW_FIELDS, (license_, modelfile, parameters, system, template), strict=True
+        )
+        if on
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(
+            "only one of " + ", ".join(f"--{f}" for f in SHOW_FIELDS) + " at a time"
+        )
+    with client() as c:
+        info = c.show(model, verbose=verbose)
+    if chosen:
+        value = info.get(chosen[0]) or ""
+        click.echo("\n".join(value) if isinstance(value, list) else value)
+        return
+    print_info(info, verbose)
 
 
 @cli.command()
 @click.argument("model")
-@click.option("--insecure", is_flag=True, help="Allow insecure connections.")
+@click.option("--insecure", is_flag=True, help="Use an insecure registry (plain HTTP, any TLS).")
 def pull(model: str, insecure: bool) -> None:
-    """Pull a model (ollama://NAME from a local Ollama folder, hf.co/USER/REPO)."""
-    with _client() as c:
-        _progress(c.pull(model, insecure=insecure))
+    """Pull a model: NAME[:TAG] from a registry, ollama://NAME from a local Ollama
+    folder, hf.co/USER/REPO from Hugging Face."""
+    with client() as c:
+        progress(c.pull(model, insecure=insecure))
 
 
 @cli.command()
 @click.argument("model")
+@click.option("--insecure", is_flag=True, help="Use an insecure registry (plain HTTP, any TLS).")
 @click.option("--to", "destination", default=None, help="Another omax server or a store URL.")
-def push(model: str, destination: str | None) -> None:
-    """Push a model to another omax or an origin store URL."""
-    with _client() as c:
-        _progress(c.push(model, destination))
+def push(model: str, insecure: bool, destination: str | None) -> None:
+    """Push a model to the registry its name names, another omax or a store URL."""
+    with client() as c:
+        progress(c.push(model, destination, insecure=insecure))
 
 
 @cli.command()
@@ -137,47 +116,23 @@ def push(model: str, destination: str | None) -> None:
     "-f",
     "--file",
     "modelfile",
-    type=click.Path(exists=True, dir_okay=False),
+    type=click.Path(dir_okay=False),
     default="Modelfile",
-    help="Modelfile path.",
+    help="Modelfile path (default: Modelfile).",
 )
-def create(model: str, modelfile: str) -> None:
+@click.option("-q", "--quantize", default=None, help="Quantize to this level (e.g. q4_K_M).")
+def create(model: str, modelfile: str, quantize: str | None) -> None:
     """Create a model from a Modelfile (FROM a GGUF/safetensors file or folder, or a model)."""
-    from omax.sharding import modelfile as mf
+    from omax.cli.upload import create_body
 
     path = Path(modelfile)
-    spec = mf.parse(path.read_text())
-    if not spec.from_:
-        raise click.UsageError("the Modelfile has no FROM line")
-    body: dict[str, Any] = {}
-    source = (path.parent / Path(spec.from_).expanduser()).resolve()
-    with _client() as c:
-        if source.exists():
-            files = (
-                [source]
-                if source.is_file()
-                else sorted(
-                    p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")
-                )
-            )
-            uploads = {}
-            for f in files:
-                click.echo(f"copying file {f.name}")
-                name = f.name if source.is_file() else str(f.relative_to(source))
-                uploads[name] = c.create_blob(f)
-            body["files"] = uploads
-        else:
-            body["from_"] = spec.from_
-        for key in ("template", "system"):
-            if getattr(spec, key) is not None:
-                body[key] = getattr(spec, key)
-        if spec.parameters:
-            body["parameters"] = spec.parameters
-        if spec.messages:
-            body["messages"] = spec.messages
-        if spec.license:
-            body["license"] = spec.license
-        _progress(c.create(model, **body))
+    if not path.is_file():
+        raise click.UsageError(f"no Modelfile at {path} (use -f to name one)")
+    with client() as c:
+        body = create_body(c, path)
+        if quantize:
+            body["quantize"] = quantize
+        progress(c.create(model, **body))
 
 
 @cli.command()
@@ -185,7 +140,7 @@ def create(model: str, modelfile: str) -> None:
 @click.argument("destination")
 def cp(source: str, destination: str) -> None:
     """Copy a model."""
-    with _client() as c:
+    with client() as c:
         c.copy(source, destination)
     click.echo(f"copied '{source}' to '{destination}'")
 
@@ -193,39 +148,81 @@ def cp(source: str, destination: str) -> None:
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
 def rm(models: tuple[str, ...]) -> None:
-    """Remove models."""
-    with _client() as c:
+    """Remove models (each is unloaded first)."""
+    with client() as c:
         for m in models:
+            _unload(c, m, quiet=True)
             c.delete(m)
             click.echo(f"deleted '{m}'")
 
 
+def _unload(c: OmaxClient, model: str, quiet: bool = False) -> None:
+    try:
+        for _ in c.generate(model, keep_alive=0):
+            pass
+    except ResponseError as err:
+        if err.status == 404:
+            if quiet:
+                return
+            raise ResponseError(f'couldn\'t find model "{model}" to stop', 404) from err
+        if not quiet:
+            raise
+        click.echo(f"Warning: unable to stop model '{model}'", err=True)
+
+
 @cli.command()
-def ps() -> None:
-    """List loaded models, where they run and when they unload."""
-    with _client() as c:
-        rows = c.ps()
-    _table(
+@click.argument("model")
+def stop(model: str) -> None:
+    """Stop (unload) a running model."""
+    with client() as c:
+        _unload(c, model)
+
+
+@cli.command()
+@click.argument("prefix", required=False)
+def ps(prefix: str | None) -> None:
+    """List loaded models: size, where they run and when they unload."""
+    with client() as c:
+        loaded = c.ps()
+    now = time.time()
+    rows = [
         [
-            [
-                m["name"],
-                m["digest"].split(":")[-1][:12],
-                _size(m["size"]),
-                m.get("device", "") or ("GPU" if m.get("size_vram") else "CPU"),
-                m.get("worker", ""),
-                str(m.get("expires_at", ""))[:19],
-            ]
-            for m in rows
-        ],
-        ["NAME", "ID", "SIZE", "PROCESSOR", "WORKER", "UNTIL"],
-    )
+            m["name"],
+            _short(m["digest"]),
+            human_bytes(m["size"]),
+            _processor(m),
+            str(m.get("context_length") or ""),
+            _until(m, now),
+            m.get("worker", "") + (f" ({m['device']})" if m.get("device") else ""),
+        ]
+        for m in loaded
+        if not prefix or m["name"].startswith(prefix)
+    ]
+    table(rows, ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "WORKER"])
+
+
+def _processor(m: dict[str, Any]) -> str:
+    size, vram = m.get("size") or 0, m.get("size_vram") or 0
+    if vram == 0:
+        return "100% CPU"
+    if vram >= size:
+        return "100% GPU"
+    cpu = round((size - vram) / size * 100)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
+def _until(m: dict[str, Any], now: float) -> str:
+    when = parse_time(m.get("expires_at"))
+    if when is not None and when < now:
+        return "Stopping..."
+    return human_time(when, now)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def cluster(as_json: bool) -> None:
     """Show every worker: slots, free memory, replicas and loaded models."""
-    with _client() as c:
+    with client() as c:
         state = c.request("GET", "/api/cluster").json()
     if as_json:
         click.echo(json.dumps(state, indent=2))
@@ -234,51 +231,15 @@ def cluster(as_json: bool) -> None:
         click.echo(w["address"])
         for s in w.get("slots", []):
             click.echo(
-                f"  slot {s['id']:<8} {s['name']:<20} {_size(s['memory_free'])} free of {_size(s['memory_total'])}"
+                f"  slot {s['id']:<8} {s['name']:<20} {human_bytes(s['memory_free'])} free of {human_bytes(s['memory_total'])}"
             )
         for d, r in w.get("replicas", {}).items():
             state_word = "complete" if r["complete"] else "partial"
             click.echo(
-                f"  replica {d.split(':')[-1][:12]}  {state_word}  {_size(r['bytes_done'])}/{_size(r['bytes_total'])}"
+                f"  replica {d.split(':')[-1][:12]}  {state_word}  {human_bytes(r['bytes_done'])}/{human_bytes(r['bytes_total'])}"
             )
         for m in w.get("loaded", []):
-            click.echo(f"  loaded {m['name']} on {m['slot']} ({_size(m['memory'])})")
-
-
-@cli.command()
-@click.argument("model")
-@click.argument("prompt", nargs=-1)
-@click.option("--keepalive", default=None, help="How long to keep the model loaded (e.g. 5m).")
-def run(model: str, prompt: tuple[str, ...], keepalive: str | None) -> None:
-    """Run a model: one answer with a PROMPT, an interactive chat without one."""
-    extra: dict[str, Any] = {} if keepalive is None else {"keep_alive": keepalive}
-    with _client() as c:
-        if prompt or not sys.stdin.isatty():
-            text = " ".join(prompt) if prompt else sys.stdin.read()
-            messages = [{"role": "user", "content": text}]
-            for chunk in c.chat(model, messages, **extra):
-                click.echo(chunk.get("message", {}).get("content", ""), nl=False)
-            click.echo()
-            return
-        history: list[dict[str, str]] = []
-        click.echo("Send a message (/bye to quit)")
-        while True:
-            try:
-                line = click.prompt(">>>", prompt_suffix=" ", default="", show_default=False)
-            except (EOFError, click.Abort):
-                break
-            if line.strip() in ("/bye", "/exit"):
-                break
-            if not line.strip():
-                continue
-            history.append({"role": "user", "content": line})
-            reply = []
-            for chunk in c.chat(model, history, **extra):
-                piece = chunk.get("message", {}).get("content", "")
-                reply.append(piece)
-                click.echo(piece, nl=False)
-            click.echo("\n")
-            history.append({"role": "assistant", "content": "".join(reply)})
+            click.echo(f"  loaded {m['name']} on {m['slot']} ({human_bytes(m['memory'])})")
 
 
 @cli.command()
@@ -306,4 +267,4 @@ def gc(apply: bool) -> None:
     for d in digests:
         click.echo(d)
     verb = "removed" if apply else "would remove"
-    click.echo(f"{verb} {len(digests)} blob(s), {_size(nbytes)}")
+    click.echo(f"{verb} {len(digests)} blob(s), {human_bytes(nbytes)}")

@@ -1,9 +1,13 @@
 """``OmaxClient``: the small HTTP client the ``omax`` CLI uses to talk to a running server.
 
-It reads ``OMAX_HOST`` (default ``127.0.0.1:11434``; ``host:port``, ``:port`` or a
-URL) and sends ``OMAX_API_KEY``, else ``OLLAMA_API_KEY``, as its bearer token. Streaming methods yield one dict per NDJSON line. Errors:
+It reads ``OMAX_HOST``, else ``OLLAMA_HOST`` (Ollama's forms: ``host``, ``host:port``,
+``:port``, ``http://host:port``; a missing port is ``omax.serve.port``, 11434 unless
+configured), and sends ``OMAX_API_KEY``, else ``OLLAMA_API_KEY``, as its bearer token.
+Streaming methods yield one dict per NDJSON line. Errors (all ``OmaxError``, so the CLI
+prints them as one line):
 
-    ServerUnreachable   nothing answers at the address (one-line message)
+    ServerUnreachable   nothing answers at the address
+      ConnectionLost    the server went away in the middle of an answer
     ResponseError       the server answered an error: ``.status`` and ``.message``
 """
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,11 +25,17 @@ import httpx
 
 from omax.errors import OmaxError
 
-DEFAULT_HOST = "127.0.0.1:11434"
+DEFAULT_ADDRESS = "127.0.0.1"
+
+Progress = Callable[[str, int, int], None]
 
 
 class ServerUnreachable(OmaxError):
     """No omax server answers at the address."""
+
+
+class ConnectionLost(ServerUnreachable):
+    """The connection dropped before the server finished its answer."""
 
 
 class ResponseError(OmaxError):
@@ -37,15 +47,38 @@ class ResponseError(OmaxError):
         self.status = status
 
 
+def default_port() -> int:
+    """The port ``omax serve`` listens on by default (``omax.serve.port``)."""
+    import dask.config
+
+    import omax.config  # noqa: F401  (loads omax.yaml's defaults)
+
+    try:
+        return int(dask.config.get("omax.serve.port", 11434))
+    except (TypeError, ValueError):
+        return 11434
+
+
 def base_url(host: str | None = None) -> str:
-    """Normalise ``OMAX_HOST``-style text (``host``, ``host:port``, ``:port``, URL) into a URL."""
-    host = (host or os.environ.get("OMAX_HOST") or DEFAULT_HOST).strip().rstrip("/")
-    explicit_scheme = "://" in host
-    parts = urlsplit(host if explicit_scheme else "http://" + host)
-    hostname = parts.hostname or "127.0.0.1"
+    """Normalise host text into a URL, as Ollama reads ``OLLAMA_HOST``.
+
+    ``host`` wins, then ``OMAX_HOST``, then ``OLLAMA_HOST``. ``host``, ``host:port``,
+    ``:port`` and URLs are accepted; a bare host gets the default port, a URL keeps its
+    scheme's port. A bind-all address (``0.0.0.0``, ``::``) means this machine.
+    """
+    text = host or os.environ.get("OMAX_HOST") or os.environ.get("OLLAMA_HOST") or ""
+    text = text.strip().rstrip("/") or DEFAULT_ADDRESS
+    explicit_scheme = "://" in text
+    parts = urlsplit(text if explicit_scheme else "http://" + text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None  # Ollama falls back to the default on a bad port, too
+    hostname = parts.hostname or DEFAULT_ADDRESS
+    hostname = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(hostname, hostname)
     if ":" in hostname:
         hostname = f"[{hostname}]"
-    port = parts.port or (None if explicit_scheme else 11434)
+    port = port or (None if explicit_scheme else default_port())
     netloc = f"{hostname}:{port}" if port else hostname
     return f"{parts.scheme}://{netloc}{parts.path}"
 
@@ -93,11 +126,16 @@ class OmaxClient:
             f"could not connect to an omax server at {self.url} (is `omax serve` running? set OMAX_HOST)"
         )
 
+    def _lost(self) -> ConnectionLost:
+        return ConnectionLost(f"lost the connection to the omax server at {self.url}")
+
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             raise self._unreachable() from err
+        except httpx.TransportError as err:
+            raise self._lost() from err
         if response.status_code >= 400:
             raise _error(response)
         return response
@@ -112,12 +150,17 @@ class OmaxClient:
                 for line in response.iter_lines():
                     if not line.strip():
                         continue
-                    item = json.loads(line)
+                    try:
+                        item = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise self._lost() from err  # a line cut short
                     if "error" in item:
                         raise ResponseError(str(item["error"]), response.status_code)
                     yield item
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             raise self._unreachable() from err
+        except httpx.TransportError as err:
+            raise self._lost() from err
 
     def version(self) -> str:
         return self.request("GET", "/api/version").json()["version"]
@@ -142,8 +185,11 @@ class OmaxClient:
     def list(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/tags").json()["models"]
 
-    def show(self, model: str) -> dict[str, Any]:
-        return self.request("POST", "/api/show", json={"model": model}).json()
+    def show(self, model: str, verbose: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model}
+        if verbose:
+            body["verbose"] = True
+        return self.request("POST", "/api/show", json=body).json()
 
     def ps(self) -> builtins.list[dict[str, Any]]:
         return self.request("GET", "/api/ps").json()["models"]
@@ -157,8 +203,10 @@ class OmaxClient:
     def pull(self, model: str, insecure: bool = False) -> Iterator[dict[str, Any]]:
         return self.stream("/api/pull", {"model": model, "insecure": insecure, "stream": True})
 
-    def push(self, model: str, destination: str | None = None) -> Iterator[dict[str, Any]]:
-        body: dict[str, Any] = {"model": model, "stream": True}
+    def push(
+        self, model: str, destination: str | None = None, insecure: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        body: dict[str, Any] = {"model": model, "insecure": insecure, "stream": True}
         if destination:
             body["destination"] = destination
         return self.stream("/api/push", body)
@@ -169,22 +217,36 @@ class OmaxClient:
             fields["from"] = fields.pop("from_")
         return self.stream("/api/create", {"model": model, **fields, "stream": True})
 
-    def create_blob(self, path: str | Path) -> str:
-        """Upload a file as a blob (streamed, not read whole); return its digest."""
+    def create_blob(self, path: str | Path, progress: Progress | None = None) -> str:
+        """Upload a file as a blob (streamed, not read whole); return its digest.
+
+        ``progress(phase, done, total)`` is called as bytes are hashed (``"hashing"``)
+        and uploaded (``"uploading"``); an upload the server already holds is skipped.
+        """
         import hashlib
 
         path = Path(path)
+        total = path.stat().st_size
+        report = progress or (lambda phase, done, total: None)
         hasher = hashlib.sha256()
+        done = 0
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 hasher.update(block)
+                done += len(block)
+                report("hashing", done, total)
         digest = "sha256:" + hasher.hexdigest()
         if self.has_blob(digest):
+            report("uploading", total, total)
             return digest
 
         def chunks() -> Iterator[bytes]:
+            sent = 0
             with path.open("rb") as f:
-                yield from iter(lambda: f.read(1 << 20), b"")
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    yield block
+                    sent += len(block)
+                    report("uploading", sent, total)
 
         self.request("POST", f"/api/blobs/{digest}", content=chunks())
         return digest
