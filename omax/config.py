@@ -115,6 +115,8 @@ class Settings:
     engine_quant: str
     prefix_cache: str
     native_decode: str
+    parallel: int
+    context_length: int
     host: str
     port: int
     keep_alive: float
@@ -146,8 +148,30 @@ class Settings:
 MIN_SECRET = 32  # characters of an HS256 secret (RFC 7518: a key as long as the hash)
 
 
+# Ollama's environment variables, honoured for an omax key left at its default (an
+# explicit omax setting, in YAML or DASK_OMAX__..., wins).
+OLLAMA_ENV = {
+    "engine.parallel": "OLLAMA_NUM_PARALLEL",
+    "engine.context-length": "OLLAMA_CONTEXT_LENGTH",
+    "placement.max-loaded-per-slot": "OLLAMA_MAX_LOADED_MODELS",
+    "serve.max-queue": "OLLAMA_MAX_QUEUE",
+    "serve.keep-alive": "OLLAMA_KEEP_ALIVE",
+}
+
+
+def _default(key: str) -> Any:
+    node: Any = _DEFAULTS["omax"]
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _get(key: str) -> Any:
-    return dask.config.get(f"omax.{key}")
+    value = dask.config.get(f"omax.{key}")
+    env = OLLAMA_ENV.get(key)
+    if env and os.environ.get(env, "").strip() and value == _default(key):
+        return os.environ[env].strip()
+    return value
 
 
 def _check(key: str, parse: Any, allowed: str) -> Any:
@@ -265,6 +289,8 @@ def settings() -> Settings:
         ),
         prefix_cache=_check("engine.prefix-cache", _choice("auto", "on", "off"), "auto, on or off"),
         native_decode=_check("engine.native-decode", _choice("auto", "off"), "auto or off"),
+        parallel=_check("engine.parallel", _int_at_least(1), "an integer >= 1"),
+        context_length=_check("engine.context-length", _int_at_least(16), "an integer >= 16"),
         host=_check("serve.host", _nonempty, "a host name or address"),
         port=_check("serve.port", _port, "a port number 0-65535"),
         keep_alive=_check(

@@ -60,3 +60,19 @@ def test_parsers():
     for bad in ("5x", "", "m5"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_ollama_variables_fill_keys_left_at_their_defaults(monkeypatch):
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "4")
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", "8192")
+    monkeypatch.setenv("OLLAMA_KEEP_ALIVE", "10m")
+    monkeypatch.setenv("OLLAMA_MAX_QUEUE", "64")
+    monkeypatch.setenv("OLLAMA_MAX_LOADED_MODELS", "2")
+    s = settings()
+    assert (s.parallel, s.context_length, s.keep_alive) == (4, 8192, 600.0)
+    assert (s.max_queue, s.max_loaded_per_slot) == (64, 2)
+    with dask.config.set({"omax.engine.parallel": 2}):  # an explicit omax key wins
+        assert settings().parallel == 2
+    monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "many")
+    with pytest.raises(ConfigError, match="omax.engine.parallel"):
+        settings()

@@ -63,6 +63,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     slot: int = -1
     pos: int = 0  # tokens in the cache
+    cached: int = 0  # prompt tokens whose KV was reused from the prefix cache
     last: int = -1  # sampled, not yet in the cache
     prefill_ns: int = 0
     eval_ns: int = 0
@@ -304,7 +305,7 @@ class Batcher:
         t0 = time.perf_counter_ns()
         self.runner.copy_slot(self.runner.prefix_row(hit.row), row, hit.n)
         self.prefix.use(hit.row)
-        seq.pos = hit.n
+        seq.pos = seq.cached = hit.n
         self.reused_tokens += hit.n
         seq.prefill_ns += time.perf_counter_ns() - t0
 
@@ -391,6 +392,7 @@ class Batcher:
             prompt_eval_duration=seq.prefill_ns,
             eval_count=len(seq.generated),
             eval_duration=seq.eval_ns,
+            cached_tokens=seq.cached,
         )
         context = None
         if seq.req.messages is None:

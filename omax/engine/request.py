@@ -89,6 +89,7 @@ class Metrics:
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache (OpenAI's)
 
 
 @dataclass(frozen=True)

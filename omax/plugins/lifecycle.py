@@ -42,7 +42,7 @@ from distributed.protocol import Serialized, deserialize
 from omax.config import Settings
 from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
 from omax.plugins import placement
-from omax.plugins.memory import model_memory
+from omax.plugins.memory import granted_context, model_memory
 from omax.plugins.registry import Registry
 from omax.plugins.replicator import Replicator
 from omax.plugins.state import Loaded
@@ -150,10 +150,18 @@ class Lifecycle:
         except DigestMismatch as err:  # not the client's fault: no 400
             raise StoreError(f"the origin store's manifest of '{name}' is damaged: {err}") from err
         manifest = Manifest.from_json(raw)
+        num_ctx = granted_context(manifest.config, num_ctx, self.cfg.context_length)
         need = placement.Need(
             digest=digest,
             name=name,
-            memory=model_memory(manifest, num_ctx, self.cfg.engine_dtype),
+            memory=model_memory(
+                manifest,
+                num_ctx,
+                self.cfg.engine_dtype,
+                self.cfg.engine_quant,
+                self.cfg.parallel,
+                _prefix_rows(self.cfg.prefix_cache, self.cfg.engine_quant),
+            ),
             max_loaded_per_slot=self.cfg.max_loaded_per_slot,
         )
         failures: dict[str, int] = {}  # worker -> loads that found its replica damaged
@@ -227,6 +235,8 @@ class Lifecycle:
                 engine_options={
                     "quant": self.cfg.engine_quant,
                     "prefix_rows": PREFIX_ROWS[self.cfg.prefix_cache],
+                    "max_batch": self.cfg.parallel,
+                    "max_ctx": entry.num_ctx,  # the granted context (/api/ps shows it)
                 },
                 actor=True,
                 workers=[entry.worker],
@@ -404,6 +414,12 @@ class Lifecycle:
                 security=self.security,
             )
         return self._client
+
+
+def _prefix_rows(prefix_cache: str, quant: str) -> int:
+    """Prefix-cache rows the engine will allocate (its ``auto`` is on only unquantised)."""
+    rows = PREFIX_ROWS[prefix_cache]
+    return rows if rows is not None else (4 if quant == "none" else 0)
 
 
 def _actor_parts() -> tuple[Any, Any]:

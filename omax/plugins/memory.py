@@ -1,8 +1,11 @@
 """The memory estimate: bytes a model reserves on an inference slot. Pure.
 
-Placement compares this number with what a slot has free; it counts the weights
-as the engine holds them (quantised tensors at the engine's dtype, integer tensors
-at 8 bytes) plus one sequence's KV cache at the requested context.
+Placement compares this number with what a slot has free. It counts what the engine
+allocates: the weights as ``omax.engine.quant`` holds them (4-bit GGUF blocks packed
+as int4, other matrices int8, vectors fp32; or every tensor at the engine's dtype
+with quant ``none``) and the KV cache of every batch row, ``parallel`` sequences
+(``omax.engine.parallel``) plus the prefix-cache rows, each ``num_ctx`` tokens long,
+allocated at load.
 """
 
 from __future__ import annotations
@@ -12,24 +15,61 @@ from typing import Any
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 _FLOATS = ("float32", "float16", "bfloat16")
+_INT4_BLOCKS = ("Q4_0", "Q4_1", "Q4_K")  # repacked for the int4 kernel (docs/configuration.md)
+# bytes per weight once loaded: int4 with a bf16 scale and zero per 32; int8 with a
+# scale per row (counted as a small overhead); bf16
+_PACKED = {"int4": 0.625, "int8": 1.03, "bf16": 2.0}
 
 
-def estimate_memory(config: dict, weight_bytes: int, num_ctx: int, dtype_bytes: int = 4) -> int:
-    """Bytes a model needs loaded: dequantised weights plus its KV cache for num_ctx."""
+def trained_context(config: dict) -> int:
+    """The context a model was trained for (its ``max_position_embeddings``)."""
+    return int(config.get("max_position_embeddings") or 2048)
+
+
+def granted_context(config: dict, requested: int, default: int) -> int:
+    """The context a model is loaded with: what the loading request asked for, at
+    least ``omax.engine.context-length``, at most what the model was trained for."""
+    return max(1, min(max(requested, default), trained_context(config)))
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
     layers = int(config.get("num_hidden_layers", 0) or 0)
     hidden = int(config.get("hidden_size", 0) or 0)
     heads = int(config.get("num_attention_heads", 1) or 1)
     kv_heads = int(config.get("num_key_value_heads", heads) or heads)
     head_dim = int(config.get("head_dim", 0) or (hidden // heads if heads else 0))
-    kv = 2 * layers * kv_heads * head_dim * num_ctx * dtype_bytes
-    return int(weight_bytes + kv)
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
-def model_memory(manifest: Any, num_ctx: int, dtype: str) -> int:
-    """Bytes a model needs on a slot: weights as loaded plus the KV cache for num_ctx."""
+def estimate_memory(
+    config: dict, weight_bytes: int, num_ctx: int, dtype_bytes: int = 4, rows: int = 1
+) -> int:
+    """Bytes a model needs loaded: its weights plus ``rows`` KV rows of ``num_ctx``."""
+    return int(weight_bytes + kv_bytes_per_token(config, dtype_bytes) * num_ctx * rows)
+
+
+def _weight_bytes(t: Any, quant: str, per: int) -> float:
+    n = math.prod(t.shape) if t.shape else 1
+    if not (t.ggml_type or t.dtype in _FLOATS):
+        return n * 8  # integer tensors (position ids and the like)
+    if quant == "none" or len(t.shape or ()) < 2:
+        return n * (per if quant == "none" else 4)
+    if quant == "int4" and t.ggml_type in _INT4_BLOCKS:
+        return n * _PACKED["int4"]
+    return n * _PACKED["bf16" if quant == "bf16" else "int8"]
+
+
+def model_memory(
+    manifest: Any,
+    num_ctx: int,
+    dtype: str,
+    quant: str = "none",
+    parallel: int = 1,
+    prefix_rows: int = 0,
+) -> int:
+    """Bytes a model needs on a slot: weights as loaded plus the KV cache of
+    ``parallel + prefix_rows`` rows of ``num_ctx`` tokens (bf16 unless quant is none)."""
     per = DTYPE_BYTES.get(dtype, 4)
-    weights = 0
-    for t in manifest.tensors:
-        n = math.prod(t.shape) if t.shape else 1
-        weights += n * (per if t.ggml_type or t.dtype in _FLOATS else 8)
-    return estimate_memory(manifest.config, weights, num_ctx, per)
+    weights = sum(_weight_bytes(t, quant, per) for t in manifest.tensors)
+    kv_dtype = per if quant == "none" else 2
+    return estimate_memory(manifest.config, int(weights), num_ctx, kv_dtype, parallel + prefix_rows)

@@ -337,8 +337,14 @@ class ClusterRuntime:
             await self.link.call("omax_unload", digest=digest)
 
     async def create(self, request: CreateRequest) -> AsyncIterator[Progress]:
+        """Create the model in the origin store, then replicate it to
+        ``omax.replication.target`` workers, as a pull does."""
         self._names.clear()
         async for p in catalog_view.create(self.store, request):
+            if p.status == "success":
+                break
+            yield p
+        async for p in self._replicate(request.model):
             yield p
 
     async def pull(self, model: str, insecure: bool = False) -> AsyncIterator[Progress]:
@@ -349,7 +355,12 @@ class ClusterRuntime:
             if p.status == "success":
                 break
             yield p
-        name = catalog_view.local_name(model)
+        async for p in self._replicate(catalog_view.local_name(model)):
+            yield p
+
+    async def _replicate(self, name: str) -> AsyncIterator[Progress]:
+        """Bring ``name`` to its replication target, one progress line per (worker,
+        poll) while bytes move, then "success"."""
         digest, _ = await self._resolve(name)
         # Replication takes as long as the bytes take: no deadline but the connection's.
         job = asyncio.ensure_future(

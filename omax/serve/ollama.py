@@ -55,7 +55,10 @@ async def version(request: Request) -> Response:
 
 
 def _metrics(m: Metrics | None) -> dict[str, int]:
-    return asdict(m) if m is not None else asdict(Metrics())
+    """Ollama's timing fields (``cached_tokens`` is OpenAI's, not Ollama's)."""
+    out = asdict(m) if m is not None else asdict(Metrics())
+    out.pop("cached_tokens")
+    return out
 
 
 def _tool_calls(calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:

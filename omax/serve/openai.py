@@ -35,12 +35,13 @@ from omax.serve.streaming import collect, raise_for_chunk, sse_response
 FINGERPRINT = "fp_omax"
 
 
-def _usage(m: Metrics | None) -> dict[str, int]:
+def _usage(m: Metrics | None) -> dict[str, Any]:
     m = m or Metrics()
     return {
         "prompt_tokens": m.prompt_eval_count,
         "completion_tokens": m.eval_count,
         "total_tokens": m.prompt_eval_count + m.eval_count,
+        "prompt_tokens_details": {"cached_tokens": m.cached_tokens},
     }
 
 

@@ -186,6 +186,9 @@ def test_long_chat_second_turn_prefills_only_the_new_turn(tiny_model_and_spec):
         # everything up to the (re-tokenised) reply comes from the cache
         assert after["reused_tokens"] - before["reused_tokens"] >= turn1
         assert prefilled <= turn2 - turn1
+        # what OpenAI's usage.prompt_tokens_details.cached_tokens reports
+        assert r1["done"].metrics.cached_tokens == 0
+        assert r2["done"].metrics.cached_tokens == turn2 - prefilled
     finally:
         eng.close()
 

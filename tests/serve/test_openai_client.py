@@ -26,6 +26,7 @@ def test_chat_completion(client, runtime):
     assert r.choices[0].message.content == TEXT
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.completion_tokens == len(DEFAULT_SCRIPT)
+    assert r.usage.prompt_tokens_details.cached_tokens == 0  # the fake has no prefix cache
     opts = runtime.requests[-1].options
     assert opts.temperature == 1.0 and opts.top_p == 1.0
 
