@@ -1,7 +1,10 @@
 """The embedded cluster ``omax serve`` starts when no scheduler is given.
 
 A Dask ``LocalCluster`` with the omax scheduler and worker plugins preloaded: one
-worker per GPU, or with none one worker whose inference slot is the CPU.
+worker per GPU, or with none one worker whose inference slot is the CPU. A GPU
+worker sees only its own device (``CUDA_VISIBLE_DEVICES``) and is named for it
+(``gpu0``, ``gpu1``...), so its replica folder (``omax.worker.store``'s ``{name}``)
+is the same at every start.
 """
 
 from __future__ import annotations
@@ -55,16 +58,32 @@ def on_loopback(address: str) -> str:
     return f"127.0.0.1{address}" if address.startswith(":") else address
 
 
+def gpu_worker_specs(base: dict[str, Any], gpus: int) -> dict[str, dict[str, Any]]:
+    """One worker spec per GPU, from the cluster's ``new_spec``: each worker process
+    sees only its device and offers one ``GPU`` resource."""
+    specs = {}
+    for i in range(gpus):
+        options = {
+            **base["options"],
+            "env": {**base["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": str(i)},
+            "resources": {"GPU": 1},
+            "name": f"gpu{i}",
+        }
+        specs[f"gpu{i}"] = {"cls": base["cls"], "options": options}
+    return specs
+
+
 async def start_cluster(
     n_workers: int | None = None, dashboard_address: str = ":8787"
 ) -> LocalCluster:
     """Start the embedded cluster asynchronously; the caller closes it."""
     gpus = gpu_count()
     n = n_workers or max(gpus, 1)
-    kwargs = {"resources": {"GPU": 1}} if gpus else {}
+    per_gpu = bool(gpus) and n == gpus  # else (a chosen count) every worker sees every GPU
+    kwargs = {"resources": {"GPU": 1}} if gpus and not per_gpu else {}
     with dask.config.set(quiet_dask_config()):  # workers get the config at their start
         cluster = await LocalCluster(
-            n_workers=n,
+            n_workers=0 if per_gpu else n,
             threads_per_worker=2,
             processes=True,
             asynchronous=True,
@@ -74,6 +93,9 @@ async def start_cluster(
             memory_limit=0,
             **kwargs,
         )
+        if per_gpu:
+            cluster.worker_spec.update(gpu_worker_specs(cluster.new_spec, gpus))
+            await cluster._correct_state()  # starts the workers just specified
     logger.info(
         "embedded cluster: scheduler %s, %d worker(s), dashboard %s",
         cluster.scheduler_address,

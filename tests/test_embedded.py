@@ -29,3 +29,29 @@ def test_embedded_workers_skip_the_profiler_and_tick_slowly_unless_the_user_set_
     assert asyncio.run(worker_settings()) == (False, "1s")
     with dask.config.set({"distributed.admin.tick.interval": "50ms"}):
         assert asyncio.run(worker_settings()) == (False, "50ms")  # the user's value wins
+
+
+def test_one_worker_per_gpu_sees_only_its_device_and_keeps_its_name(monkeypatch):
+    """The embedded cluster on a machine with two GPUs (counted by a stand-in for
+    torch.cuda here, which has no GPU): each worker process gets its own device."""
+    import omax.embedded
+
+    monkeypatch.setattr(omax.embedded, "gpu_count", lambda: 2)
+
+    async def main() -> list:
+        cluster = await start_cluster(None, ":0")
+        try:
+            async with Client(cluster, asynchronous=True) as client:
+                info = client.scheduler_info()["workers"].values()
+                assert all(w["resources"] == {"GPU": 1} for w in info)
+                return sorted((await client.run(_device_of)).values())
+        finally:
+            await cluster.close()
+
+    assert asyncio.run(main()) == [("gpu0", "0"), ("gpu1", "1")]
+
+
+def _device_of(dask_worker) -> tuple[str, str]:
+    import os
+
+    return dask_worker.name, os.environ.get("CUDA_VISIBLE_DEVICES", "")
