@@ -6,7 +6,6 @@ OmaxError                      base; message is safe to show to a user
 ├── BlobNotFound               unknown blob digest (HTTP 404)
 ├── DigestMismatch             bytes do not hash to their name (HTTP 400)
 ├── ServerBusy                 a bounded queue is full (HTTP 503)
-├── Cancelled                  the client went away (HTTP 499)
 ├── PlacementRefused           no slot can hold the model (HTTP 503), says why
 ├── Unavailable                the scheduler is unreachable; retry later (HTTP 503)
 ├── DeadlineExceeded           a remote wait passed its deadline (HTTP 504), names it
@@ -64,10 +63,6 @@ class ServerBusy(OmaxError):
         self, message: str = "server busy, please try again.  maximum pending requests exceeded"
     ) -> None:
         super().__init__(message)
-
-
-class Cancelled(OmaxError):
-    status = 499
 
 
 class PlacementRefused(OmaxError):

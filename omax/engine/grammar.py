@@ -84,10 +84,6 @@ class Matcher:
         if not self._m.is_error():
             self._m.consume_token(token)
 
-    @property
-    def accepting(self) -> bool:
-        return bool(self._m.is_accepting())
-
 
 def _bit(i: int) -> int:
     """Bit ``i`` as a signed int32 value (bit 31 is negative)."""

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from omax.errors import OmaxError
 from omax.serve.errors import error_response
 
-DEFAULT_MAX_BODY = 32 * 1024 * 1024
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # omax.serve.max-body's default
 
 
 class BodyTooLarge(OmaxError):

@@ -49,10 +49,6 @@ class TensorEntry:
     def chunk_grid(self) -> tuple[int, ...]:
         return tuple(-(-s // c) for s, c in zip(self.stored_shape, self.chunk_shape, strict=True))
 
-    @property
-    def stored_size(self) -> int:
-        return sum(size for _, size in self.chunks.values())
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["chunks"] = {k: list(v) for k, v in self.chunks.items()}
