@@ -4,6 +4,7 @@ The names notebook users need are importable from here; each is loaded on first 
 so ``import omax`` (which every Dask plugin process does) stays light::
 
     from omax import Engine, ModelStore, GenerateRequest, Message, SamplingOptions
+    om = omax.connect()  # a cluster from a notebook (omax.notebook)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _EXPORTS = {
     "SamplingOptions": "omax.engine.request",
     "ClusterRuntime": "omax.serve.cluster",
     "OmaxClient": "omax.serve.client",
+    "connect": "omax.notebook",
 }
 
 __all__ = ["__version__", *_EXPORTS]

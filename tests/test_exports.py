@@ -17,6 +17,7 @@ def test_exported_names():
         "SamplingOptions",
         "ClusterRuntime",
         "OmaxClient",
+        "connect",
     ]
     for name in omax.__all__:
         assert getattr(omax, name) is not None
