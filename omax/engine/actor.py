@@ -40,6 +40,7 @@ from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, Genera
 from omax.engine.request_leases import RequestLeases
 from omax.engine.spec import ModelSpec
 from omax.errors import EngineDead, EngineError
+from omax.logs import log_context
 from omax.sharding.tensors import RawTensor
 
 if TYPE_CHECKING:
@@ -104,6 +105,16 @@ def _keep_step_buffers() -> None:
         pass
 
 
+def _worker_address() -> str:
+    """The Dask worker this actor is created on ("" outside one, e.g. in tests)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except ValueError:
+        return ""
+
+
 class ModelActor:
     """One model on one device slot. ``__init__`` is cheap; call ``load()`` next."""
 
@@ -132,6 +143,7 @@ class ModelActor:
         self._lingering = 0
         self._streaming: set[str] = set()  # requests whose first chunk was delivered
         self.load_duration_ns = 0
+        self.worker = _worker_address()  # named in log lines about its requests
         self._leases = RequestLeases(time.monotonic())
         self._lease_s = request_lease  # None: omax.worker.request-lease, read at load
         self._unread: set[str] = set()  # cancelled requests whose last chunk nobody takes
@@ -182,7 +194,10 @@ class ModelActor:
 
     async def submit(self, req: GenerateRequest) -> str:
         eng = self._engine()
-        rid = await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
+        # The engine's and the batching thread's lines about it name the request.
+        with log_context(req.request_id, self.model_digest[:19], self.worker):
+            logger.debug("request %s submitted", req.request_id)
+            rid = await asyncio.to_thread(eng.submit, req)  # tokenising can take a while
         self._leases.renew([rid], time.monotonic())
         return rid
 
@@ -301,13 +316,14 @@ class ModelActor:
             if eng is None:
                 return
             for rid in self._leases.expired(time.monotonic(), ttl):
-                logger.warning(
-                    "request %s on model %s: not polled for %.0f s (its front door is"
-                    " gone?); cancelled",
-                    rid,
-                    self.model_digest[:19],
-                    ttl,
-                )
+                with log_context(rid, self.model_digest[:19], self.worker):
+                    logger.warning(
+                        "request %s on model %s: not polled for %.0f s (its front door is"
+                        " gone?); cancelled",
+                        rid,
+                        self.model_digest[:19],
+                        ttl,
+                    )
                 self._streaming.discard(rid)
                 self._unread.add(rid)
                 eng.cancel(rid)
@@ -326,6 +342,24 @@ class ModelActor:
         stats = self.engine.stats()
         leases = {"leases": len(self._leases), "idle_s": self._leases.idle_for(time.monotonic())}
         return {"loaded": True, "dead": self.dead, "model": self.model_digest, **stats, **leases}
+
+    def metrics(self) -> dict[str, Any]:
+        """Cheap numbers for the worker's heartbeat (synchronous, O(1) in requests
+        served): running and waiting sequences, KV cache tokens against the budget,
+        load time and the batching loop's totals (``omax.engine.counters``)."""
+        batcher = self.engine.batcher if self.engine is not None else None
+        out: dict[str, Any] = {"loaded": self.engine is not None, "dead": self.dead}
+        out["load_seconds"] = self.load_duration_ns / 1e9
+        if batcher is not None:
+            running = len(batcher.decoding) + (1 if batcher.prefilling else 0)
+            out.update(
+                running=running,
+                waiting=batcher.live() - running,
+                kv_tokens=batcher.kv_tokens(),
+                kv_budget=batcher.kv_budget,
+                **batcher.counters.snapshot(),
+            )
+        return out
 
     async def close(self) -> None:
         if self._expiry is not None:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omax.engine import scheduler
+from omax.engine.counters import EngineCounters
 from omax.engine.prefix import Hit, PrefixCache
 from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
 from omax.engine.runner import Runner, Segment
@@ -43,6 +44,7 @@ from omax.engine.sampling import SamplerState, sample
 from omax.engine.stops import Detokenizer, StopMatcher
 from omax.engine.templates import ToolCallStream
 from omax.engine.threads import adopt_torch_threads
+from omax.logs import LogContext, current_context, use_context
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,10 @@ class Sequence:
     eval_ns: int = 0
     tool_stream: ToolCallStream | None = None  # set when the request has tools
     emitted: bool = False  # a chunk was emitted
+    # The submitter's log context (request id, model, worker): the batching thread's
+    # lines about this sequence name it.
+    log_context: LogContext | None = field(default_factory=current_context)
+    last_token_ns: int = 0  # when its last token was sampled (0: none yet)
 
     def __post_init__(self) -> None:
         if self.req.tools and self.tool_stream is None:
@@ -106,6 +112,7 @@ class Batcher:
         # Running totals: prompt tokens run through the model, and those copied instead.
         self.prefilled_tokens = 0
         self.reused_tokens = 0
+        self.counters = EngineCounters()  # for metrics only (omax.engine.counters)
         self.waiting: deque[Sequence] = deque()
         self.prefilling: Sequence | None = None
         self.admitting: list[Sequence] = []  # taken from ``waiting`` this step, not yet placed
@@ -133,7 +140,7 @@ class Batcher:
             if dead is None:
                 self._inbox.append(seq)
         if dead is not None:  # the loop has ended: answer here, or no one would
-            self._emit(seq, GenerateChunk(done=True, done_reason="error", error=dead))
+            self._fail(seq, dead)
             return
         self._wake.set()
 
@@ -202,9 +209,11 @@ class Batcher:
             self._inbox.clear()
         self._fail_all(msg)
         for s in late:
-            self._emit(s, GenerateChunk(done=True, done_reason="error", error=msg))
+            self._fail(s, msg)
 
     def _emit(self, seq: Sequence, chunk: GenerateChunk) -> None:
+        if chunk.done:
+            self.counters.finish(chunk.done_reason or "stop")
         with self._cond:
             if seq.rid in self._outbox:
                 self._outbox[seq.rid].append(chunk)
@@ -213,6 +222,12 @@ class Batcher:
         seq.emitted = True
         if self.on_output is not None:
             self.on_output(urgent)
+
+    def _fail(self, seq: Sequence, msg: str) -> None:
+        """End ``seq`` with the error ``msg``, logged under its request's context."""
+        with use_context(seq.log_context):
+            log.warning("request %s failed: %s", seq.rid, msg)
+        self._emit(seq, GenerateChunk(done=True, done_reason="error", error=msg))
 
     def _fail_all(self, msg: str) -> None:
         placed = {id(s) for s in self.decoding} | {id(self.prefilling)}
@@ -224,7 +239,7 @@ class Batcher:
         self.prefilling = None
         self.prefix.clear()  # a step that failed midway may have left a row half-written
         for s in seqs:
-            self._emit(s, GenerateChunk(done=True, done_reason="error", error=msg))
+            self._fail(s, msg)
 
     def step(self) -> None:
         while self._inbox:
@@ -292,6 +307,7 @@ class Batcher:
         )
         tokens = sample(logits, [s.sampler for s in seqs]) if logits is not None else []
         dt = time.perf_counter_ns() - t0
+        self.counters.steps.observe_ns(dt)
         if seqs:
             self._decoded(seqs, tokens, dt)
         # The staged prompt first: it joins before the whole ones (their rows come after
@@ -358,6 +374,7 @@ class Batcher:
         seq.generated.append(token)
         seq.sampler.history.append(token)
         seq.last = token
+        self._count_token(seq)
         if token in self.eos_ids:
             self._finish(seq, "stop", include_last=False)
             return True
@@ -374,6 +391,16 @@ class Batcher:
             self._finish(seq, "length")
             return True
         return False
+
+    def _count_token(self, seq: Sequence) -> None:
+        now, c = time.perf_counter_ns(), self.counters
+        if seq.last_token_ns:
+            c.itl.observe_ns(now - seq.last_token_ns)
+        else:
+            c.ttft.observe_ns(now - seq.submitted)
+            c.prompt_tokens += len(seq.prompt)
+        c.generation_tokens += 1
+        seq.last_token_ns = now
 
     def _finish(self, seq: Sequence, reason: str, include_last: bool = True) -> None:
         tail = "" if seq.stops.stopped else seq.stops.push(seq.detok.flush()) + seq.stops.flush()

@@ -79,6 +79,7 @@ class Lifecycle:
         self.futures: dict[str, Any] = {}  # actor key -> Future keeping the actor alive
         self.loading: dict[str, asyncio.Task] = {}  # digest -> load in progress
         self.failed: tuple[dict[str, Any], ...] = ()  # dead engines reported, the last 100
+        self.refused = self.evicted = 0  # placements refused, models evicted for room
         self._client: Client | None = None
 
     async def close(self) -> None:
@@ -184,6 +185,7 @@ class Lifecycle:
         workers = [w for w in reg.workers.values() if w.address not in avoid]
         decision = placement.place(workers, list(reg.loaded.values()), need)
         if isinstance(decision, placement.Refuse):
+            self.refused += 1
             raise PlacementRefused(decision.reason)
         return decision
 
@@ -200,6 +202,7 @@ class Lifecycle:
         spot = (digest, decision.worker)
         reg.placing = reg.placing | {spot}  # eviction leaves this replica alone
         try:
+            self.evicted += len(decision.evict)
             for key in decision.evict:
                 await self.unload_key(key)
             await self.replicator.fetch(digest, decision.worker)

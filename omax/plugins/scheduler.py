@@ -75,6 +75,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
             self.cfg, self.registry, self.tasks, self.replicator, self._rpc, self._settle
         )
         self._joining: dict[str, asyncio.Task] = {}  # worker -> its first state pull
+        self.monitor: Any = None  # omax.dashboard.snapshot.Monitor, set at start
 
     @property
     def workers(self) -> dict[str, WorkerInfo]:

@@ -14,6 +14,10 @@ Load it with ``dask worker ADDR --preload omax.plugins.worker``. The plugin
 - pushes ``omax_report`` to the scheduler whenever its replicas change,
   ``omax_progress`` as blobs land and ``omax_bad_source`` when a peer's bytes do not
   verify,
+- hands the scheduler, in each Dask heartbeat (``worker.metrics["omax"]``), its
+  model actors' numbers (``ModelActor.metrics``), its slots' live memory and the
+  replication bytes it fetched, for the dashboard pages and ``/metrics``
+  (``omax.plugins.metrics``);
 - answers a load that found a blob damaged (``damaged``, from the actor's loading
   thread): the replica is re-hashed, its bad blobs quarantined, it becomes partial
   and the scheduler hears of it, which fetches it again before loading once more.
@@ -45,6 +49,7 @@ from omax.config import settings, worker_store_path
 from omax.errors import BlobNotFound, DigestMismatch, from_wire, is_wire_error, to_wire
 from omax.plugins.replicas import LocalReplicas
 from omax.plugins.slots import detect_slots
+from omax.plugins.state import Slot
 from omax.sharding.replication import BadSource
 
 logger = logging.getLogger(__name__)
@@ -64,6 +69,8 @@ class OmaxWorkerPlugin(WorkerPlugin):
         self.origin_url = ""
         self.disk_budget = 0
         self.served_bytes = 0  # blob bytes sent to peers, for tests and benchmarks
+        self.fetched_bytes = 0  # blob bytes fetched into the local store
+        self._fetched: dict[str, int] = {}  # digest -> bytes done, of fetches under way
         self.jobs: dict[str, asyncio.Task] = {}  # digest -> fetch in progress
         self.drops: set[asyncio.Future] = set()  # replica drops in progress
         self.pushes: set[asyncio.Task] = set()  # progress and damage reports in flight
@@ -98,6 +105,10 @@ class OmaxWorkerPlugin(WorkerPlugin):
         worker.handlers["omax_verify_replica"] = self.verify_replica
         worker.handlers["omax_drop_replica"] = self.drop_replica
         _answer_calls_to_gone_actors(worker)
+        worker.metrics["omax"] = self.heartbeat
+        from omax.plugins import metrics
+
+        metrics.register_worker(self)
         logger.info(
             "omax worker plugin: %d slot(s) %s, store %s",
             len(self.slots),
@@ -107,6 +118,24 @@ class OmaxWorkerPlugin(WorkerPlugin):
 
     async def teardown(self, worker: Worker) -> None:
         await self.pool.close()
+
+    def heartbeat(self, worker: Worker) -> dict[str, Any]:
+        """What the scheduler's pages and ``/metrics`` show of this worker, sent with
+        each heartbeat: a few numbers per model actor, per slot and for replication."""
+        from omax.engine.actor import ModelActor
+
+        models = {
+            str(key): {"model": a.model_digest, "slot": a.device, **a.metrics()}
+            for key, a in list(worker.state.actors.items())
+            if isinstance(a, ModelActor)
+        }
+        return {
+            "models": models,
+            "slots": [s.to_dict() for s in live_slots(self.slots)],
+            "replication_bytes": self.fetched_bytes,
+            "served_bytes": self.served_bytes,
+            "fetches": len(self.jobs),
+        }
 
     def state(self) -> dict[str, Any]:
         """Slots and replicas, as plain dicts for the scheduler."""
@@ -186,6 +215,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
                 rate=rate,
             )
         finally:
+            self._fetched.pop(digest, None)
             # a late progress report must not arrive after the final replica report
             await asyncio.gather(*self.pushes, return_exceptions=True)
             await self._push()
@@ -263,6 +293,8 @@ class OmaxWorkerPlugin(WorkerPlugin):
         )
 
     def _progress(self, digest: str, done: int, total: int) -> None:
+        self.fetched_bytes += max(0, done - self._fetched.get(digest, done))
+        self._fetched[digest] = done
         self._spawn(self._push_progress(digest, done, total))
 
     def _report_bad(self, digest: str, bad: BadSource) -> None:
@@ -302,6 +334,15 @@ class OmaxWorkerPlugin(WorkerPlugin):
             )
         except Exception as e:
             logger.warning("could not report replicas to the scheduler: %s", e)
+
+
+def live_slots(slots: tuple[Slot, ...]) -> tuple[Slot, ...]:
+    """``slots`` with free memory and utilisation as the devices report them now
+    (GPUs asked again; a CPU slot's numbers are its configured ones)."""
+    if not any(s.device == "cuda" for s in slots):
+        return slots
+    now = {s.id: s for s in detect_slots("cuda", 0)}
+    return tuple(now.get(s.id, s) for s in slots)
 
 
 def plugin_of(worker: Worker) -> OmaxWorkerPlugin:

@@ -24,6 +24,7 @@ from omax.serve.metrics import MetricsMiddleware, ServeMetrics
 from omax.serve.middleware import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from omax.serve.openapi import openapi_document
 from omax.serve.origins import OriginMiddleware, allowed_origins
+from omax.serve.requestid import RequestIdMiddleware
 from omax.serve.runtime import Runtime
 
 
@@ -62,6 +63,7 @@ def build_app(
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
     middleware = [
+        Middleware(RequestIdMiddleware),  # outermost: every answer carries the id
         Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(OriginMiddleware, origins=allowed_origins(origins), check_host=check_host),
     ]

@@ -23,6 +23,7 @@ from omax.auth.roles import audited, permits, required_role
 from omax.auth.store import KEY_PREFIX, AuthSnapshot, AuthStore
 from omax.errors import OmaxError
 from omax.serve.errors import error_response
+from omax.serve.requestid import current_request_id
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("omax.audit")
@@ -158,7 +159,7 @@ def _audit(
     body: bytes | None,
     status: int,
 ) -> None:
-    request_id = headers.get(b"x-request-id", b"").decode("latin-1")
+    request_id = current_request_id()  # the id answered in X-Request-ID (requestid.py)
     audit_log.info(
         "who=%s role=%s route=%s %s model=%s status=%d request_id=%s",
         principal.name if principal else "-",

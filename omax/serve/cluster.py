@@ -53,9 +53,11 @@ from omax.errors import (
     from_wire,
     is_wire_error,
 )
+from omax.logs import bind
 from omax.serve import catalog_view
 from omax.serve.actors import ActorHandle
 from omax.serve.catalog_rpc import SchedulerCatalog
+from omax.serve.metrics import note_retry
 from omax.serve.router import Poller, pick
 from omax.serve.runtime import (
     CreateRequest,
@@ -234,6 +236,7 @@ class ClusterRuntime:
         num_ctx = request.options.num_ctx
         for attempt in range(_RETRIES + 1):
             actor = await self._choose(request.model, digest, num_ctx, request.keep_alive)
+            bind(worker=actor.worker)  # log lines about this request name the worker
             self._outstanding[actor.key] += 1
             poller = self._pollers.get(actor.key)
             if poller is None:
@@ -284,6 +287,7 @@ class ClusterRuntime:
                 if started or attempt == _RETRIES:
                     raise
                 logger.warning("actor %s before the first token: %s; retrying", actor.key, e)
+                note_retry()
                 await self._failed(digest, actor, str(e))
             finally:
                 poller.forget(rid)

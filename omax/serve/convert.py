@@ -9,7 +9,6 @@ module knows which API a request came in on. OpenAI's differences are applied he
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from omax.engine.request import (
@@ -20,6 +19,7 @@ from omax.engine.request import (
     ToolCall,
 )
 from omax.errors import InvalidRequest
+from omax.serve.requestid import engine_request_id
 from omax.serve.schemas import (
     ChatBody,
     ChatMessage,
@@ -76,7 +76,9 @@ def _message(m: ChatMessage) -> Message:
 
 
 def request_id() -> str:
-    return uuid.uuid4().hex
+    """The actor's id for this request: the HTTP request's ``X-Request-ID``
+    (``omax.serve.requestid``), or a new one outside an HTTP request."""
+    return engine_request_id()
 
 
 def from_generate(body: GenerateBody) -> GenerateRequest:

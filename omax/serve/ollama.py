@@ -33,7 +33,6 @@ from omax.serve.schemas import (
 )
 from omax.serve.service import (
     body_chunks,
-    count_tokens,
     details,
     embed_checked,
     now,
@@ -129,14 +128,11 @@ async def _generation(request: Request, req: GenerateRequest, stream: bool, chat
     primed = await start(request, req)
 
     def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
-        count_tokens(request, req.model, chunk)
         return [_line(req.model, chunk, chat)]
 
     if stream:
         return ndjson_response(primed, render)
     chunks = await collect(primed)
-    if chunks:
-        count_tokens(request, req.model, chunks[-1])
     return JSONResponse(_join(req.model, chunks, chat))
 
 

@@ -23,7 +23,6 @@ from omax.errors import ModelNotFound
 from omax.serve import convert
 from omax.serve.schemas import OpenAIChatBody, OpenAICompletionBody, OpenAIEmbeddingsBody
 from omax.serve.service import (
-    count_tokens,
     embed_checked,
     finish_reason,
     read,
@@ -83,7 +82,6 @@ async def chat_completions(request: Request) -> Response:
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
             nonlocal seen_tools
             raise_for_chunk(chunk)
-            count_tokens(request, req.model, chunk)
             delta: dict[str, Any] = {"role": "assistant", "content": chunk.text}
             if chunk.thinking:
                 delta["reasoning"] = chunk.thinking
@@ -138,7 +136,6 @@ async def _collect_all(
     for c in chunks:
         raise_for_chunk(c)
     last = chunks[-1] if chunks else GenerateChunk(done=True)
-    count_tokens(request, model, last)
     return chunks, last
 
 
@@ -153,7 +150,6 @@ async def completions(request: Request) -> Response:
 
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
             raise_for_chunk(chunk)
-            count_tokens(request, req.model, chunk)
             reason = finish_reason(chunk, False) if chunk.done else None
             choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": reason}
             events = [_envelope("text_completion", ident, created, req.model, [choice])]

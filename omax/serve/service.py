@@ -7,7 +7,6 @@ Routes parse and shape; this module decides what a request may do and calls the
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from starlette.requests import Request
 
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.errors import InvalidRequest
+from omax.logs import bind
 from omax.serve.bounds import Bounds, check_embed, check_generate
 from omax.serve.metrics import ServeMetrics
 from omax.serve.runtime import ModelDetails, Runtime
@@ -77,25 +77,19 @@ async def check_capabilities(runtime: Runtime, req: GenerateRequest) -> None:
 
 
 async def start(request: Request, req: GenerateRequest) -> Primed[GenerateChunk]:
-    """Check, start the generation and wait for its first chunk (timed as TTFT)."""
-    started = time.perf_counter()
+    """Check, start the generation and wait for its first chunk. The stream is
+    recorded by the app's metrics (tokens, latencies, how it ended) as it is read."""
+    bind(model=req.model)
     check_generate(req, bounds_of(request))
     runtime = runtime_of(request)
     await check_capabilities(runtime, req)
-    primed = await prime(runtime.generate(req))
-    metrics_of(request).first_token(req.model, started)
-    return primed
+    return await prime(metrics_of(request).observe(req.model, runtime.generate(req)))
 
 
 async def embed_checked(request: Request, req: EmbedRequest) -> EmbedResult:
     """Check ``req`` against the bounds, then embed it."""
     check_embed(req, bounds_of(request))
     return await runtime_of(request).embed(req)
-
-
-def count_tokens(request: Request, model: str, chunk: GenerateChunk) -> None:
-    if chunk.done and chunk.metrics is not None:
-        metrics_of(request).generated(model, chunk.metrics.eval_count)
 
 
 def finish_reason(chunk: GenerateChunk, saw_tools: bool) -> str:

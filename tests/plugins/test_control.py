@@ -18,7 +18,11 @@ from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-SLOTS = {"w16": "16 MiB", "w24": "24 MiB", "w64": "64 MiB"}
+# Sized for the tiny llamas as the default int4 engine holds them, 16 batch rows of
+# their 512-token context each (omax.plugins.memory): small 4.0 MiB, big and big2
+# 16.8 MiB, huge 36.0 MiB. Only the largest slot holds a big model, not two; none
+# holds the huge one; an emptier slot than the largest's rest is there for small.
+SLOTS = {"w16": "14 MiB", "w24": "16 MiB", "w64": "30 MiB"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,7 @@ def _where(client, names):
 def test_place_refuse_evict_and_recover(cluster3):
     addr, store, workers, names = cluster3
     with Client(addr, timeout=30) as client:
-        # only the 64 MiB slot holds the big model
+        # only the largest slot holds the big model
         assert "actors" in _ensure(client, store, "big")
         assert _where(client, names) == {"big:latest": "w64"}
 
@@ -198,8 +202,12 @@ def test_dashboard_page_shows_slots_replicas_and_loaded_models(cluster3):
     addr, store, workers, names = cluster3
     with Client(addr, timeout=30) as client:
         port = client.scheduler_info()["services"]["dashboard"]
-    page = httpx.get(f"http://127.0.0.1:{port}/omax", timeout=10)
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    body = page.text
-    assert "w64" in body or "loaded models" in body
-    assert "small:latest" in body and "complete" in body and "<progress" in body
+    # The live pages are tested in a browser (test_dashboard_pages.py); their JSON
+    # twin carries the same rows.
+    for _ in range(50):  # the pages sample the cluster once a second
+        page = httpx.get(f"http://127.0.0.1:{port}/omax/replication.json", timeout=10)
+        assert page.status_code == 200 and "application/json" in page.headers["content-type"]
+        if "small:latest" in page.text:
+            break
+        time.sleep(0.2)
+    assert "small:latest" in page.text and "complete" in page.text, page.text

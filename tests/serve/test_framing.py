@@ -143,7 +143,7 @@ def test_metrics(http):
     http.post("/api/generate", json={"model": "fake-chat", "prompt": "hi", "stream": False})
     text = http.get("/metrics").text
     assert 'omax_http_requests_total{method="POST",route="/api/generate",status="200"}' in text
-    assert 'omax_tokens_generated_total{model="fake-chat"}' in text
+    assert 'omax_generation_tokens_total{model="fake-chat"}' in text
     assert "omax_time_to_first_token_seconds_bucket" in text
 
 
