@@ -29,6 +29,7 @@ model with requests in flight is never reaped nor evicted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -42,7 +43,7 @@ from distributed.protocol import Serialized, deserialize
 from omax.config import Settings
 from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
 from omax.plugins import placement
-from omax.plugins.memory import granted_context, model_memory
+from omax.plugins.memory import granted_context, model_memory, with_live_capacity
 from omax.plugins.registry import Registry
 from omax.plugins.replicator import Replicator
 from omax.plugins.state import Loaded
@@ -80,6 +81,8 @@ class Lifecycle:
         self.loading: dict[str, asyncio.Task] = {}  # digest -> load in progress
         self.failed: tuple[dict[str, Any], ...] = ()  # dead engines reported, the last 100
         self.refused = self.evicted = 0  # placements refused, models evicted for room
+        # worker address -> its slots as its last heartbeat reported them (None: none)
+        self.live_slots: Callable[[str], list[dict[str, Any]] | None] = lambda address: None
         self._client: Client | None = None
 
     async def close(self) -> None:
@@ -182,8 +185,17 @@ class Lifecycle:
 
     def _place(self, need: placement.Need, avoid: set[str]) -> placement.Place:
         reg = self.registry
-        workers = [w for w in reg.workers.values() if w.address not in avoid]
-        decision = placement.place(workers, list(reg.loaded.values()), need)
+        loaded = list(reg.loaded.values())
+        workers = []
+        for w in reg.workers.values():
+            if w.address in avoid:
+                continue
+            live = self.live_slots(w.address)  # GPUs' memory as last reported
+            reserved = _reserved_by_slot(loaded, w.address)
+            workers.append(
+                dataclasses.replace(w, slots=with_live_capacity(w.slots, live, reserved))
+            )
+        decision = placement.place(workers, loaded, need)
         if isinstance(decision, placement.Refuse):
             self.refused += 1
             raise PlacementRefused(decision.reason)
@@ -417,6 +429,14 @@ class Lifecycle:
                 security=self.security,
             )
         return self._client
+
+
+def _reserved_by_slot(loaded: list[Loaded], worker: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in loaded:
+        if m.worker == worker:
+            out[m.slot] = out.get(m.slot, 0) + m.memory
+    return out
 
 
 def _prefix_rows(prefix_cache: str, quant: str) -> int:

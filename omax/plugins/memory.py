@@ -73,3 +73,34 @@ def model_memory(
     weights = sum(_weight_bytes(t, quant, per) for t in manifest.tensors)
     kv_dtype = per if quant == "none" else 2
     return estimate_memory(manifest.config, int(weights), num_ctx, kv_dtype, parallel + prefix_rows)
+
+
+def with_live_capacity(
+    slots: tuple[Any, ...], live: list[dict[str, Any]] | None, reserved: dict[str, int]
+) -> tuple[Any, ...]:
+    """``slots`` (``omax.plugins.state.Slot``) with the capacity the devices report now.
+
+    A GPU's ``live`` free memory (its worker's last heartbeat) already excludes what
+    omax's own models there use, so what omax may still reserve on it is at most
+    that free memory plus what its models reserve (``reserved``, by slot id): memory
+    another process took since the worker started counts against the slot. A slot
+    with no live report, or a CPU slot, keeps its declared capacity."""
+    from dataclasses import replace
+
+    now = {d.get("id"): d for d in live or () if isinstance(d, dict)}
+    out = []
+    for s in slots:
+        d = now.get(s.id)
+        if s.device != "cuda" or d is None or "memory_free" not in d:
+            out.append(s)
+            continue
+        usable = int(d["memory_free"]) + reserved.get(s.id, 0)
+        out.append(
+            replace(
+                s,
+                memory_total=min(s.memory_total, usable),
+                memory_free=int(d["memory_free"]),
+                utilization=float(d.get("utilization", s.utilization)),
+            )
+        )
+    return tuple(out)

@@ -81,6 +81,12 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
     def workers(self) -> dict[str, WorkerInfo]:
         return self.registry.workers
 
+    def _live_slots(self, address: str) -> list[dict[str, Any]] | None:
+        """The slots ``address`` reported in its last heartbeat (``worker.metrics``)."""
+        ws = self.scheduler.workers.get(address) if self.scheduler is not None else None
+        beat = ws.metrics.get("omax") if ws is not None else None
+        return beat.get("slots") if isinstance(beat, dict) else None
+
     def _rpc(self, address: str) -> Any:
         assert self.scheduler is not None
         return self.scheduler.rpc(address)
@@ -89,6 +95,7 @@ class OmaxSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self.lifecycle.address = scheduler.address
         self.lifecycle.security = client_security(scheduler.security)
+        self.lifecycle.live_slots = self._live_slots
         for name in HANDLERS:
             scheduler.handlers[name] = getattr(self, name)
         from omax.plugins import dashboard

@@ -49,3 +49,27 @@ def test_the_granted_context():
     assert granted_context(CONFIG, 512, 4096) == 4096  # never below the default
     assert granted_context(CONFIG, 6000, 4096) == 6000
     assert granted_context(CONFIG, 100_000, 4096) == 8192  # the trained context
+
+
+def test_placement_sees_gpu_memory_another_process_took():
+    """A GPU's capacity follows its live free memory (the worker's heartbeat): what
+    omax may reserve is at most that plus what its own models reserve there."""
+    from omax.plugins import placement
+    from omax.plugins.memory import with_live_capacity
+    from omax.plugins.state import Slot, WorkerInfo
+
+    gib = 2**30
+    gpu = Slot("cuda:0", "cuda", "H100", memory_total=80 * gib, memory_free=80 * gib)
+    cpu = Slot("cpu", "cpu", "CPU", memory_total=8 * gib, memory_free=8 * gib)
+    # another process took 60 GiB; omax's own models reserve 10 GiB and use 8 of them
+    live = [{"id": "cuda:0", "memory_free": 12 * gib, "utilization": 55.0}]
+    refreshed = with_live_capacity((gpu, cpu), live, {"cuda:0": 10 * gib})
+    assert refreshed[0].memory_total == 22 * gib and refreshed[0].utilization == 55.0
+    assert refreshed[1] == cpu  # a CPU slot keeps its declared memory
+    assert with_live_capacity((gpu,), None, {}) == (gpu,)  # no heartbeat yet
+
+    need = placement.Need(digest="d", name="m", memory=30 * gib)
+    fresh = WorkerInfo("tcp://w", "w", slots=(gpu,))
+    assert isinstance(placement.place([fresh], [], need), placement.Place)
+    busy = WorkerInfo("tcp://w", "w", slots=with_live_capacity((gpu,), live, {}))
+    assert isinstance(placement.place([busy], [], need), placement.Refuse)
