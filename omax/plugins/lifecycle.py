@@ -41,7 +41,14 @@ from distributed import Client
 from distributed.protocol import Serialized, deserialize
 
 from omax.config import Settings
-from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
+from omax.errors import (
+    DeadlineExceeded,
+    DigestMismatch,
+    OmaxError,
+    PlacementRefused,
+    StoreError,
+    to_wire,
+)
 from omax.plugins import placement
 from omax.plugins.memory import granted_context, model_memory, with_live_capacity
 from omax.plugins.registry import Registry
@@ -260,8 +267,16 @@ class Lifecycle:
                 key=key,
             )
             self.futures[key] = future
-            actor = await future
-            await actor.load()
+            # A load that hangs (a stalled disk, a wedged worker) must not hold every
+            # later request for this model: past omax.serve.start-timeout it fails.
+            try:
+                actor = await asyncio.wait_for(future, self.cfg.start_timeout)
+                await asyncio.wait_for(actor.load(), self.cfg.start_timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"loading '{entry.name}' on {entry.worker} took longer than "
+                    f"{self.cfg.start_timeout:.0f} s (omax.serve.start-timeout)"
+                ) from None
         except BaseException:
             self.registry.drop_loaded(key)
             self.futures.pop(key, None)

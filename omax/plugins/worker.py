@@ -53,6 +53,7 @@ from omax.plugins.state import Slot
 from omax.sharding.replication import BadSource
 
 logger = logging.getLogger(__name__)
+PEER_IDLE_S = 60.0  # a peer stream idle this long fails over to the next source
 
 PLUGIN_NAME = "omax"
 STREAM_PIECE = 4 << 20  # bytes per message of a blob sent to a peer
@@ -228,7 +229,12 @@ class OmaxWorkerPlugin(WorkerPlugin):
         try:
             await comm.write({"op": "omax_blob_stream", "digest": digest, "reply": True})
             while True:
-                msg = await comm.read()
+                try:  # a peer that stops sending (hung, partitioned) loses its turn
+                    msg = await asyncio.wait_for(comm.read(), PEER_IDLE_S)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"peer {peer} sent nothing of {digest[:19]} for {PEER_IDLE_S:.0f} s"
+                    ) from None
                 if "data" in msg:
                     for frame in msg["data"].frames:
                         yield memoryview(frame)
