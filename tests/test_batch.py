@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 
-import dask
 import dask.bag as db
 import pandas as pd
 import pytest
-from distributed import Client, LocalCluster
 
 import omax
 from omax.batch import Failed, check_items, chunks, merge
@@ -27,6 +24,7 @@ from omax.errors import InvalidRequest, ModelNotFound
 from omax.serve.cluster import ClusterRuntime
 from omax.sharding.bundled import minilm_folder_path, smollm2_gguf_path
 from omax.sharding.modelstore import ModelStore
+from tests.cluster import omax_cluster
 
 DEMO = "smollm2:135m"
 MINILM = "all-minilm"
@@ -73,42 +71,14 @@ def cluster(tmp_path_factory):
     store = ModelStore(str(tmp / "origin"))
     store.import_path(smollm2_gguf_path(), DEMO)
     store.import_path(minilm_folder_path(), MINILM)
-    env = {
-        "DASK_OMAX__STORE__URL": str(tmp / "origin"),
-        "DASK_OMAX__WORKER__STORE": str(tmp / "w" / "{name}"),
-        "DASK_OMAX__PLACEMENT__LOADED_REPLICAS": "2",
-        "DASK_OMAX__WORKER__CPU_THREADS": "1",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before the worker processes spawn
-    cfg = {
-        "omax.store.url": env["DASK_OMAX__STORE__URL"],
-        "omax.worker.store": env["DASK_OMAX__WORKER__STORE"],
+    settings = {
+        "omax.store.url": str(tmp / "origin"),
+        "omax.worker.store": str(tmp / "w" / "{name}"),
         "omax.placement.loaded-replicas": 2,
         "omax.worker.cpu-threads": 1,
     }
-    try:
-        with (
-            dask.config.set(cfg),  # the scheduler runs in this process
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=2,
-                processes=True,
-                dashboard_address=":0",
-                scheduler_kwargs={"preload": ["omax.plugins.scheduler"]},
-                preload=["omax.plugins.worker"],
-                memory_limit=0,
-            ) as lc,
-            Client(lc) as client,
-        ):
-            client.wait_for_workers(2, timeout=60)
-            yield client
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with omax_cluster(settings, n_workers=2, threads_per_worker=2, memory_limit=0) as client:
+        yield client
 
 
 def one_by_one(client, prompts=(), texts=()):

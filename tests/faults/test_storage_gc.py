@@ -14,12 +14,11 @@ import os
 import threading
 import time
 
-import dask
 import pytest
-from distributed import Client, LocalCluster
 
 from omax.sharding import leases
 from omax.sharding.modelstore import ModelStore
+from tests.cluster import omax_cluster
 from tests.tiny import tiny_llama
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -44,53 +43,29 @@ def test_gc_during_a_replication_loses_nothing(tmp_path):
             os.utime(path, (old, old))
     assert len(origin.gc(dry_run=True, grace_s=0)[0]) == len(manifest.blob_digests()) + 1
 
-    env = {"DASK_OMAX__STORE__URL": url, "DASK_OMAX__WORKER__STORE": str(tmp_path / "w")}
-    cfg = {"omax.store.url": url, "omax.worker.store": str(tmp_path / "w" / "{name}")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with (
-            dask.config.set(cfg),
-            LocalCluster(
-                n_workers=1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                scheduler_kwargs={"preload": ["omax.plugins.scheduler"]},
-                preload=["omax.plugins.worker"],
-            ) as lc,
-            Client(lc) as client,
-        ):
-            client.wait_for_workers(1, timeout=60)
-            [worker] = client.scheduler_info()["workers"]
-            replies: list = []
+    settings = {"omax.store.url": url, "omax.worker.store": str(tmp_path / "w" / "{name}")}
+    with omax_cluster(settings) as client:
+        [worker] = client.scheduler_info()["workers"]
+        replies: list = []
 
-            def replicate() -> None:  # about 3 s at this rate
-                call = client.rpc(worker).omax_replicate
-                replies.append(client.sync(call, digest=digest, rate=total / 3))
+        def replicate() -> None:  # about 3 s at this rate
+            call = client.rpc(worker).omax_replicate
+            replies.append(client.sync(call, digest=digest, rate=total / 3))
 
-            thread = threading.Thread(target=replicate)
-            thread.start()
-            deadline = time.time() + 30
-            while time.time() < deadline and not leases.read_leases(origin.blobs):
-                time.sleep(0.02)
-            [lease] = leases.read_leases(origin.blobs)
-            assert lease.manifests == (digest,)
-            removed, _ = ModelStore(url).gc(dry_run=False, grace_s=0)
-            assert removed == []  # the lease names the model: nothing of it goes
-            thread.join(60)
-            [reply] = replies
-            assert reply["complete"] and reply["bytes_done"] == total, reply
-            assert client.run(_verify_replica)[worker] == []
-            assert leases.read_leases(origin.blobs) == []  # released with the fetch
+        thread = threading.Thread(target=replicate)
+        thread.start()
+        deadline = time.time() + 30
+        while time.time() < deadline and not leases.read_leases(origin.blobs):
+            time.sleep(0.02)
+        [lease] = leases.read_leases(origin.blobs)
+        assert lease.manifests == (digest,)
+        removed, _ = ModelStore(url).gc(dry_run=False, grace_s=0)
+        assert removed == []  # the lease names the model: nothing of it goes
+        thread.join(60)
+        [reply] = replies
+        assert reply["complete"] and reply["bytes_done"] == total, reply
+        assert client.run(_verify_replica)[worker] == []
+        assert leases.read_leases(origin.blobs) == []  # released with the fetch
 
-            loaded = client.sync(
-                client.scheduler.omax_ensure, name="tiny", digest=digest, num_ctx=256
-            )
-            assert [a["worker"] for a in loaded["actors"]] == [worker], loaded
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        loaded = client.sync(client.scheduler.omax_ensure, name="tiny", digest=digest, num_ctx=256)
+        assert [a["worker"] for a in loaded["actors"]] == [worker], loaded

@@ -15,13 +15,12 @@ import threading
 import time
 from pathlib import Path
 
-import dask
 import pytest
-from distributed import Client, LocalCluster
 
 from omax.plugins.worker import plugin_of
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest, TensorEntry
+from tests.cluster import omax_cluster
 from tests.plugins.dask_procs import worker_records
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -93,42 +92,15 @@ async def _die():
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("replication")
-    env = {
-        "DASK_OMAX__STORE__URL": str(tmp / "origin"),
+    settings = {
+        "omax.store.url": str(tmp / "origin"),
         # by address: a worker its nanny restarts starts on an empty disk
-        "DASK_OMAX__WORKER__STORE": str(tmp / "w" / "{address}"),
-        "DASK_OMAX__REPLICATION__TARGET": "2",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before the worker processes spawn
-    # the nannies hand this process's dask config to the workers they spawn
-    cfg = {
-        "omax.store.url": env["DASK_OMAX__STORE__URL"],
-        "omax.worker.store": env["DASK_OMAX__WORKER__STORE"],
+        "omax.worker.store": str(tmp / "w" / "{address}"),
         "omax.replication.target": 2,
     }
-    try:
-        with (
-            dask.config.set(cfg),  # the scheduler runs in this process
-            LocalCluster(
-                n_workers=3,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                scheduler_kwargs={"preload": ["omax.plugins.scheduler"]},
-                preload=["omax.plugins.worker"],
-            ) as lc,
-            Client(lc) as client,
-        ):
-            client.wait_for_workers(3, timeout=60)
-            _wait(lambda: len(client.sync(client.scheduler.omax_cluster)["workers"]) == 3)
-            yield client, tmp
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with omax_cluster(settings, n_workers=3) as client:
+        _wait(lambda: len(client.sync(client.scheduler.omax_cluster)["workers"]) == 3)
+        yield client, tmp
 
 
 def _wait(cond, timeout=60, what="condition"):
