@@ -15,9 +15,8 @@ from distributed import Client, LocalCluster
 from omax.engine.actor import ModelActor
 from omax.engine.batcher import FAULT_KEY
 from omax.engine.request import GenerateRequest, SamplingOptions
-from omax.engine.spec import ModelSpec
 from omax.logs import ContextFilter, JsonFormatter
-from tests.engine.conftest import SMOLLM2_GGUF, gguf_spec, state_dict_raw, tiny_llama
+from tests.engine.test_actor import tiny_source
 
 MARKER = "explode-here"
 DIGEST = "sha256:" + "ab" * 32
@@ -32,19 +31,6 @@ class Records(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.entries.append(json.loads(self.format(record)))
-
-
-def tiny_source() -> tuple[ModelSpec, list]:
-    """The actor's ``load_source``: built on the worker, so nothing big is shipped."""
-    model = tiny_llama()
-    tok = gguf_spec(SMOLLM2_GGUF)
-    spec = ModelSpec(
-        config=model.config.to_dict(),
-        tokenizer_json=tok.tokenizer_json,
-        tokenizer_config=tok.tokenizer_config,
-        format="safetensors",
-    )
-    return spec, state_dict_raw(model)
 
 
 def test_a_failing_sequence_is_logged_with_request_model_and_worker():
