@@ -93,6 +93,7 @@ class ClusterRuntime:
         # path: a name's digest, and a model's ready actors. A stale actor is found
         # out by omax_touch (or EngineDead) and dropped.
         self._names: dict[str, tuple[float, tuple[str, Any]]] = {}
+        self._resolving: dict[str, asyncio.Future] = {}  # name -> its lookup under way
         self._replicas: dict[str, tuple[float, list[ActorHandle]]] = {}
         link.on_reconnect(self._forget_all)
 
@@ -210,10 +211,19 @@ class ClusterRuntime:
             await self.link.call("omax_touch", key=actor.key, delta=-1, keep_alive=keep_alive)
 
     async def _resolve(self, name: str) -> tuple[str, Any]:
+        """``name``'s digest and manifest, cached briefly. Requests that miss the cache
+        together share one lookup: a burst (ten times the queue at once) would
+        otherwise queue as many catalog reads on the small thread pool, and even its
+        503s would wait for them."""
         hit = self._names.get(name)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        found = await asyncio.to_thread(self.store.resolve, name)
+        lookup = self._resolving.get(name)
+        if lookup is None:
+            lookup = asyncio.ensure_future(asyncio.to_thread(self.store.resolve, name))
+            self._resolving[name] = lookup
+            lookup.add_done_callback(lambda _: self._resolving.pop(name, None))
+        found = await asyncio.shield(lookup)
         self._names[name] = (time.monotonic() + _CACHE_S, found)
         return found
 

@@ -129,10 +129,13 @@ def generate(server: str, **fields: Any) -> httpx.Response:
 
 
 def test_every_endpoint_moves_with_traffic(server, endpoints):
+    tags = httpx.get(server + "/api/tags", timeout=30).json()["models"]
+    digest = next(m["digest"] for m in tags if m["model"] == DEMO)
+    mine = {"model": digest}  # the worker labels by digest; other tests' models stay out
     generate(server, keep_alive=0)  # unloaded: the next request loads it again
-    # A worker's counters are its actors' and go with them: wait until none is left.
+    # A worker's counters are its actors' and go with them: wait until this one's are.
     deadline = time.monotonic() + 60
-    while total(scrape(endpoints)["omax-worker"], "omax_generation_tokens_total"):
+    while total(scrape(endpoints)["omax-worker"], "omax_generation_tokens_total", **mine):
         assert time.monotonic() < deadline, "the model was not unloaded"
         time.sleep(0.5)
     before = scrape(endpoints)
@@ -156,12 +159,16 @@ def test_every_endpoint_moves_with_traffic(server, endpoints):
     # The worker counts the same tokens in its engine, the scheduler the load; both
     # report what the worker's last heartbeat carried, so they may lag a little.
     deadline = time.monotonic() + 30
-    while moved("omax-worker", "omax_generation_tokens_total") < n:
+    while moved("omax-worker", "omax_generation_tokens_total", **mine) < n:
         assert time.monotonic() < deadline, "the worker's /metrics did not move"
         time.sleep(0.5)
         after = scrape(endpoints)
-    assert moved("omax-worker", "omax_generation_tokens_total") == n
-    assert moved("omax-worker", "omax_time_to_first_token_seconds_count") == 1
+    assert moved("omax-worker", "omax_generation_tokens_total", **mine) == n
+    assert moved("omax-worker", "omax_time_to_first_token_seconds_count", **mine) == 1
+    while moved("omax-scheduler", "omax_model_loads_total") < 1:  # sampled once a second
+        assert time.monotonic() < deadline, "the scheduler's /metrics did not count the load"
+        time.sleep(0.5)
+        after = scrape(endpoints)
     assert moved("omax-scheduler", "omax_model_loads_total") == 1
     assert total(after["omax-scheduler"], "omax_models_loaded", state="ready") >= 1
 

@@ -59,10 +59,14 @@ def test_worker_metrics_move_with_traffic(observed):
     steps = "omax_step_duration_seconds_count"
     assert total(after, steps) > total(before, steps)
     assert total(after, "omax_step_duration_seconds_bucket", le="+Inf") == total(after, steps)
-    # the slow replication's bytes arrive between scrapes
+    # the slow replication's bytes (12 blobs of 2 MiB, ~24 s) are counted as they
+    # arrive, whether or not earlier tests outlasted the fetch
     fetched = "omax_replication_bytes_total"
-    start = total(scrape(observed.worker_http), fetched)
-    wait_for(lambda: total(scrape(observed.worker_http), fetched) > start, what="replication bytes")
+    wait_for(
+        lambda: total(scrape(observed.worker_http), fetched) >= 12 * (2 << 20),
+        timeout=120,
+        what="the slow model's replication bytes",
+    )
 
 
 def test_scheduler_metrics_count_slots_models_and_refusals(observed):
