@@ -408,3 +408,20 @@ def test_a_connection_dropped_mid_reply_is_one_line_not_a_traceback():
         out.stderr.strip()
         == f"Error: lost the connection to the omax server at http://{server.url}"
     )
+
+
+def test_replication_progress_gets_one_bar_per_worker(capsys):
+    from omax.cli.render import progress
+
+    digest = "sha256:" + "a" * 64
+    lines = [
+        {"status": "pulling manifest"},
+        {"status": "replicating to tcp://w1:1", "digest": digest, "total": 100, "completed": 40},
+        {"status": "replicating to tcp://w2:1", "digest": digest, "total": 100, "completed": 10},
+        {"status": "replicating to tcp://w1:1", "digest": digest, "total": 100, "completed": 100},
+        {"status": "success"},
+    ]
+    progress(iter(lines))
+    out = capsys.readouterr()
+    assert "pulling manifest" in out.out and "success" in out.out
+    assert "replicating to tcp://w1:1" in out.err and "replicating to tcp://w2:1" in out.err

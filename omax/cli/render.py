@@ -32,8 +32,9 @@ def table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def progress(lines: Iterable[dict[str, Any]], err: bool = False) -> None:
-    """Render an Ollama progress stream: a bar per digest (on stderr), a line per other
-    status (on stdout, or stderr with ``err``)."""
+    """Render an Ollama progress stream: a bar per (status, digest) on stderr (a layer
+    being pulled; one bar per worker while a model replicates: the digest is the
+    model's for each), a line per other status (on stdout, or stderr with ``err``)."""
     from tqdm import tqdm
 
     bars: dict[str, Any] = {}
@@ -42,7 +43,7 @@ def progress(lines: Iterable[dict[str, Any]], err: bool = False) -> None:
         for item in lines:
             status = item.get("status", "")
             total = item.get("total")
-            key = item.get("digest") or status
+            key = f"{status}|{item.get('digest') or ''}"
             if total:
                 bar = bars.get(key)
                 if bar is None:
