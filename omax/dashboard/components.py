@@ -86,14 +86,7 @@ class TokenRates:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.source = ColumnDataSource({"xs": [], "ys": [], "model": [], "color": []})
-        fig = figure(
-            title="Tokens/s by model",
-            x_axis_type="datetime",
-            height=240,
-            sizing_mode="stretch_width",
-            tools="",
-            toolbar_location=None,
-        )
+        fig = _time_figure("Tokens/s by model", height=240)
         fig.multi_line("xs", "ys", color="color", legend_field="model", source=self.source)
         self.root = fig
 
@@ -150,14 +143,7 @@ class Totals:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
         self.source = ColumnDataSource({"time": [], **{n: [] for n in self.NAMES}})
-        fig = figure(
-            title="Model loads and evictions",
-            x_axis_type="datetime",
-            height=220,
-            sizing_mode="stretch_width",
-            tools="",
-            toolbar_location=None,
-        )
+        fig = _time_figure("Model loads and evictions", height=220)
         for n, color in zip(self.NAMES, Category10_10, strict=False):
             fig.step("time", n, color=color, legend_label=n, source=self.source)
         self.root = fig
@@ -166,3 +152,15 @@ class Totals:
         data = self.monitor.history.counter_series(self.NAMES)
         data["time"] = [t * 1000 for t in data["time"]]
         self.source.data = data
+
+
+def _time_figure(title: str, height: int) -> Any:
+    """A full-width time-series figure without a toolbar, as every omax page draws."""
+    return figure(
+        title=title,
+        x_axis_type="datetime",
+        height=height,
+        sizing_mode="stretch_width",
+        tools="",
+        toolbar_location=None,
+    )
