@@ -5,8 +5,12 @@ import sys
 
 import dask.config
 import pytest
+import yaml
 
-from omax.config import parse_duration, parse_size, settings
+from omax import config_doc
+from omax.config import settings
+from omax.config_keys import BY_NAME
+from omax.config_values import parse_duration, parse_size
 from omax.errors import ConfigError
 
 
@@ -75,4 +79,36 @@ def test_ollama_variables_fill_keys_left_at_their_defaults(monkeypatch):
         assert settings().parallel == 2
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "many")
     with pytest.raises(ConfigError, match="omax.engine.parallel"):
+        settings()
+
+
+def _yaml_keys() -> set[str]:
+    tree = yaml.safe_load(config_doc.YAML_FILE.read_text())["omax"]
+    return {
+        name for section, sub in tree.items() for name, _ in config_doc.leaves(sub, f"{section}.")
+    }
+
+
+def test_every_key_in_omax_yaml_is_checked_documented_and_said_who_reads_it():
+    comments = config_doc.read_comments(config_doc.YAML_FILE.read_text())
+    assert _yaml_keys() == set(BY_NAME)
+    undocumented = [name for name in BY_NAME if not comments.keys.get(name)]
+    assert not undocumented, f"keys with no comment in omax.yaml: {undocumented}"
+    assert all(key.readers for key in BY_NAME.values())
+
+
+def test_the_configuration_page_is_written_from_omax_yaml():
+    page = config_doc.PAGE.read_text()
+    assert config_doc.render(page, config_doc.YAML_FILE.read_text()) == page, (
+        "docs/configuration.md is out of date: run python -m omax.config_doc"
+    )
+    row = next(line for line in page.splitlines() if line.startswith("| `omax.serve.max-queue`"))
+    assert "| `512` | front door |" in row and "503" in row
+
+
+def test_a_bad_key_outside_settings_fields_still_stops_start_up():
+    with (
+        dask.config.set({"omax.limits.stop": 0}),
+        pytest.raises(ConfigError, match="omax.limits.stop"),
+    ):
         settings()

@@ -13,7 +13,8 @@ import click
 
 from omax.auth.roles import ROLE_NAMES, Role
 from omax.cli.main import cli
-from omax.config import parse_duration, settings
+from omax.config import settings
+from omax.config_values import parse_duration
 
 _ROLE = click.Choice(ROLE_NAMES)
 

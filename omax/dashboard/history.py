@@ -57,21 +57,20 @@ class History:
 
     def tokens_per_s(self, window: float = 5.0) -> dict[str, float]:
         """Tokens generated per second by each actor over the last ``window`` s."""
-        pair = self._pair(window)
-        if pair is None:
-            return {}
-        old, new = pair
-        dt = new.time - old.time
-        return {k: _rate(n, old.tokens.get(k), dt) for k, n in new.tokens.items()}
+        return self._rates("tokens", window)
 
     def fetch_rates(self, window: float = 5.0) -> dict[tuple[str, str], float]:
         """Replication bytes per second of each fetch under way."""
+        return self._rates("fetched", window)
+
+    def _rates(self, counters: str, window: float) -> dict[Any, float]:
+        """Per-key rate of the sample's ``counters`` mapping over the last ``window`` s."""
         pair = self._pair(window)
         if pair is None:
             return {}
         old, new = pair
-        dt = new.time - old.time
-        return {k: _rate(n, old.fetched.get(k), dt) for k, n in new.fetched.items()}
+        before, after = getattr(old, counters), getattr(new, counters)
+        return {k: _rate(n, before.get(k), new.time - old.time) for k, n in after.items()}
 
     def token_series(self) -> dict[str, tuple[list[float], list[float]]]:
         """Model name -> (times, tokens/s summed over its replicas), one point per

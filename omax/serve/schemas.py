@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from omax.config import parse_duration
+from omax.config_values import parse_duration
 from omax.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
