@@ -28,7 +28,7 @@ _EXPORTS = {
     "Message": "omax.engine.request",
     "SamplingOptions": "omax.engine.request",
     "ClusterRuntime": "omax.serve.cluster",
-    "OmaxClient": "omax.serve.client",
+    "OmaxClient": "omax.cli.client",
     "connect": "omax.notebook",
 }
 

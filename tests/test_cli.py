@@ -215,7 +215,7 @@ def test_docs_name_every_command_and_option():
     ],
 )
 def test_host_from_omax_host_then_ollama_host(monkeypatch, omax_host, ollama_host, url):
-    from omax.serve.client import base_url
+    from omax.cli.client import base_url
 
     for name, value in (("OMAX_HOST", omax_host), ("OLLAMA_HOST", ollama_host)):
         if value is None:

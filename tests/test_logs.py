@@ -23,8 +23,8 @@ from omax.logs import (
     use_context,
 )
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
 from omax.serve.requestid import HEADER
+from tests.fake_runtime import FakeRuntime
 
 
 class Lines(logging.Handler):

@@ -2,7 +2,7 @@
 
 Tokens are signed here with ``omax.auth.jwt-secret`` (or ``--private-key``); keys and
 revocations are written to the origin store (``omax.store.url``), where every front
-door reads them within seconds. See docs/security.md.
+door polls them, so a revocation needs no restart. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def token_create(sub: str, role: str, ttl: str, private_key: str | None) -> None
 def token_revoke(jti: str) -> None:
     """Revoke a token by its id (JTI), or pass the token itself.
 
-    Every front door refuses it within 5 seconds.
+    Every front door refuses it from its next read of the store's revocations.
     """
     import jwt
 
@@ -121,6 +121,7 @@ def key_list(as_json: bool) -> None:
 @key.command("revoke")
 @click.argument("name")
 def key_revoke(name: str) -> None:
-    """Revoke the key named NAME; every front door refuses it within 5 seconds."""
+    """Revoke the key named NAME; every front door refuses it from its next read of
+    the store's keys."""
     _store().revoke_key(name)
     click.echo(f"revoked key {name}")

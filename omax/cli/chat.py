@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
+from omax.cli.client import OmaxClient
 from omax.cli.render import Writer, summary
-from omax.serve.client import OmaxClient
 
 
 @dataclass

@@ -14,8 +14,8 @@ import click
 
 from omax.cli import help_text
 from omax.cli.chat import Session, chat_once
+from omax.cli.client import OmaxClient, ResponseError
 from omax.cli.showinfo import print_info
-from omax.serve.client import OmaxClient, ResponseError
 
 BLOCK = '"""'
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from omax.cli.client import OmaxClient, ResponseError
 from omax.cli.main import cli
 from omax.cli.render import human_bytes, progress, table
 from omax.cli.timefmt import human_time, parse_time
-from omax.serve.client import OmaxClient, ResponseError
 
 
 def client() -> OmaxClient:
@@ -32,15 +33,36 @@ def _short(digest: str) -> str:
 @click.argument("prefix", required=False)
 def list_(prefix: str | None) -> None:
     """List models (those whose name starts with PREFIX). Also: omax ls."""
+    headers = ["NAME", "ID", "SIZE", "MODIFIED"]
+    _print_models(OmaxClient.list, _list_row, headers, prefix, any_case=True)
+
+
+def _list_row(m: dict[str, Any], now: float) -> list[str]:
+    return [m["name"], _short(m["digest"]), human_bytes(m["size"]), _modified(m, now)]
+
+
+def _print_models(
+    fetch: Callable[[OmaxClient], list[dict[str, Any]]],
+    row: Callable[[dict[str, Any], float], list[str]],
+    headers: list[str],
+    prefix: str | None,
+    any_case: bool = False,
+) -> None:
+    """A table of the models ``fetch`` lists whose name starts with ``prefix`` (all
+    without one; ``omax list`` matches it in any case, ``omax ps`` exactly). ``row``
+    gets the time now, for ages and expiries."""
     with client() as c:
-        models = c.list()
+        models = fetch(c)
     now = time.time()
-    rows = [
-        [m["name"], _short(m["digest"]), human_bytes(m["size"]), _modified(m, now)]
-        for m in models
-        if not prefix or m["name"].lower().startswith(prefix.lower())
-    ]
-    table(rows, ["NAME", "ID", "SIZE", "MODIFIED"])
+    table([row(m, now) for m in models if _named(m["name"], prefix, any_case)], headers)
+
+
+def _named(name: str, prefix: str | None, any_case: bool) -> bool:
+    if not prefix:
+        return True
+    if any_case:
+        return name.lower().startswith(prefix.lower())
+    return name.startswith(prefix)
 
 
 def _modified(model: dict[str, Any], now: float) -> str:
@@ -182,23 +204,20 @@ def stop(model: str) -> None:
 @click.argument("prefix", required=False)
 def ps(prefix: str | None) -> None:
     """List loaded models: size, where they run and when they unload."""
-    with client() as c:
-        loaded = c.ps()
-    now = time.time()
-    rows = [
-        [
-            m["name"],
-            _short(m["digest"]),
-            human_bytes(m["size"]),
-            _processor(m),
-            str(m.get("context_length") or ""),
-            _until(m, now),
-            m.get("worker", "") + (f" ({m['device']})" if m.get("device") else ""),
-        ]
-        for m in loaded
-        if not prefix or m["name"].startswith(prefix)
+    headers = ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "WORKER"]
+    _print_models(OmaxClient.ps, _ps_row, headers, prefix)
+
+
+def _ps_row(m: dict[str, Any], now: float) -> list[str]:
+    return [
+        m["name"],
+        _short(m["digest"]),
+        human_bytes(m["size"]),
+        _processor(m),
+        str(m.get("context_length") or ""),
+        _until(m, now),
+        m.get("worker", "") + (f" ({m['device']})" if m.get("device") else ""),
     ]
-    table(rows, ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "WORKER"])
 
 
 def _processor(m: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ def native_group() -> None:
 
 @native_group.command()
 def build() -> None:
-    """Build the native decode step for this machine (about a minute, once).
+    """Build the native decode step for this machine (a C++ compile, done once).
 
     Needs a C++ compiler and ninja. A no-op where it is built; exits non-zero, saying
     why, where it cannot build (decoding then runs in Python).

@@ -12,10 +12,10 @@ import sys
 import click
 
 from omax.cli.chat import Session, generate_once, parse_format, parse_think
+from omax.cli.client import OmaxClient, ResponseError
 from omax.cli.main import cli
 from omax.cli.models import client
 from omax.cli.render import progress
-from omax.serve.client import OmaxClient, ResponseError
 
 
 def show_or_pull(c: OmaxClient, model: str, insecure: bool = False) -> str:

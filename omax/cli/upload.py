@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from omax.serve.client import OmaxClient
+from omax.cli.client import OmaxClient
 
 
 def create_body(c: OmaxClient, modelfile: Path) -> dict[str, Any]:

@@ -11,14 +11,16 @@ import json
 import struct
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from omax.engine.request import GenerateChunk, Metrics, ToolCall
+from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
 from omax.errors import ModelNotFound
 from omax.serve import convert
 from omax.serve.schemas import OpenAIChatBody, OpenAICompletionBody, OpenAIEmbeddingsBody
@@ -29,9 +31,11 @@ from omax.serve.service import (
     runtime_of,
     start,
 )
-from omax.serve.streaming import collect, raise_for_chunk, sse_response
+from omax.serve.streaming import Primed, collect, raise_for_chunk, sse_response
 
 FINGERPRINT = "fp_omax"
+
+Body = TypeVar("Body", OpenAIChatBody, OpenAICompletionBody)
 
 
 def _usage(m: Metrics | None) -> dict[str, Any]:
@@ -56,27 +60,56 @@ def _tool_calls(calls: tuple[ToolCall, ...], offset: int = 0) -> list[dict[str, 
     ]
 
 
-def _envelope(
-    kind: str, ident: str, created: int, model: str, choices: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {
-        "id": ident,
-        "object": kind,
-        "created": created,
-        "model": model,
-        "system_fingerprint": FINGERPRINT,
-        "choices": choices,
-    }
+@dataclass(frozen=True)
+class _Started(Generic[Body]):
+    """A completion under way: its body, its first chunk primed, and what every
+    object of its answer shares (id, creation time, model)."""
+
+    body: Body
+    primed: Primed[GenerateChunk]
+    ident: str
+    created: int
+    model: str
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.body.stream_options
+        return bool(options and options.include_usage)
+
+    def envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": self.ident,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": FINGERPRINT,
+            "choices": choices,
+        }
+
+    def usage_event(self, kind: str, chunk: GenerateChunk) -> dict[str, Any]:
+        """The extra chunk ``stream_options.include_usage`` asks for."""
+        event = self.envelope(kind, [])
+        event["usage"] = _usage(chunk.metrics)
+        return event
+
+
+async def _start(
+    request: Request,
+    body_type: type[Body],
+    to_request: Callable[[Body], GenerateRequest],
+    prefix: str,
+) -> _Started[Body]:
+    """Read the body, convert it and start its generation; name the answer."""
+    body = await read(request, body_type)
+    req = to_request(body)
+    primed = await start(request, req)
+    return _Started(body, primed, f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()), req.model)
 
 
 async def chat_completions(request: Request) -> Response:
-    body = await read(request, OpenAIChatBody)
-    req = convert.from_openai_chat(body)
-    primed = await start(request, req)
-    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    started = await _start(request, OpenAIChatBody, convert.from_openai_chat, "chatcmpl")
 
-    if body.stream:
+    if started.body.stream:
         seen_tools = 0
 
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
@@ -90,22 +123,20 @@ async def chat_completions(request: Request) -> Response:
                 seen_tools += len(chunk.tool_calls)
             if not chunk.done:
                 choice = {"index": 0, "delta": delta, "finish_reason": None}
-                return [_envelope("chat.completion.chunk", ident, created, req.model, [choice])]
+                return [started.envelope("chat.completion.chunk", [choice])]
             choice = {
                 "index": 0,
                 "delta": delta,
                 "finish_reason": finish_reason(chunk, seen_tools > 0),
             }
-            events = [_envelope("chat.completion.chunk", ident, created, req.model, [choice])]
-            if include_usage:
-                events.append(
-                    _usage_event("chat.completion.chunk", ident, created, req.model, chunk)
-                )
+            events = [started.envelope("chat.completion.chunk", [choice])]
+            if started.include_usage:
+                events.append(started.usage_event("chat.completion.chunk", chunk))
             return events
 
-        return sse_response(primed, render)
+        return sse_response(started.primed, render)
 
-    chunks, last = await _collect_all(request, primed, req.model)
+    chunks, last = await _collect_all(request, started.primed, started.model)
     calls = tuple(t for c in chunks for t in c.tool_calls)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text for c in chunks)}
     thinking = "".join(c.thinking for c in chunks)
@@ -114,18 +145,9 @@ async def chat_completions(request: Request) -> Response:
     if calls:
         message["tool_calls"] = _tool_calls(calls)
     choice = {"index": 0, "message": message, "finish_reason": finish_reason(last, bool(calls))}
-    out = _envelope("chat.completion", ident, created, req.model, [choice])
+    out = started.envelope("chat.completion", [choice])
     out["usage"] = _usage(last.metrics)
     return JSONResponse(out)
-
-
-def _usage_event(
-    kind: str, ident: str, created: int, model: str, chunk: GenerateChunk
-) -> dict[str, Any]:
-    """The extra chunk ``stream_options.include_usage`` asks for."""
-    event = _envelope(kind, ident, created, model, [])
-    event["usage"] = _usage(chunk.metrics)
-    return event
 
 
 async def _collect_all(
@@ -140,33 +162,29 @@ async def _collect_all(
 
 
 async def completions(request: Request) -> Response:
-    body = await read(request, OpenAICompletionBody)
-    req = convert.from_openai_completion(body)
-    primed = await start(request, req)
-    ident, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    started = await _start(request, OpenAICompletionBody, convert.from_openai_completion, "cmpl")
 
-    if body.stream:
+    if started.body.stream:
 
         def render(chunk: GenerateChunk) -> list[dict[str, Any]]:
             raise_for_chunk(chunk)
             reason = finish_reason(chunk, False) if chunk.done else None
             choice = {"text": chunk.text, "index": 0, "logprobs": None, "finish_reason": reason}
-            events = [_envelope("text_completion", ident, created, req.model, [choice])]
-            if chunk.done and include_usage:
-                events.append(_usage_event("text_completion", ident, created, req.model, chunk))
+            events = [started.envelope("text_completion", [choice])]
+            if chunk.done and started.include_usage:
+                events.append(started.usage_event("text_completion", chunk))
             return events
 
-        return sse_response(primed, render)
+        return sse_response(started.primed, render)
 
-    chunks, last = await _collect_all(request, primed, req.model)
+    chunks, last = await _collect_all(request, started.primed, started.model)
     choice = {
         "text": "".join(c.text for c in chunks),
         "index": 0,
         "logprobs": None,
         "finish_reason": finish_reason(last, False),
     }
-    out = _envelope("text_completion", ident, created, req.model, [choice])
+    out = started.envelope("text_completion", [choice])
     out["usage"] = _usage(last.metrics)
     return JSONResponse(out)
 

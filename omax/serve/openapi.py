@@ -182,6 +182,23 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for method, path, model, out, stream in ROUTES:
         paths.setdefault(path, {})[method] = _operation(method, path, model, out, stream)
+    paths["/api/blobs/{digest}"] = _blob_path()
+    paths["/v1/models/{model}"] = _v1_model_path()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "omax",
+            "version": __version__,
+            "description": "Ollama- and OpenAI-compatible API",
+        },
+        "paths": paths,
+        "components": {"schemas": defs.get("$defs", {})},
+    }
+
+
+def _blob_path() -> dict[str, Any]:
+    """``/api/blobs/{digest}`` (HEAD, POST): a path parameter and a raw body, which
+    ``ROUTES`` does not describe."""
     digest = {
         "name": "digest",
         "in": "path",
@@ -189,7 +206,7 @@ def openapi_document() -> dict[str, Any]:
         "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
     }
     blob_error = {"application/json": {"schema": OLLAMA_ERROR}}
-    paths["/api/blobs/{digest}"] = {
+    return {
         "head": {
             "operationId": "head_blob",
             "parameters": [digest],
@@ -218,7 +235,11 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
-    paths["/v1/models/{model}"] = {
+
+
+def _v1_model_path() -> dict[str, Any]:
+    """``/v1/models/{model}`` (GET): a path parameter, which ``ROUTES`` does not describe."""
+    return {
         "get": {
             "operationId": "get_v1_model",
             "parameters": [
@@ -235,14 +256,4 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         }
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "omax",
-            "version": __version__,
-            "description": "Ollama- and OpenAI-compatible API",
-        },
-        "paths": paths,
-        "components": {"schemas": defs.get("$defs", {})},
     }

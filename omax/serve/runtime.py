@@ -2,8 +2,8 @@
 
 The Starlette app only calls a ``Runtime``. ``ClusterRuntime`` (omax.serve.cluster)
 is the real one: a Dask client, the scheduler plugin's RPC handlers and ModelActors.
-``FakeRuntime`` (omax.serve.fake) yields scripted tokens so the HTTP layer can be
-tested fast and exhaustively; it is a fake and is named as one.
+``FakeRuntime`` (tests/fake_runtime.py) yields scripted tokens so the HTTP layer can
+be tested exhaustively without a cluster; it is a fake and is named as one.
 
 Errors are raised as ``omax.errors`` types and mapped to HTTP once, at the edge.
 """

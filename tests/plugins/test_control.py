@@ -146,7 +146,7 @@ def test_queue_bound_and_cancel_on_close(cluster3):
                 await runtime.generate(long).__anext__()
             await first.aclose()  # the client went away
             digest, _ = store.resolve("small")
-            actors = await runtime._actors("small", digest, 512, None)
+            actors = await runtime.actors.ensure("small", digest, 512, None)
             stats = {}
             for _ in range(50):
                 stats = await ActorHandle(runtime.client, actors[0].worker, actors[0].key).call(

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
+from tests.fake_runtime import FakeRuntime
 
 MAX_BODY = 64 * 1024
 

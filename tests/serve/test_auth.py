@@ -24,7 +24,7 @@ from omax.auth.store import AuthStore
 from omax.auth.tokens import create_token, secret_kid
 from omax.serve import ollama, openai
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
+from tests.fake_runtime import FakeRuntime
 
 SECRET = "s" * 32
 OTHER = "t" * 32

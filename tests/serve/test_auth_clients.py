@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from omax.auth.policy import AuthConfig
+from omax.cli.client import OmaxClient, ResponseError
 from omax.cli.main import cli
 from omax.cli.main import main as _main  # noqa: F401  (registers every command)
 from omax.serve.app import build_app
-from omax.serve.client import OmaxClient, ResponseError
-from omax.serve.fake import FakeRuntime
+from tests.fake_runtime import FakeRuntime
 from tests.serve.conftest import _start
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from omax.serve.app import build_app
 from omax.serve.bounds import Bounds
-from omax.serve.fake import FakeRuntime
 from omax.serve.origins import host_allowed, origin_allowed
+from tests.fake_runtime import FakeRuntime
 from tests.serve.conftest import _start
 
 SMALL = Bounds(

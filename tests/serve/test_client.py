@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from omax.serve.client import OmaxClient, ResponseError, ServerUnreachable, base_url
+from omax.cli.client import OmaxClient, ResponseError, ServerUnreachable, base_url
 
 
 @pytest.mark.parametrize(

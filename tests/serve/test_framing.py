@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from omax.serve.fake import DEFAULT_SCRIPT
+from tests.fake_runtime import DEFAULT_SCRIPT
 
 
 def test_root_and_version(http):

@@ -10,8 +10,8 @@ from starlette.testclient import TestClient
 from omax.config import settings
 from omax.errors import ConfigError, DeadlineExceeded, Unavailable
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
 from omax.serve.upstream import Deadlines
+from tests.fake_runtime import FakeRuntime
 
 
 def test_ready_answers_200_with_workers_and_loaded_models():

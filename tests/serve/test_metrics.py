@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from omax.engine.request import GenerateChunk, GenerateRequest
 from omax.errors import EngineError, PlacementRefused, ServerBusy, Unavailable
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
 from omax.serve.metrics import note_retry
+from tests.fake_runtime import FakeRuntime
 
 from .conftest import _start
 

@@ -8,7 +8,7 @@ import ollama
 import pytest
 
 from omax.engine.request import ToolCall
-from omax.serve.fake import DEFAULT_SCRIPT
+from tests.fake_runtime import DEFAULT_SCRIPT
 
 
 @pytest.fixture

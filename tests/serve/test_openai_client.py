@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from omax.engine.request import ToolCall
-from omax.serve.fake import DEFAULT_SCRIPT
+from tests.fake_runtime import DEFAULT_SCRIPT
 
 TEXT = "".join(DEFAULT_SCRIPT)
 

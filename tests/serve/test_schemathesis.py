@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from omax.serve.app import build_app  # noqa: E402
-from omax.serve.fake import FakeRuntime  # noqa: E402
+from tests.fake_runtime import FakeRuntime  # noqa: E402
 
 app = build_app(FakeRuntime(), max_body_bytes=1 << 20)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -14,10 +14,10 @@ from starlette.testclient import TestClient
 from omax.errors import ImportFailed
 from omax.serve import catalog_view
 from omax.serve.app import build_app
-from omax.serve.fake import FakeRuntime
 from omax.serve.runtime import CreateRequest, Progress
 from omax.sharding import support
 from omax.sharding.modelstore import ModelStore
+from tests.fake_runtime import FakeRuntime
 from tests.sharding.synthetic_gguf import write_gguf
 
 QT = gguf.GGMLQuantizationType

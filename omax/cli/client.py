@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from omax.errors import OmaxError
+from omax.config import positive_int
+from omax.errors import ConfigError, OmaxError
 
 DEFAULT_ADDRESS = "127.0.0.1"
 
@@ -48,14 +49,12 @@ class ResponseError(OmaxError):
 
 
 def default_port() -> int:
-    """The port ``omax serve`` listens on by default (``omax.serve.port``)."""
-    import dask.config
-
-    import omax.config  # noqa: F401  (loads omax.yaml's defaults)
-
+    """The port ``omax serve`` listens on by default (``omax.serve.port``; 11434 where
+    that is not a positive integer). Only this key is read: a bad value elsewhere in
+    the configuration is the server's to refuse, not the client's."""
     try:
-        return int(dask.config.get("omax.serve.port", 11434))
-    except (TypeError, ValueError):
+        return positive_int("serve.port")
+    except ConfigError:
         return 11434
 
 
