@@ -98,7 +98,6 @@ def connect(
 async def _start(
     address: str | None, workers: int | None, dashboard: str
 ) -> tuple[ClusterRuntime, LocalCluster | None]:
-    from omax.config import settings
     from omax.serve.cluster import ClusterRuntime
 
     cluster = None
@@ -107,9 +106,8 @@ async def _start(
 
         cluster = await start_cluster(workers, dashboard)
         address = cluster.scheduler_address
-    cfg = settings()
     try:
-        runtime = await ClusterRuntime.connect(address, max_queue=cfg.max_queue)
+        runtime = await ClusterRuntime.connect(address)
         if cluster is not None:
             from omax.cli.serve import _ensure_demo
 

@@ -109,9 +109,7 @@ async def _serve(
 
         cluster = await start_cluster(workers, dashboard)
         scheduler = cluster.scheduler_address
-    runtime = await ClusterRuntime.connect(
-        scheduler, max_queue=cfg.max_queue, coalesce=cfg.stream_coalesce
-    )
+    runtime = await ClusterRuntime.connect(scheduler)
     try:
         if demo:
             await _ensure_demo(runtime)

@@ -16,12 +16,13 @@ from starlette.routing import Route
 
 from omax.auth.policy import AuthConfig
 from omax.auth.store import AuthStore
+from omax.config import settings
 from omax.serve import ollama, openai
 from omax.serve.auth import AuthMiddleware, SnapshotCache
 from omax.serve.bounds import Bounds
 from omax.serve.errors import exception_handlers
 from omax.serve.metrics import MetricsMiddleware, ServeMetrics
-from omax.serve.middleware import DEFAULT_MAX_BODY, BodyLimitMiddleware
+from omax.serve.middleware import BodyLimitMiddleware
 from omax.serve.openapi import openapi_document
 from omax.serve.origins import OriginMiddleware, allowed_origins
 from omax.serve.requestid import RequestIdMiddleware
@@ -31,7 +32,7 @@ from omax.serve.runtime import Runtime
 def build_app(
     runtime: Runtime,
     *,
-    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_body_bytes: int | None = None,
     api_keys: Iterable[str] | None = None,
     jwt_secret: str | None = None,
     auth: AuthConfig | None = None,
@@ -41,7 +42,8 @@ def build_app(
 ) -> Starlette:
     """The HTTP app serving ``runtime``.
 
-    ``max_body_bytes`` bounds every JSON body (blob uploads stream and are exempt).
+    ``max_body_bytes`` (default ``omax.serve.max-body``) bounds every JSON body (blob
+    uploads stream and are exempt).
     With ``auth`` enabled, every route but the probes (``GET /`` and ``GET
     /api/health``) needs ``Authorization: Bearer <token or key>`` and a role the route
     table (``omax.auth.roles``) allows. ``api_keys`` (admin keys) and ``jwt_secret``
@@ -72,7 +74,8 @@ def build_app(
     if auth is not None and auth.enabled:
         store = AuthStore(auth.store_url) if auth.store_url else None
         middleware.append(Middleware(AuthMiddleware, config=auth, cache=SnapshotCache(store)))
-    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes))
+    max_bytes = settings().max_body if max_body_bytes is None else max_body_bytes
+    middleware.append(Middleware(BodyLimitMiddleware, max_bytes=max_bytes))
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers())
     app.state.runtime = runtime
     app.state.metrics = metrics

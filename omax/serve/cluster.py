@@ -37,6 +37,7 @@ from typing import Any
 
 from distributed import Client
 
+from omax.config import settings
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.errors import DeadlineExceeded, EngineDead, ModelNotFound, ServerBusy, Unavailable
 from omax.logs import bind
@@ -65,7 +66,7 @@ _CACHE_S = 2.0  # seconds a name's digest, and a model's ready actors, are trust
 
 class ClusterRuntime:
     def __init__(
-        self, link: SchedulerLink, store_url: str, max_queue: int = 512, coalesce: float = 0.0
+        self, link: SchedulerLink, store_url: str, max_queue: int, coalesce: float
     ) -> None:
         from omax.sharding.modelstore import ModelStore
 
@@ -83,11 +84,15 @@ class ClusterRuntime:
     async def connect(
         cls,
         scheduler: str | Client,
-        max_queue: int = 512,
-        coalesce: float = 0.0,
+        max_queue: int | None = None,
+        coalesce: float | None = None,
         deadlines: Deadlines | None = None,
     ) -> ClusterRuntime:
-        """Connect to ``scheduler`` (deadlines from ``omax.serve.*`` when not given)."""
+        """Connect to ``scheduler``; what is not given comes from ``omax.serve.*``
+        (``max-queue``, ``stream-coalesce``, the deadlines)."""
+        cfg = settings()
+        max_queue = cfg.max_queue if max_queue is None else max_queue
+        coalesce = cfg.stream_coalesce if coalesce is None else coalesce
         link = await SchedulerLink.connect(scheduler, deadlines or Deadlines.from_settings())
         try:
             info = await link.call("omax_info")

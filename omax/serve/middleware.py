@@ -10,8 +10,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from omax.errors import OmaxError
 from omax.serve.errors import error_response
 
-DEFAULT_MAX_BODY = 64 * 1024 * 1024  # omax.serve.max-body's default
-
 
 class BodyTooLarge(OmaxError):
     """Raised from ``receive`` mid-body; the exception handlers answer it as a 413."""
@@ -28,7 +26,7 @@ class BodyLimitMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        max_bytes: int = DEFAULT_MAX_BODY,
+        max_bytes: int,
         exempt: tuple[str, ...] = ("/api/blobs/",),
     ) -> None:
         self.app = app

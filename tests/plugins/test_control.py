@@ -112,6 +112,8 @@ def test_place_refuse_evict_and_recover(cluster3):
 
     async def generate_once():
         runtime = await ClusterRuntime.connect(addr)
+        # what it is not told comes from omax.serve.*, as for omax serve
+        assert (runtime.max_queue, runtime.actors.coalesce) == (512, 0.06)
         try:
             request = GenerateRequest(
                 model="small", prompt="hello", raw=True, options=SamplingOptions(num_predict=4)
