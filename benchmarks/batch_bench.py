@@ -41,7 +41,7 @@ def engine_run(store, tokens: int) -> tuple[float, object]:
     from omax.config import settings
     from omax.engine.engine import Engine
     from omax.engine.request import GenerateRequest, SamplingOptions
-    from omax.plugins.source import store_source
+    from omax.sharding.spec_source import store_source
 
     digest, _ = store.resolve(MODEL)
     cfg = settings()

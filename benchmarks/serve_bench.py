@@ -107,9 +107,9 @@ def inprocess_stream() -> tuple[Callable[[], tuple[float, float]], Callable[[], 
     from omax.config import settings
     from omax.engine.engine import Engine
     from omax.engine.request import GenerateRequest, Message, SamplingOptions
-    from omax.plugins.source import store_source
     from omax.sharding import bundled
     from omax.sharding.modelstore import ModelStore
+    from omax.sharding.spec_source import store_source
 
     store = ModelStore(tempfile.mkdtemp())
     store.import_path(bundled.smollm2_gguf_path(), MODEL)

@@ -20,7 +20,7 @@ __all__ = ["ModelList", "ProgressLines", "Replica", "Replication", "Reply"]
 
 
 def _size(n: int) -> str:
-    from omax.plugins.placement import fmt_bytes
+    from omax.units import fmt_bytes
 
     return str(fmt_bytes(n))
 

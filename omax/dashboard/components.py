@@ -20,7 +20,7 @@ from bokeh.plotting import figure
 from omax.dashboard import tables
 from omax.dashboard.snapshot import Monitor
 from omax.engine.counters import BUCKETS_S
-from omax.plugins.placement import fmt_bytes
+from omax.units import fmt_bytes
 
 Rows = Callable[[dict[str, Any], Monitor], list[dict[str, Any]]]
 

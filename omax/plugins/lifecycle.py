@@ -5,7 +5,8 @@ one more in the background while fewer than ``omax.engine.loaded-replicas`` run)
 A load reads the manifest, estimates the memory (``omax.plugins.memory``), asks the
 pure ``placement.place`` where it goes, unloads what the decision evicts, has the
 replica fetched there (``Replicator.fetch``), then starts a ModelActor pinned to that
-worker and waits for its weights. Only one load per model runs at a time.
+worker and waits for its weights (``omax.plugins.actors``). Only one load per model
+runs at a time.
 
 A load whose actor read a blob that did not verify (DigestMismatch) is not answered
 with that error: the worker has quarantined the replica's bad blobs and made it
@@ -38,19 +39,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from distributed import Client
-from distributed.protocol import Serialized, deserialize
 
 from omax.config import Settings
-from omax.errors import (
-    DeadlineExceeded,
-    DigestMismatch,
-    OmaxError,
-    PlacementRefused,
-    StoreError,
-    to_wire,
-)
+from omax.errors import DigestMismatch, OmaxError, PlacementRefused, StoreError, to_wire
 from omax.plugins import placement
-from omax.plugins.memory import granted_context, model_memory, with_live_capacity
+from omax.plugins.actors import (
+    actor_parts,
+    actor_stats,
+    close_actor,
+    release,
+    submit_actor,
+    wait_loaded,
+)
+from omax.plugins.memory import (
+    granted_context,
+    load_memory,
+    reserved_by_slot,
+    with_live_capacity,
+)
 from omax.plugins.registry import Registry
 from omax.plugins.replicator import Replicator
 from omax.plugins.state import Loaded
@@ -59,8 +65,6 @@ from omax.sharding.catalog import normalize_name
 
 logger = logging.getLogger(__name__)
 
-PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}  # omax.engine.prefix-cache -> Engine
-CLOSE_TIMEOUT_S = 10
 LOAD_ATTEMPTS = 3  # placements tried when loads find damaged replicas
 REAP_EVERY_S = 0.5
 DRAIN_POLL_S = 0.25
@@ -165,14 +169,7 @@ class Lifecycle:
         need = placement.Need(
             digest=digest,
             name=name,
-            memory=model_memory(
-                manifest,
-                num_ctx,
-                self.cfg.engine_dtype,
-                self.cfg.engine_quant,
-                self.cfg.parallel,
-                _prefix_rows(self.cfg.prefix_cache, self.cfg.engine_quant),
-            ),
+            memory=load_memory(manifest, num_ctx, self.cfg),
             max_loaded_per_slot=self.cfg.max_loaded_per_slot,
         )
         failures: dict[str, int] = {}  # worker -> loads that found its replica damaged
@@ -198,7 +195,7 @@ class Lifecycle:
             if w.address in avoid:
                 continue
             live = self.live_slots(w.address)  # GPUs' memory as last reported
-            reserved = _reserved_by_slot(loaded, w.address)
+            reserved = reserved_by_slot(loaded, w.address)
             workers.append(
                 dataclasses.replace(w, slots=with_live_capacity(w.slots, live, reserved))
             )
@@ -244,39 +241,13 @@ class Lifecycle:
     async def _start_actor(self, entry: Loaded) -> None:
         """Start the ModelActor ``entry`` describes and wait until its weights loaded."""
         client = await self._get_client()
-        ModelActor, local_source = await asyncio.to_thread(_actor_parts)
+        parts = await asyncio.to_thread(actor_parts)
         key = entry.key
         self.registry.add_loaded(entry)
         try:
-            future = client.submit(
-                ModelActor,
-                entry.digest,
-                load_source=functools.partial(local_source, entry.digest),
-                device=entry.slot,
-                dtype=self.cfg.engine_dtype,
-                engine_options={
-                    "quant": self.cfg.engine_quant,
-                    "prefix_rows": PREFIX_ROWS[self.cfg.prefix_cache],
-                    "max_batch": self.cfg.parallel,
-                    "max_ctx": entry.num_ctx,  # the granted context (/api/ps shows it)
-                },
-                actor=True,
-                workers=[entry.worker],
-                allow_other_workers=False,
-                pure=False,
-                key=key,
-            )
+            future = submit_actor(client, self.cfg, entry, parts)
             self.futures[key] = future
-            # A load that hangs (a stalled disk, a wedged worker) must not hold every
-            # later request for this model: past omax.serve.start-timeout it fails.
-            try:
-                actor = await asyncio.wait_for(future, self.cfg.start_timeout)
-                await asyncio.wait_for(actor.load(), self.cfg.start_timeout)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    f"loading '{entry.name}' on {entry.worker} took longer than "
-                    f"{self.cfg.start_timeout:.0f} s (omax.serve.start-timeout)"
-                ) from None
+            await wait_loaded(future, entry, self.cfg.start_timeout)
         except BaseException:
             self.registry.drop_loaded(key)
             self.futures.pop(key, None)
@@ -320,7 +291,7 @@ class Lifecycle:
         m = self.registry.loaded.get(key)
         if m is None:
             return False
-        stats = await self._stats(m)
+        stats = await actor_stats(self.rpc, m)
         if stats is not None and stats.get("loaded") and not stats.get("dead"):
             # One failed call (a blip on the wire) must not unload what serves others.
             logger.warning(
@@ -345,28 +316,11 @@ class Lifecycle:
         await self.unload_key(key, drain=False)  # leaves the registry before its first await
         return True
 
-    async def _stats(self, m: Loaded, timeout: float = 5.0) -> dict[str, Any] | None:
-        """The actor's ``stats``, or None when it cannot be reached within ``timeout`` s."""
-        try:
-            call = self.rpc(m.worker).actor_execute(
-                actor=m.key, function="stats", args=(), kwargs={}
-            )
-            reply = await asyncio.wait_for(call, timeout)
-        except Exception as e:
-            logger.debug("stats of actor %s: %s", m.key, e)
-            return None
-        if reply.get("status") != "OK":
-            return None
-        result = reply.get("result")
-        if isinstance(result, Serialized):  # the scheduler's comms leave replies packed
-            result = deserialize(result.header, result.frames)
-        return result if isinstance(result, dict) else None
-
     async def _drain(self, m: Loaded) -> None:
         """Wait up to ``omax.placement.drain-grace`` for ``m``'s requests to finish."""
         deadline = time.monotonic() + self.cfg.drain_grace
         while time.monotonic() < deadline:
-            stats = await self._stats(m)
+            stats = await actor_stats(self.rpc, m)
             if stats is None or not stats.get("live"):
                 return
             await asyncio.sleep(DRAIN_POLL_S)
@@ -385,19 +339,10 @@ class Lifecycle:
         future = self.futures.pop(key, None)
         if m is not None and drain:
             await self._drain(m)
-        if m is not None:
-            try:  # stop its batching thread and free its memory before releasing it
-                call = self.rpc(m.worker).actor_execute(
-                    actor=key, function="close", args=(), kwargs={}
-                )
-                await asyncio.wait_for(call, CLOSE_TIMEOUT_S)
-            except Exception as e:
-                logger.debug("closing actor %s: %s", key, e)
+        if m is not None:  # closed before it is released: its memory is freed first
+            await close_actor(self.rpc, m.worker, key)
         if future is not None:
-            try:
-                await future.cancel()  # releases the actor on its worker
-            except Exception:
-                pass
+            await release(future)
         if m is not None:
             self.registry.note_use(m.digest, m.worker, m.last_used)
             logger.info("unloaded %s from %s", m.name, m.worker)
@@ -420,7 +365,7 @@ class Lifecycle:
         for m in list(self.registry.loaded.values()):
             if not (m.ready and m.in_flight > 0 and now - m.last_used > lease):
                 continue
-            stats = await self._stats(m)
+            stats = await actor_stats(self.rpc, m)
             if stats is None or not stats.get("loaded") or stats.get("leases"):
                 continue
             if not stats.get("live"):
@@ -444,26 +389,3 @@ class Lifecycle:
                 security=self.security,
             )
         return self._client
-
-
-def _reserved_by_slot(loaded: list[Loaded], worker: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in loaded:
-        if m.worker == worker:
-            out[m.slot] = out.get(m.slot, 0) + m.memory
-    return out
-
-
-def _prefix_rows(prefix_cache: str, quant: str) -> int:
-    """Prefix-cache rows the engine will allocate (its ``auto`` is on only unquantised)."""
-    rows = PREFIX_ROWS[prefix_cache]
-    return rows if rows is not None else (4 if quant == "none" else 0)
-
-
-def _actor_parts() -> tuple[Any, Any]:
-    """The actor class and its weights hook, imported in a thread: the hook's module
-    imports zarr, which would hold this scheduler's event loop up the first time."""
-    from omax.engine.actor import ModelActor
-    from omax.plugins.source import local_source
-
-    return ModelActor, local_source

@@ -5,15 +5,23 @@ allocates: the weights as ``omax.engine.quant`` holds them (4-bit GGUF blocks pa
 as int4, other matrices int8, vectors fp32; or every tensor at the engine's dtype
 with quant ``none``) and the KV cache of every batch row, ``parallel`` sequences
 (``omax.engine.parallel``) plus the prefix-cache rows, each ``num_ctx`` tokens long,
-allocated at load.
+allocated at load. What the models already loaded reserve on a slot
+(``reserved_by_slot``) and what a GPU reports free now (``with_live_capacity``) are
+counted here too.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omax.config import Settings
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+# omax.engine.prefix-cache -> the Engine's ``prefix_rows`` (None: the engine decides)
+PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}
 _FLOATS = ("float32", "float16", "bfloat16")
 _INT4_BLOCKS = ("Q4_0", "Q4_1", "Q4_K")  # repacked for the int4 kernel (docs/configuration.md)
 # bytes per weight once loaded: int4 with a bf16 scale and zero per 32; int8 with a
@@ -48,6 +56,12 @@ def estimate_memory(
     return int(weight_bytes + kv_bytes_per_token(config, dtype_bytes) * num_ctx * rows)
 
 
+def prefix_rows(prefix_cache: str, quant: str) -> int:
+    """Prefix-cache rows the engine will allocate (its ``auto`` is on only unquantised)."""
+    rows = PREFIX_ROWS[prefix_cache]
+    return rows if rows is not None else (4 if quant == "none" else 0)
+
+
 def _weight_bytes(t: Any, quant: str, per: int) -> float:
     n = math.prod(t.shape) if t.shape else 1
     if not (t.ggml_type or t.dtype in _FLOATS):
@@ -73,6 +87,23 @@ def model_memory(
     weights = sum(_weight_bytes(t, quant, per) for t in manifest.tensors)
     kv_dtype = per if quant == "none" else 2
     return estimate_memory(manifest.config, int(weights), num_ctx, kv_dtype, parallel + prefix_rows)
+
+
+def load_memory(manifest: Any, num_ctx: int, cfg: Settings) -> int:
+    """``model_memory`` of ``manifest`` loaded with ``num_ctx`` (the granted context)
+    as ``cfg``'s engine settings load it: dtype, quant, parallel and prefix cache."""
+    rows = prefix_rows(cfg.prefix_cache, cfg.engine_quant)
+    return model_memory(manifest, num_ctx, cfg.engine_dtype, cfg.engine_quant, cfg.parallel, rows)
+
+
+def reserved_by_slot(loaded: Iterable[Any], worker: str) -> dict[str, int]:
+    """Bytes the ``loaded`` models (``omax.plugins.state.Loaded``) reserve on each
+    slot of ``worker``, by slot id."""
+    out: dict[str, int] = {}
+    for m in loaded:
+        if m.worker == worker:
+            out[m.slot] = out.get(m.slot, 0) + m.memory
+    return out
 
 
 def with_live_capacity(

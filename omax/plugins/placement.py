@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from omax.plugins.state import Loaded, WorkerInfo
+from omax.units import fmt_bytes
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,6 @@ class Place:
 @dataclass(frozen=True)
 class Refuse:
     reason: str
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def place(workers: Iterable[WorkerInfo], loaded: Sequence[Loaded], need: Need) -> Place | Refuse:

@@ -5,12 +5,12 @@ enters through ``Replicator.fetch`` and runs as one job per (model, worker) in
 ``replicating``: a second caller joins the running job instead of starting another.
 A failed job keeps its worker out of the plans for a while (``retry_after``).
 
-Every 2 s ``maintain`` brings wanted models to their count (``replication_plan.plan``)
-and workers over their disk budget (``omax.worker.disk-budget``) back under it
-(``replication_plan.plan_evictions``): it drops replicas that are neither loaded nor
-needed for a count, least recently used first, through the worker's
-``omax_drop_replica``. A dropped replica comes back the usual way when a load or a
-pull needs it.
+A loop (``maintain_forever``) runs ``maintain`` over and over: it brings wanted
+models to their count (``replication_plan.plan``) and workers over their disk budget
+(``omax.worker.disk-budget``) back under it (``replication_plan.plan_evictions``): it
+drops replicas that are neither loaded nor needed for a count, least recently used
+first, through the worker's ``omax_drop_replica``. A dropped replica comes back the
+usual way when a load or a pull needs it.
 
 A worker that served bytes that did not verify is ``suspect`` for that model until
 it re-verified its replica. A replica that failed verification where a load read it
@@ -31,10 +31,10 @@ from typing import Any
 from omax.config import Settings
 from omax.errors import OmaxError, to_wire
 from omax.plugins import replication_plan
-from omax.plugins.placement import fmt_bytes
 from omax.plugins.registry import Registry, Spot
 from omax.plugins.tasks import Tasks
 from omax.sharding.wanted import WantedFile
+from omax.units import fmt_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Load it with ``dask scheduler --preload omax.plugins.scheduler``. The parts:
 - ``lifecycle.Lifecycle``: ``omax_ensure`` loads a model where the pure
   ``placement.place`` says, ``omax_unload`` and the keep-alive reaper unload it, and
   ``omax_actor_failed`` unloads a model whose engine died;
-- ``replicator.Replicator``: ``omax_replicate_model`` and the 2 s maintenance loop
+- ``replicator.Replicator``: ``omax_replicate_model`` and the maintenance loop
   keep wanted models at their replica count and workers under their disk budget;
   wanted counts persist next to the catalog (``omax.sharding.wanted``);
 - ``tasks.Tasks``: every background task, owned, named and cancelled at close.

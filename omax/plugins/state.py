@@ -8,11 +8,24 @@ str, int, float, bool or a dict/list of those.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
+
+
+class _Flat:
+    """``to_dict`` / ``from_dict`` of a dataclass whose fields are all plain values;
+    ``from_dict`` ignores keys it does not know (a newer peer's)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(frozen=True)
-class Slot:
+class Slot(_Flat):
     """One inference slot: a GPU, or the CPU of a worker without one."""
 
     id: str  # "cpu" or "cuda:0"
@@ -22,29 +35,15 @@ class Slot:
     memory_free: int
     utilization: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Slot:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
 
 @dataclass(frozen=True)
-class Replica:
+class Replica(_Flat):
     """A worker's local copy of one manifest's blobs."""
 
     digest: str
     complete: bool
     bytes_done: int
     bytes_total: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Replica:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 @dataclass(frozen=True)

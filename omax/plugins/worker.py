@@ -89,8 +89,8 @@ class OmaxWorkerPlugin(WorkerPlugin):
             server=worker,
         )
         # The batching thread holds the GIL between torch ops; a short switch interval
-        # lets the worker's event loop answer polls and submits without waiting up to
-        # the default 5 ms for each hand-over.
+        # lets the worker's event loop answer polls and submits without waiting out
+        # the interpreter's default interval for each hand-over.
         sys.setswitchinterval(0.0002)
         self.origin_url = cfg.store_url
         self.slots = detect_slots(cfg.device, cfg.slot_memory)

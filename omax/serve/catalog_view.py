@@ -170,7 +170,7 @@ async def create(store: Any, request: CreateRequest) -> AsyncIterator[Progress]:
 def dedup_status(result: Any) -> str:
     """The line an import ends with: new bytes against bytes the store already held
     (blobs shared with other models, including a ``from`` model's whole weights)."""
-    from omax.plugins.placement import fmt_bytes
+    from omax.units import fmt_bytes
 
     shared = max(result.size - result.bytes_written, result.bytes_deduplicated)
     return f"wrote {fmt_bytes(result.bytes_written)} of new blobs, {fmt_bytes(shared)} deduplicated"

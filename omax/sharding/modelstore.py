@@ -17,46 +17,29 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omax.errors import BlobNotFound, ImportFailed, InvalidRequest, ModelNotFound, StoreError
+from omax.sharding import garbage
 from omax.sharding import modelfile as mf
 from omax.sharding.blobs import BlobStore, check_digest
 from omax.sharding.catalog import Catalog, CatalogEntry, normalize_name
 from omax.sharding.importers.common import BlobWriter, ImportReport, Progress
-from omax.sharding.importers.gguf import import_gguf, is_gguf
-from omax.sharding.importers.hf import import_safetensors
-from omax.sharding.leases import SLACK_S, TTL_S, Lease, LeaseInfo, held, read_leases
+from omax.sharding.importers.files import import_file, import_uploaded
+from omax.sharding.leases import Lease, held
 from omax.sharding.manifest import Manifest
-from omax.sharding.paths import check_relative_name, under_roots
+from omax.sharding.paths import under_roots
 from omax.sharding.zarrstore import CHUNK_BYTES
 
 if TYPE_CHECKING:
-    from omax.sharding.importers.registry import LayerProgress
-
-GC_GRACE_S = 3600.0
+    from omax.sharding.importers.registry_http import LayerProgress
 
 
 def default_url() -> str:
     return os.environ.get("OMAX_STORE", str(Path("~/.omax/store").expanduser()))
-
-
-def import_file(writer: BlobWriter, path: Path) -> Manifest:
-    """Import a GGUF file, a safetensors file, or a Hugging Face folder (auto-detected)."""
-    if path.is_dir():
-        return import_safetensors(writer, path)
-    if not path.exists():
-        raise ImportFailed(f"{path}: no such file or directory")
-    if path.suffix == ".gguf" or is_gguf(path):
-        return import_gguf(writer, path)
-    if path.suffix == ".safetensors":
-        return import_safetensors(writer, path)
-    raise ImportFailed(f"{path}: not a GGUF file, safetensors file or model folder")
 
 
 @contextlib.contextmanager
@@ -124,12 +107,10 @@ class ModelStore:
         self, path: str | Path, name: str, progress: Progress | None = None
     ) -> ImportReport:
         """Import a file or folder as ``name``."""
-        normalize_name(name)
-        start = time.monotonic()
-        writer = self._writer(progress)
-        with held(self.blobs, f"import {name} from {path}"), _naming(path):
-            manifest = import_file(writer, Path(path).expanduser())
-            return self._commit(name, manifest, writer, start, source=str(path))
+        what = f"import {name} from {path}"
+        return self._import(
+            name, path, what, progress, lambda w: import_file(w, Path(path).expanduser())
+        )
 
     def import_manifest(
         self, name: str, manifest: Manifest, writer: BlobWriter, start: float, source: str = ""
@@ -206,33 +187,24 @@ class ModelStore:
         from omax.sharding.importers.ollama import import_ollama
         from omax.sharding.importers.registry import import_registry, parse_ref, staging_dir
 
+        what = f"pull {ref}"
         if is_hub_ref(ref):
-            name = ref
-            normalize_name(name)
-            start = time.monotonic()
-            writer = self._writer(progress)
-            with held(self.blobs, f"pull {ref}"), _naming(ref):
-                manifest = import_hub(writer, ref)
-                return self._commit(name, manifest, writer, start, source=ref)
+            return self._import(ref, ref, what, progress, lambda w: import_hub(w, ref))
         if not ref.startswith("ollama://"):
             name = parse_ref(ref).name
-            start = time.monotonic()
-            writer = self._writer(progress)
             current = None
             with contextlib.suppress(ModelNotFound):
                 current = self.resolve(name)[1]
-            with held(self.blobs, f"pull {ref}"), _naming(ref):
-                manifest = import_registry(
-                    writer, ref, staging_dir(self.blobs), insecure, on_layer, current
-                )
-                return self._commit(name, manifest, writer, start, source=ref)
+            staging = staging_dir(self.blobs)
+            return self._import(
+                name,
+                ref,
+                what,
+                progress,
+                lambda w: import_registry(w, ref, staging, insecure, on_layer, current),
+            )
         name = ref.removeprefix("ollama://")
-        normalize_name(name)
-        start = time.monotonic()
-        writer = self._writer(progress)
-        with held(self.blobs, f"pull {ref}"), _naming(ref):
-            manifest = import_ollama(writer, name)
-            return self._commit(name, manifest, writer, start, source=ref)
+        return self._import(name, ref, what, progress, lambda w: import_ollama(w, name))
 
     def push(
         self,
@@ -302,47 +274,37 @@ class ModelStore:
         return out
 
     def gc(
-        self, dry_run: bool = True, grace_s: float = GC_GRACE_S
+        self, dry_run: bool = True, grace_s: float = garbage.GC_GRACE_S
     ) -> tuple[builtins.list[str], int]:
         """Blobs no cataloged model references: ``(digests, bytes)``; removed unless
         ``dry_run``. Kept besides: blobs younger than ``grace_s``, and whatever a live
         lease protects (an import, create, pull or replication in progress, however
         long it runs: ``omax.sharding.leases``). Removing also clears temporary files
-        that crashed writes left, once older than ``leases.TTL_S``."""
-        began = time.time()
-        leases = read_leases(self.blobs, began)
-        keep = self.referenced() | self._leased(leases)
-        since = min((lease.started for lease in leases), default=began) - SLACK_S
-        victims: builtins.list[str] = []
-        total = 0
-        for digest in self.blobs.iter_digests():
-            if digest in keep or self._younger(digest, began, grace_s):
-                continue
-            if leases and self._modified(digest, default=began) >= since:
-                continue  # written (or rewritten) since a live lease began
-            victims.append(digest)
-            total += self.blobs.size(digest)
+        that crashed writes left, once older than ``leases.TTL_S``
+        (``omax.sharding.garbage``)."""
+        found = garbage.find(self.blobs, self.referenced, self.manifest, grace_s)
         if not dry_run:
-            for digest in victims:
-                # a write that began after the leases were read rewrote it: keep it
-                if self._modified(digest, default=0.0) >= began:
-                    continue
-                self.blobs.delete(digest)
+            for digest in garbage.remove(self.blobs, found, grace_s):
                 self._manifests.pop(digest, None)
-            self.blobs.clean_tmp(older_than_s=max(grace_s, TTL_S))
-        return sorted(victims), total
-
-    def _leased(self, leases: builtins.list[LeaseInfo]) -> set[str]:
-        """The blobs live leases name, manifests expanded to their blobs."""
-        out: set[str] = set()
-        for lease in leases:
-            out |= set(lease.blobs) | set(lease.manifests)
-            for digest in lease.manifests:
-                with contextlib.suppress(BlobNotFound, InvalidRequest, ValueError):
-                    out |= self.manifest(digest).blob_digests()
-        return out
+        return found.digests, found.nbytes
 
     # internals
+
+    def _import(
+        self,
+        name: str,
+        source: str | Path,
+        what: str,
+        progress: Progress | None,
+        build: Callable[[BlobWriter], Manifest],
+    ) -> ImportReport:
+        """Publish as ``name`` the manifest ``build`` imports from ``source`` through a
+        fresh writer, under a lease that says ``what``."""
+        normalize_name(name)
+        start = time.monotonic()
+        writer = self._writer(progress)
+        with held(self.blobs, what), _naming(source):
+            return self._commit(name, build(writer), writer, start, source=str(source))
 
     def _commit(
         self, name: str, manifest: Manifest, writer: BlobWriter, start: float, source: str
@@ -397,55 +359,10 @@ class ModelStore:
 
     def _from_files(self, writer: BlobWriter, files: Mapping[str, str], lease: Lease) -> Manifest:
         lease.add(blobs=[check_digest(d) for d in files.values()])
-        for fname, digest in files.items():
-            check_relative_name(fname)
-            # re-hashed, not trusted for existing: the importer reads them whole anyway
-            if not self.blobs.check(digest):
-                raise BlobNotFound(f"blob {digest} for {fname} not found; upload it first")
-        with self._materialize(files) as folder:
-            ggufs = [f for f in files if f.endswith(".gguf")]
-            if len(ggufs) == 1 and not any(f.endswith(".safetensors") for f in files):
-                return import_file(writer, folder / ggufs[0])
-            if ggufs:
-                raise InvalidRequest("create from files takes one .gguf or safetensors files")
-            return import_file(writer, folder)
-
-    @contextlib.contextmanager
-    def _materialize(self, files: Mapping[str, str]) -> Iterator[Path]:
-        """The uploaded blobs as a local folder under their file names (hard links on a
-        local store, verified copies otherwise)."""
-        tmp = Path(tempfile.mkdtemp(prefix="omax-create-"))
-        try:
-            for fname, digest in files.items():
-                dest = tmp / fname
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = self.blobs.path(digest)
-                if self.blobs._local:
-                    try:
-                        os.link(src, dest)
-                        continue
-                    except OSError:
-                        pass
-                with self.blobs.open(digest) as fin, open(dest, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 8 << 20)
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return import_uploaded(writer, files)
 
     def _writer(self, progress: Progress | None) -> BlobWriter:
         return BlobWriter(self.blobs, progress, chunk_bytes=self.chunk_bytes)
-
-    def _younger(self, digest: str, now: float, grace_s: float) -> bool:
-        if grace_s <= 0:
-            return False
-        return now - self._modified(digest, default=0.0) < grace_s
-
-    def _modified(self, digest: str, default: float) -> float:
-        """The blob's modified time; ``default`` when the store cannot say."""
-        try:
-            return float(self.blobs.fs.modified(self.blobs.path(digest)).timestamp())
-        except (NotImplementedError, OSError, AttributeError):
-            return default
 
 
 def _typed(key: str, value: str) -> Any:

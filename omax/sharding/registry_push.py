@@ -31,17 +31,19 @@ from omax.sharding import gguflayout
 from omax.sharding.blobs import BlobStore
 from omax.sharding.importers.ollama import MEDIA
 from omax.sharding.importers.registry import (
-    CHUNK,
     MANIFEST_FILE,
     MANIFEST_TYPE,
-    LayerProgress,
     RegistryRef,
     changed_since_pull,
     check_scheme,
-    check_status,
-    http_client,
     layers_of,
     parse_ref,
+)
+from omax.sharding.importers.registry_http import (
+    CHUNK,
+    LayerProgress,
+    check_status,
+    http_client,
     short,
     talking,
 )

@@ -157,67 +157,103 @@ async def fetch_blobs(
     result = FetchResult(
         total=sum(sizes.values()), present=sum(s for b, s in sizes.items() if b in present)
     )
-    done = result.present
     if on_progress is not None:
-        on_progress(done, result.total)
-    bad: set[tuple[str, str]] = set()
+        on_progress(result.present, result.total)
     plan = plan_sources(sizes, present, peers if stream_peer else (), (), origin is not None)
-    queue: asyncio.Queue[str] = asyncio.Queue()
+    run = _Fetch(
+        store,
+        sizes,
+        plan,
+        stream_peer,
+        origin,
+        result,
+        peer_slots={p: asyncio.Semaphore(per_peer) for p in peers},
+        limit=_Rate(rate),
+        on_progress=on_progress,
+        on_bad=on_bad,
+    )
+    todo: asyncio.Queue[str] = asyncio.Queue()
     for blob in plan:
-        queue.put_nowait(blob)
-    peer_slots = {p: asyncio.Semaphore(per_peer) for p in peers}
-    limit = _Rate(rate)
-    failed: dict[str, list[str]] = {}
+        todo.put_nowait(blob)
 
-    async def one(blob: str) -> None:
-        nonlocal done
+    async def worker() -> None:
+        while not todo.empty():
+            await run.one(todo.get_nowait())
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(plan))))))
+    if run.failed:
+        blob, errors = next(iter(run.failed.items()))
+        raise StoreError(
+            f"{len(run.failed)} blob(s) could not be fetched from any source; "
+            f"{blob}: {'; '.join(errors) or 'no source holds it'}"
+        )
+    return result
+
+
+@dataclass
+class _Fetch:
+    """One ``fetch_blobs`` call: what to fetch from where, and what came of it so far.
+
+    Its blob fetches run concurrently on one event loop and share this state."""
+
+    store: BlobStore
+    sizes: Mapping[str, int]
+    plan: dict[str, tuple[str, ...]]
+    stream_peer: PeerStream | None
+    origin: BlobStore | None
+    result: FetchResult
+    peer_slots: dict[str, asyncio.Semaphore]  # at most ``per_peer`` blobs from each peer
+    limit: _Rate
+    on_progress: Callable[[int, int], None] | None
+    on_bad: Callable[[BadSource], None] | None
+    bad: set[tuple[str, str]] = field(default_factory=set)  # (blob, source) not to retry
+    failed: dict[str, list[str]] = field(default_factory=dict)  # blob -> what sources said
+    done: int = field(init=False)  # bytes the store holds, verified
+
+    def __post_init__(self) -> None:
+        self.done = self.result.present
+
+    async def one(self, blob: str) -> None:
+        """Fetch ``blob`` from its planned sources in turn until one delivers it."""
         errors = []
-        for source in plan[blob]:
-            if (blob, source) in bad:
+        for source in self.plan[blob]:
+            if (blob, source) in self.bad:
                 continue
             try:
-                if source == ORIGIN:
-                    assert origin is not None
-                    await limit.take(sizes[blob])
-                    await asyncio.to_thread(_copy_blob, origin, store, blob)
-                else:
-                    assert stream_peer is not None
-                    async with peer_slots[source]:
-                        await _store_stream(
-                            store, stream_peer(source, blob), blob, sizes[blob], limit
-                        )
+                await self._copy(source, blob)
             except DigestMismatch as err:
-                bad.add((blob, source))
-                report = BadSource(source, blob, str(err))
-                result.bad.append(report)
-                logger.warning("blob %s from %s did not verify: %s", blob[:19], source, err)
-                if on_bad is not None:
-                    on_bad(report)
+                self._bad_source(source, blob, err)
                 errors.append(f"{source}: {err}")
                 continue
             except Exception as err:  # a peer that left or lacks it, a store error: next source
                 logger.debug("blob %s from %s failed: %r", blob[:19], source, err)
                 errors.append(f"{source}: {err!r}")
                 continue
-            result.fetched[source] = result.fetched.get(source, 0) + sizes[blob]
-            done += sizes[blob]
-            if on_progress is not None:
-                on_progress(done, result.total)
+            self.result.fetched[source] = self.result.fetched.get(source, 0) + self.sizes[blob]
+            self.done += self.sizes[blob]
+            if self.on_progress is not None:
+                self.on_progress(self.done, self.result.total)
             return
-        failed[blob] = errors
+        self.failed[blob] = errors
 
-    async def worker() -> None:
-        while not queue.empty():
-            await one(queue.get_nowait())
+    async def _copy(self, source: str, blob: str) -> None:
+        if source == ORIGIN:
+            assert self.origin is not None
+            await self.limit.take(self.sizes[blob])
+            await asyncio.to_thread(_copy_blob, self.origin, self.store, blob)
+        else:
+            assert self.stream_peer is not None
+            async with self.peer_slots[source]:
+                pieces = self.stream_peer(source, blob)
+                await _store_stream(self.store, pieces, blob, self.sizes[blob], self.limit)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(plan))))))
-    if failed:
-        blob, errors = next(iter(failed.items()))
-        raise StoreError(
-            f"{len(failed)} blob(s) could not be fetched from any source; "
-            f"{blob}: {'; '.join(errors) or 'no source holds it'}"
-        )
-    return result
+    def _bad_source(self, source: str, blob: str, err: DigestMismatch) -> None:
+        self.bad.add((blob, source))
+        report = BadSource(source, blob, str(err))
+        self.result.bad.append(report)
+        logger.warning("blob %s from %s did not verify: %s", blob[:19], source, err)
+        if self.on_bad is not None:
+            self.on_bad(report)
 
 
 async def fetch_one(

@@ -34,12 +34,11 @@ from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest, TensorEntry, canonical_json
 from omax.sharding.tensors import RawTensor
 
-# 16 MiB by benchmarks/chunk_bench.py (2026-11-26, 2 shared cores, median of 3): it
-# had the best geometric mean of tensor-write and verified read-all MB/s over SmolLM2
-# and MiniLM (write 258/322, read 157/216); 4 MiB was within 7% (252/351, 133/223),
-# 1 MiB read SmolLM2 at 108 MB/s (per-blob overhead on 300 chunks) and 64 MiB wrote
-# and read MiniLM slowest (284, 190). Smaller chunks dedupe and replicate finer, so
-# nothing larger is worth it.
+# 16 MiB by benchmarks/chunk_bench.py (its numbers are in benchmarks/RESULTS.md): it
+# balanced tensor writes and verified reads of whole models best over SmolLM2 and
+# MiniLM; 4 MiB came close, 1 MiB paid a per-blob overhead on every read, and 64 MiB
+# was slowest on MiniLM. Smaller chunks dedupe and replicate finer, so nothing larger
+# is worth it.
 CHUNK_BYTES = 16 << 20
 ZSTD_LEVEL = 1
 # Stored dtypes worth compressing (see benchmarks/RESULTS.md); the rest stay raw.

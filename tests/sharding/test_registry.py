@@ -13,9 +13,9 @@ from omax.sharding.importers.registry import (
     digest_of,
     layers_of,
     parse_ref,
-    short,
     staging_dir,
 )
+from omax.sharding.importers.registry_http import short
 from omax.sharding.modelstore import ModelStore
 from tests.registry_server import Registry
 

@@ -1,17 +1,19 @@
 """What every importer shares: a blob writer that counts written versus deduplicated
-bytes and reports progress, and the report an import ends with."""
+bytes and reports progress, the manifest a file import builds, and the report an
+import ends with."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from omax.errors import StoreError
 from omax.sharding.blobs import BlobStore
-from omax.sharding.manifest import TensorEntry
+from omax.sharding.manifest import Manifest, TensorEntry
 from omax.sharding.zarrstore import CHUNK_BYTES, write_tensor
 
 # progress(status, completed, total): Ollama's progress triple (bytes, or 0/0 for a stage).
@@ -95,3 +97,39 @@ class BlobWriter:
             raise StoreError(f"tensor {name}: {err}") from err
         self.advance(int(array.nbytes))
         return entry
+
+
+def new_manifest(
+    format: str,
+    family: str,
+    config: dict[str, Any],
+    tensors: list[TensorEntry],
+    files: dict[str, tuple[str, int]],
+    tokenizer_config: dict[str, Any],
+    model_info: dict[str, Any],
+    parameter_size: str,
+    quantization_level: str,
+    template: object = "",
+    license: object = "",
+) -> Manifest:
+    """The manifest of a model imported from its weight files, with Ollama's
+    ``details``. A ``template`` or ``license`` that is not a string counts as none."""
+    return Manifest(
+        format=format,
+        family=family,
+        config=config,
+        tensors=tuple(tensors),
+        files=files,
+        tokenizer_config=tokenizer_config,
+        template=template if isinstance(template, str) else "",
+        license=license if isinstance(license, str) else "",
+        model_info=model_info,
+        details={
+            "format": format,
+            "family": family,
+            "families": [family],
+            "parameter_size": parameter_size,
+            "quantization_level": quantization_level,
+            "parent_model": "",
+        },
+    )

@@ -27,7 +27,7 @@ from gguf import GGMLQuantizationType as QT
 
 from omax.errors import ImportFailed
 from omax.sharding import support
-from omax.sharding.importers.common import BlobWriter
+from omax.sharding.importers.common import BlobWriter, new_manifest
 from omax.sharding.importers.ggufconfig import hf_config, supported_architectures
 from omax.sharding.importers.ggufheader import GGUFFile, TensorInfo, open_gguf
 from omax.sharding.importers.gguftokenizer import tokenizer_files
@@ -74,25 +74,18 @@ def import_gguf(writer: BlobWriter, path: str | Path) -> Manifest:
     quant = _quantization_level(file)
     model_info = _model_info(file, n_params)
     license = file.metadata.get("general.license")
-    return Manifest(
-        format="gguf",
-        family=arch,
-        config=config,
-        tensors=tuple(entries),
-        files=files,
-        tokenizer_config=tokenizer_config,
-        template=template if isinstance(template, str) else "",
-        license=license if isinstance(license, str) else "",
-        model_info=model_info,
-        details={
-            "format": "gguf",
-            "family": arch,
-            "families": [arch],
-            "parameter_size": file.metadata.get("general.size_label")
-            or format_parameter_count(n_params),
-            "quantization_level": quant,
-            "parent_model": "",
-        },
+    return new_manifest(
+        "gguf",
+        arch,
+        config,
+        entries,
+        files,
+        tokenizer_config,
+        model_info,
+        parameter_size=file.metadata.get("general.size_label") or format_parameter_count(n_params),
+        quantization_level=quant,
+        template=template,
+        license=license,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from omax.errors import ImportFailed
-from omax.sharding.importers.common import BlobWriter
+from omax.sharding.importers.common import BlobWriter, new_manifest
 from omax.sharding.manifest import Manifest, TensorEntry, format_parameter_count
 from omax.sharding.paths import inside
 
@@ -139,23 +139,17 @@ def import_safetensors(writer: BlobWriter, path: str | Path) -> Manifest:
         template = (folder / "chat_template.jinja").read_text()
     family = str(config.get("model_type") or "unknown")
     quant = max(dtypes, key=lambda k: dtypes[k]) if dtypes else "unknown"
-    return Manifest(
-        format="safetensors",
-        family=family,
-        config=config,
-        tensors=tuple(entries),
-        files=extra,
-        tokenizer_config=tok_config,
-        template=template if isinstance(template, str) else "",
-        model_info=_model_info(config, family, n_params),
-        details={
-            "format": "safetensors",
-            "family": family,
-            "families": [family],
-            "parameter_size": format_parameter_count(n_params),
-            "quantization_level": quant,
-            "parent_model": "",
-        },
+    return new_manifest(
+        "safetensors",
+        family,
+        config,
+        entries,
+        extra,
+        tok_config,
+        _model_info(config, family, n_params),
+        parameter_size=format_parameter_count(n_params),
+        quantization_level=quant,
+        template=template,
     )
 
 

@@ -12,10 +12,10 @@ The manifest lists layers by media type (``application/vnd.ollama.image.model``,
 GGUF; ``.template``, ``.params``, ``.system``, ``.license``, ``.messages``) plus a
 config blob. Layers download into a staging folder laid out as an Ollama models folder
 (``blobs/sha256-<hex>``; a partial download is ``...-partial`` and resumes with a
-Range request, also on the next pull), each is checked against its sha256, and the
-folder is handed to the ``ollama://`` importer. The omax manifest then also keeps what
-a push needs to publish the same bytes again: the registry manifest
-(``ollama/manifest.json``), every non-model layer and the config
+Range request, also on the next pull: ``registry_http.download``), each is checked
+against its sha256, and the folder is handed to the ``ollama://`` importer. The omax
+manifest then also keeps what a push needs to publish the same bytes again: the
+registry manifest (``ollama/manifest.json``), every non-model layer and the config
 (``ollama/blobs/<hex>``), and the GGUF's skeleton and layout (``omax.sharding.gguflayout``).
 
 ``insecure`` means plain HTTP, as in Ollama; an ``http://`` name needs it. Registry
@@ -27,10 +27,8 @@ not hash to its digest (the bad download is removed).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,18 +41,21 @@ from omax.sharding.blobs import BlobStore, check_digest
 from omax.sharding.catalog import normalize_name, parse_name
 from omax.sharding.importers.common import BlobWriter
 from omax.sharding.importers.ollama import MEDIA, import_ollama
+from omax.sharding.importers.registry_http import (
+    LayerProgress,
+    check_status,
+    download,
+    http_client,
+    short,
+    talking,
+)
 from omax.sharding.manifest import Manifest
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 MANIFEST_FILE = "ollama/manifest.json"
 LAYER_PREFIX = "ollama/blobs/"
-ATTEMPTS = 3  # per layer and pull; a later pull resumes from the partial file
-CHUNK = 1 << 20
 UNSUPPORTED = ("adapter", "projector", "tensor", "draft")
-
-# on_layer(status, digest, total, completed): Ollama's per-layer progress line.
-LayerProgress = Callable[[str, str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -98,45 +99,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(8 << 20):
             h.update(block)
     return "sha256:" + h.hexdigest()
-
-
-def short(digest: str) -> str:
-    """The 12 hex digits Ollama's progress lines name a layer by."""
-    return digest.removeprefix("sha256:")[:12]
-
-
-def http_client() -> httpx.Client:
-    from omax import __version__
-
-    return httpx.Client(
-        follow_redirects=True,
-        timeout=httpx.Timeout(60.0, connect=10.0),
-        headers={"User-Agent": f"omax/{__version__}"},
-    )
-
-
-@contextlib.contextmanager
-def talking(what: str, error: type[OmaxError] = ImportFailed) -> Iterator[None]:
-    """Turn transport failures into ``error`` naming the step and the address."""
-    try:
-        yield
-    except httpx.HTTPError as err:
-        where = ""
-        with contextlib.suppress(RuntimeError):  # no request attached
-            where = f"{err.request.method} {err.request.url}: "
-        raise error(f"{what}: {where}{err or type(err).__name__}") from err
-
-
-def check_status(resp: httpx.Response, what: str, error: type[OmaxError] = ImportFailed) -> None:
-    """Raise ``error`` for a failed answer, in Ollama's words where it has them."""
-    if resp.status_code < 400:
-        return
-    if resp.status_code == 404:
-        raise error(f"{what}: file does not exist")
-    if resp.status_code == 401:
-        raise error(f"{what}: unauthorized: omax does not authenticate to registries")
-    body = resp.read()[:300].decode("utf-8", "replace")
-    raise error(f"{what}: {resp.status_code}: {body}")
 
 
 def staging_dir(blobs: BlobStore) -> Path:
@@ -211,105 +173,6 @@ def changed_since_pull(
     return [key for key in pulled if pulled[key] != now[key]]
 
 
-def download(
-    client: httpx.Client,
-    ref: RegistryRef,
-    layer: dict[str, Any],
-    dest: Path,
-    insecure: bool,
-    on_layer: LayerProgress,
-) -> None:
-    """Download ``layer`` to ``dest``, resuming ``dest-partial`` with a Range request;
-    up to ``ATTEMPTS`` tries, then ImportFailed (the partial stays for the next pull).
-    Two pulls of one layer take turns (a lock file), so neither appends to the
-    other's partial."""
-    with _exclusive(dest.with_name(dest.name + ".lock")):
-        _download(client, ref, layer, dest, insecure, on_layer)
-
-
-@contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
-    import fcntl
-
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _download(
-    client: httpx.Client,
-    ref: RegistryRef,
-    layer: dict[str, Any],
-    dest: Path,
-    insecure: bool,
-    on_layer: LayerProgress,
-) -> None:
-    digest, size = layer["digest"], layer["size"]
-    status = f"pulling {short(digest)}"
-    if dest.exists():
-        on_layer(status, digest, size, size)
-        return
-    partial = dest.with_name(dest.name + "-partial")
-    last: Exception | None = None
-    for _ in range(ATTEMPTS):
-        have = partial.stat().st_size if partial.exists() else 0
-        if have > size:
-            partial.unlink()
-            have = 0
-        on_layer(status, digest, size, have)
-        if have == size:
-            break
-        try:
-            _get_range(
-                client,
-                ref.url(insecure, "blobs", digest),
-                partial,
-                have,
-                status,
-                size,
-                on_layer,
-                digest,
-            )
-        except (httpx.TransportError, httpx.StreamError) as err:
-            last = err
-    else:
-        have = partial.stat().st_size if partial.exists() else 0
-        if have != size:
-            raise ImportFailed(
-                f"{status}: download interrupted at {have} of {size} bytes ({last}); "
-                "pull again to resume"
-            )
-    partial.rename(dest)
-
-
-def _get_range(
-    client: httpx.Client,
-    url: str,
-    partial: Path,
-    have: int,
-    status: str,
-    size: int,
-    on_layer: LayerProgress,
-    digest: str,
-) -> None:
-    headers = {"Range": f"bytes={have}-"} if have else {}
-    with client.stream("GET", url, headers=headers) as resp:
-        if resp.status_code == 416:  # the partial is not a prefix we can extend
-            partial.unlink(missing_ok=True)
-            return
-        check_status(resp, status)
-        if resp.status_code != 206:
-            have = 0  # the server ignored the Range: start over
-        with open(partial, "ab" if have else "wb") as f:
-            for chunk in resp.iter_bytes(CHUNK):
-                f.write(chunk)
-                have += len(chunk)
-                on_layer(status, digest, size, min(have, size))
-
-
 def import_registry(
     writer: BlobWriter,
     ref: str,
@@ -343,7 +206,8 @@ def import_registry(
         blobs_dir.mkdir(parents=True, exist_ok=True)
         paths = {layer["digest"]: blobs_dir / layer["digest"].replace(":", "-") for layer in layers}
         for layer in layers:
-            download(client, r, layer, paths[layer["digest"]], insecure, report)
+            url = r.url(insecure, "blobs", layer["digest"])
+            download(client, url, layer, paths[layer["digest"]], report)
     writer.stage("verifying sha256 digest")
     for digest, path in paths.items():
         if sha256_file(path) != digest:
