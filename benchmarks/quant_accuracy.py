@@ -2,7 +2,7 @@
 
 GGUF types that no packed kernel reads (F16, BF16, Q8_0, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K,
 Q6_K, and Q4_* under quant "int8") are dequantised at load and re-quantised per output
-row to int8 (``fastpath.Lin(quant="int8")``: ``s = amax(row) / 127``, ``q = round(w /
+row to int8 (``linear.Lin(quant="int8")``: ``s = amax(row) / 127``, ``q = round(w /
 s)``, ``s`` kept in bf16). Q4_0, Q4_1 and Q4_K reach the int4 kernel as their own
 blocks; that kernel keeps each group's scale and zero in bf16. For each type this prints
 the relative Frobenius error of the weights and the relative error of ``W @ x`` (random
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
 
-from omax.engine.fastpath import Lin
+from omax.engine.linear import Lin
 from omax.engine.weights import Q4Blocks
 from omax.sharding.bundled import smollm2_gguf_path
 from omax.sharding.tensors import RawTensor

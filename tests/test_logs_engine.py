@@ -13,7 +13,7 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from omax.engine.actor import ModelActor
-from omax.engine.batcher import FAULT_KEY
+from omax.engine.fault_injection import FAULT_KEY
 from omax.engine.request import GenerateRequest, SamplingOptions
 from omax.logs import ContextFilter, JsonFormatter
 from tests.engine.test_actor import tiny_source

@@ -59,8 +59,8 @@ def store_load_source(model_digest: str, store_url: str) -> LoadSource:
     replica, or any origin store), tensors streamed through zarr."""
 
     def load() -> tuple[ModelSpec, Iterable[RawTensor]]:
-        from omax.plugins.source import store_source
         from omax.sharding.blobs import BlobStore
+        from omax.sharding.spec_source import store_source
 
         if not store_url:
             raise EngineError(f"no store to load {model_digest} from")
@@ -89,8 +89,8 @@ def _keep_step_buffers() -> None:
     (``distributed.nanny.pre-spawn-environ``). Setting it also turns off glibc's
     dynamic mmap threshold, which then stays at 128 KiB: every tensor of a step above
     that (logits, activations, attention scratch) is a fresh mmap, faulted in page by
-    page and unmapped when freed. For SmolLM2 that is ~7,500 page faults and ~13% more
-    CPU per 128-token stream. Raising the mmap threshold to the ceiling glibc's own
+    page and unmapped when freed: thousands of page faults per stream, each one CPU
+    time taken from decoding. Raising the mmap threshold to the ceiling glibc's own
     dynamic rule reaches (32 MiB) and the trim threshold above it keeps those buffers
     on the heap; weights and KV caches, allocated once and larger, are unaffected.
     Only done where the variable is set: otherwise glibc's dynamic rule already works.

@@ -3,7 +3,7 @@
 Between steps new requests join and finished or cancelled ones leave. Each step
 decodes every live sequence and prefills up to ``chunk`` prompt tokens: a chunk of one
 long prompt (in the runner's staging slot) and any number of whole short prompts,
-straight into the rows they will decode from (``omax.engine.scheduler`` decides), all
+straight into the rows they will decode from (``omax.engine.batch_policy`` decides), all
 through ``Runner.step`` (one forward pass on the fast path). A prompt that completes
 joins the decoding sequences from the next step. Output chunks are appended to
 per-request outboxes that ``take`` drains for several requests at once.
@@ -20,10 +20,7 @@ the error, ``dead`` names the cause, the loop ends and a later ``submit`` is ans
 with the same error. Whoever holds the engine replaces it (``ModelActor`` reports it
 dead; the scheduler unloads it and the next request loads a fresh one).
 
-Test-only fault injection: with the Dask config key ``omax.engine.fault-inject-step``
-set to a string, a step that would run a request whose prompt (or a chat message)
-contains that string raises instead, as a broken kernel would. It is read when the
-engine starts and is never set outside tests.
+Tests make a step fail on purpose through ``omax.engine.fault_injection``.
 """
 
 from __future__ import annotations
@@ -33,63 +30,22 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from omax.engine import scheduler
+from omax.engine import batch_policy, prefix_rows
 from omax.engine.counters import EngineCounters
+from omax.engine.fault_injection import check_fault, fault_marker
 from omax.engine.prefix import Hit, PrefixCache
-from omax.engine.request import GenerateChunk, GenerateRequest, Metrics, ToolCall
+from omax.engine.request import GenerateChunk
 from omax.engine.runner import Runner, Segment
-from omax.engine.sampling import SamplerState, sample
-from omax.engine.stops import Detokenizer, StopMatcher
-from omax.engine.templates import ToolCallStream
+from omax.engine.sampling import sample
+from omax.engine.sequence import Sequence
 from omax.engine.threads import adopt_torch_threads
-from omax.logs import LogContext, current_context, use_context
+from omax.logs import use_context
 
 log = logging.getLogger(__name__)
 
-FAULT_KEY = "omax.engine.fault-inject-step"
-
-
-@dataclass
-class Sequence:
-    rid: str
-    req: GenerateRequest
-    prompt: list[int]
-    limit: int  # the KV length this sequence may reach (num_ctx, capped by the cache)
-    sampler: SamplerState
-    detok: Detokenizer
-    stops: StopMatcher
-    load_duration: int = 0
-    submitted: int = field(default_factory=time.perf_counter_ns)
-    generated: list[int] = field(default_factory=list)
-    slot: int = -1
-    pos: int = 0  # tokens in the cache
-    cached: int = 0  # prompt tokens whose KV was reused from the prefix cache
-    last: int = -1  # sampled, not yet in the cache
-    prefill_ns: int = 0
-    eval_ns: int = 0
-    tool_stream: ToolCallStream | None = None  # set when the request has tools
-    emitted: bool = False  # a chunk was emitted
-    # The submitter's log context (request id, model, worker): the batching thread's
-    # lines about this sequence name it.
-    log_context: LogContext | None = field(default_factory=current_context)
-    last_token_ns: int = 0  # when its last token was sampled (0: none yet)
-
-    def __post_init__(self) -> None:
-        if self.req.tools and self.tool_stream is None:
-            self.tool_stream = ToolCallStream()
-
-    @property
-    def pinned(self) -> bool:
-        """A seeded request must give the same text alone and in any batch."""
-        return self.req.options.seed >= 0
-
-    @property
-    def reserve(self) -> int:
-        n = self.req.options.num_predict
-        want = len(self.prompt) + (n if n > 0 else self.limit)
-        return min(want, self.limit)
+# A prompt chunk this step runs: the sequence, its chunk, and the cache row it goes to.
+Part = tuple[Sequence, batch_policy.Chunk, int]
 
 
 class Batcher:
@@ -124,7 +80,7 @@ class Batcher:
         self._wake = threading.Event()
         self._stop = False
         self.dead: str | None = None  # why the engine died (set once, under _cond)
-        self._fault: str = _fault_marker()
+        self._fault: str = fault_marker()
         # Called (from this loop's thread) whenever a chunk is ready, with whether it is
         # urgent (a request's first or last): lets an asyncio caller wake at once instead
         # of polling on a timer.
@@ -242,37 +198,52 @@ class Batcher:
             self._fail(s, msg)
 
     def step(self) -> None:
+        """One step: schedule (``batch_policy``), execute (``Runner.step``), update."""
+        self._take_requests()
+        decision, hits = self._schedule()
+        parts = self._admit(decision, hits)
+        if not parts and not self.decoding:
+            return
+        seqs = self.decoding
+        tokens, lasts, dt = self._execute(seqs, parts)
+        self._update(seqs, tokens, parts, lasts, dt)
+        self.admitting = []
+
+    def _take_requests(self) -> None:
+        """Move submitted requests to ``waiting`` and apply the cancellations."""
         while self._inbox:
             self.waiting.append(self._inbox.popleft())
         while self._cancels:
             self._cancel(self._cancels.popleft())
+
+    def _schedule(self) -> tuple[batch_policy.Decision, dict[str, Hit]]:
+        """This step's decision, and the prefix-cache hits of the waiting heads it saw."""
         hits: dict[str, Hit] = {}
-        heads: list[scheduler.Waiting] = []
+        heads: list[batch_policy.Waiting] = []
         room = self.runner.max_slots - len(self.decoding) - (1 if self.prefilling else 0)
         for w in list(self.waiting)[: max(room, 0)]:
-            hit = self.prefix.match(w.prompt) if self.runner.prefix_rows > 0 else None
+            hit = prefix_rows.match(self.runner, self.prefix, w.prompt)
             if hit is not None:
                 hits[w.rid] = hit
-            heads.append(scheduler.Waiting(w.rid, len(w.prompt), w.reserve, hit.n if hit else 0))
-        d = scheduler.schedule(
+            heads.append(batch_policy.Waiting(w.rid, len(w.prompt), w.reserve, hit.n if hit else 0))
+        p = self.prefilling
+        decision = batch_policy.schedule(
             heads,
-            scheduler.Prefilling(
-                self.prefilling.rid,
-                self.prefilling.pos,
-                len(self.prefilling.prompt),
-                self.prefilling.reserve,
-            )
-            if self.prefilling
-            else None,
-            [scheduler.Decoding(s.rid, s.reserve) for s in self.decoding],
+            batch_policy.Prefilling(p.rid, p.pos, len(p.prompt), p.reserve) if p else None,
+            [batch_policy.Decoding(s.rid, s.reserve) for s in self.decoding],
             max_slots=self.runner.max_slots,
             kv_budget=self.kv_budget,
             chunk=self.chunk,
         )
+        return decision, hits
+
+    def _admit(self, d: batch_policy.Decision, hits: dict[str, Hit]) -> list[Part]:
+        """Take the admitted requests from ``waiting`` and give each prompt chunk its row;
+        an admitted prompt with a prefix hit gets the cached KV copied in first."""
         admitted = {}
         for rid in d.admit:
             admitted[rid] = self.waiting.popleft()
-            assert admitted[rid].rid == rid  # the scheduler admits in FIFO order
+            assert admitted[rid].rid == rid  # the policy admits in FIFO order
         self.admitting = list(admitted.values())  # a failing step must still answer them
         staged = [c for c in d.prefill if c.staged]
         if staged and staged[0].rid in admitted:
@@ -280,7 +251,7 @@ class Batcher:
         # Whole prompts go straight to the rows they will decode from: after the
         # decoding slots and the one the staged prompt will take.
         row = len(self.decoding) + (1 if self.prefilling else 0)
-        parts: list[tuple[Sequence, scheduler.Chunk, int]] = []
+        parts: list[Part] = []
         for c in d.prefill:
             seq: Sequence | None = self.prefilling if c.staged else admitted[c.rid]
             assert seq is not None and seq.rid == c.rid
@@ -289,18 +260,19 @@ class Batcher:
             else:
                 at, row = row, row + 1
             if c.rid in admitted and c.rid in hits:
-                self._reuse_prefix(seq, hits[c.rid], at)
+                prefix_rows.reuse_prefix(self.runner, self.prefix, seq, hits[c.rid], at)
+                self.reused_tokens += hits[c.rid].n
             parts.append((seq, c, at))
-        if not parts and not self.decoding:
-            return
-        seqs = self.decoding
+        return parts
+
+    def _execute(self, seqs: list[Sequence], parts: list[Part]) -> tuple[list[int], list, int]:
+        """Run one forward pass: a token for each of ``seqs`` and every prompt chunk.
+
+        Returns the decode tokens sampled, each chunk's last logits, and the step's ns."""
         segments = [
             Segment(s.prompt[c.start : c.start + c.n], c.start, at, s.pinned) for s, c, at in parts
         ]
-        if self._fault and any(
-            _asks_fault(s.req, self._fault) for s in [*seqs, *(p[0] for p in parts)]
-        ):
-            raise RuntimeError(f"fault injected by {FAULT_KEY} (test only)")
+        check_fault(self._fault, (s.req for s in [*seqs, *(p[0] for p in parts)]))
         t0 = time.perf_counter_ns()
         logits, lasts = self.runner.step(
             [s.last for s in seqs], [s.pos for s in seqs], segments, [s.pinned for s in seqs]
@@ -308,37 +280,18 @@ class Batcher:
         tokens = sample(logits, [s.sampler for s in seqs]) if logits is not None else []
         dt = time.perf_counter_ns() - t0
         self.counters.steps.observe_ns(dt)
+        return tokens, lasts, dt
+
+    def _update(
+        self, seqs: list[Sequence], tokens: list[int], parts: list[Part], lasts: list, dt: int
+    ) -> None:
+        """Apply a step's results: each of ``seqs`` takes its token, each chunk its logits."""
         if seqs:
             self._decoded(seqs, tokens, dt)
         # The staged prompt first: it joins before the whole ones (their rows come after
         # its reserved slot, so each moves down or stays, never onto one not yet moved).
         for (seq, c, at), last in zip(parts, lasts, strict=True):
             self._prefilled(seq, c.start + c.n, last, dt, at)
-        self.admitting = []
-
-    def _reuse_prefix(self, seq: Sequence, hit: Hit, row: int) -> None:
-        """Copy the KV of ``seq.prompt[:hit.n]`` from a prefix row into cache ``row``."""
-        t0 = time.perf_counter_ns()
-        self.runner.copy_slot(self.runner.prefix_row(hit.row), row, hit.n)
-        self.prefix.use(hit.row)
-        seq.pos = seq.cached = hit.n
-        self.reused_tokens += hit.n
-        seq.prefill_ns += time.perf_counter_ns() - t0
-
-    def _keep_prefix(self, seq: Sequence) -> None:
-        """Save the KV of a leaving sequence (still in its slot) to a prefix row."""
-        if self.runner.prefix_rows <= 0 or seq.slot < 0 or seq.pos <= 0:
-            return
-        tokens = (seq.prompt + seq.generated)[: seq.pos]  # the last sample is not cached
-        plan = self.prefix.plan(tokens)
-        if plan is None:
-            return
-        if plan.touch_only:
-            self.prefix.use(plan.row)
-            return
-        self.prefix.begin_write(plan.row)
-        self.runner.copy_slot(seq.slot, self.runner.prefix_row(plan.row), seq.pos, plan.start)
-        self.prefix.commit(plan.row, tokens)
 
     def _prefilled(self, seq: Sequence, pos: int, logits, dt: int, row: int) -> None:
         """Cache ``row`` holds ``seq``'s prompt up to ``pos``; ``logits`` are its last."""
@@ -371,23 +324,18 @@ class Batcher:
 
     def _accept(self, seq: Sequence, token: int) -> bool:
         """Record a sampled token; emit its text; return True when the sequence ends."""
-        seq.generated.append(token)
-        seq.sampler.history.append(token)
-        seq.last = token
+        seq.record(token)
         self._count_token(seq)
         if token in self.eos_ids:
             self._finish(seq, "stop", include_last=False)
             return True
-        text = seq.stops.push(seq.detok.push(token))
-        if text and seq.tool_stream is not None:
-            text = seq.tool_stream.push(text)  # held back only from a possible tool call
+        text = seq.text_of(token)
         if text:
             self._emit(seq, GenerateChunk(text=text))
         if seq.stops.stopped:
             self._finish(seq, "stop")
             return True
-        n = seq.req.options.num_predict
-        if (n > 0 and len(seq.generated) >= n) or seq.pos + 1 >= seq.limit:
+        if seq.at_length():
             self._finish(seq, "length")
             return True
         return False
@@ -403,45 +351,17 @@ class Batcher:
         seq.last_token_ns = now
 
     def _finish(self, seq: Sequence, reason: str, include_last: bool = True) -> None:
-        tail = "" if seq.stops.stopped else seq.stops.push(seq.detok.flush()) + seq.stops.flush()
-        calls: tuple[ToolCall, ...] = ()
-        if seq.tool_stream is not None:
-            tail = seq.tool_stream.push(tail)
-            rest, calls = seq.tool_stream.finish()
-            tail += rest
+        tail, calls = seq.tail()
         if tail:
             self._emit(seq, GenerateChunk(text=tail))
-        now = time.perf_counter_ns()
-        metrics = Metrics(
-            total_duration=now - seq.submitted + seq.load_duration,
-            load_duration=seq.load_duration,
-            prompt_eval_count=len(seq.prompt),
-            prompt_eval_duration=seq.prefill_ns,
-            eval_count=len(seq.generated),
-            eval_duration=seq.eval_ns,
-            cached_tokens=seq.cached,
-        )
-        context = None
-        if seq.req.messages is None:
-            gen = seq.generated if include_last else seq.generated[:-1]
-            context = tuple(seq.prompt) + tuple(gen)
-        self._emit(
-            seq,
-            GenerateChunk(
-                tool_calls=calls,
-                done=True,
-                done_reason=reason,  # type: ignore[arg-type]
-                metrics=metrics,
-                context=context,
-            ),
-        )
+        self._emit(seq, seq.last_chunk(reason, calls, include_last))
 
     def _remove(self, seq: Sequence) -> None:
         """Free ``seq``'s decode slot, moving the last sequence into it (compaction).
 
         Its KV is first kept in a prefix row: compaction overwrites the slot.
         """
-        self._keep_prefix(seq)
+        prefix_rows.keep_prefix(self.runner, self.prefix, seq)
         i = seq.slot
         last = self.decoding.pop()
         if last is not seq:
@@ -451,36 +371,25 @@ class Batcher:
         seq.slot = -1
 
     def _cancel(self, rid: str) -> None:
+        seq = self._withdraw(rid)
+        if seq is not None:
+            self._emit(seq, GenerateChunk(done=True, done_reason="cancel"))
+
+    def _withdraw(self, rid: str) -> Sequence | None:
+        """Take request ``rid`` out of the batch, wherever it is (None: not here)."""
         for s in list(self.waiting):
             if s.rid == rid:
                 self.waiting.remove(s)
-                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
-                return
+                return s
         if self.prefilling is not None and self.prefilling.rid == rid:
             s, self.prefilling = self.prefilling, None
-            self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
-            return
+            return s
         for s in self.decoding:
             if s.rid == rid:
                 self._remove(s)
-                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
-                return
+                return s
         for s in list(self._inbox):
             if s.rid == rid:
                 self._inbox.remove(s)
-                self._emit(s, GenerateChunk(done=True, done_reason="cancel"))
-                return
-
-
-def _fault_marker() -> str:
-    """The test-only ``omax.engine.fault-inject-step`` marker; "" when unset (always,
-    outside tests)."""
-    import dask.config
-
-    return str(dask.config.get(FAULT_KEY, None) or "")
-
-
-def _asks_fault(req: GenerateRequest, marker: str) -> bool:
-    if req.prompt is not None and marker in req.prompt:
-        return True
-    return any(marker in (m.content or "") for m in req.messages or ())
+                return s
+        return None

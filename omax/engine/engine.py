@@ -23,15 +23,17 @@ import torch
 
 from omax.engine import embeddings, templates
 from omax.engine.arch import fast_family
-from omax.engine.batcher import Batcher, Sequence
+from omax.engine.batcher import Batcher
+from omax.engine.detokenizer import Detokenizer
 from omax.engine.fastpath import QUANTS
 from omax.engine.grammar import Grammars, Matcher
 from omax.engine.loader import LoadedModel, load_fast, load_model
 from omax.engine.request import EmbedRequest, EmbedResult, GenerateChunk, GenerateRequest
 from omax.engine.runner import is_fast, make_runner
 from omax.engine.sampling import SamplerState
+from omax.engine.sequence import Sequence
 from omax.engine.spec import ModelSpec
-from omax.engine.stops import Detokenizer, StopMatcher
+from omax.engine.stops import StopMatcher
 from omax.engine.threads import adopt_torch_threads
 from omax.engine.truncation import char_budget, truncate_ids
 from omax.errors import EngineDead, EngineError, InvalidRequest

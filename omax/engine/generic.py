@@ -4,9 +4,9 @@ Families the fast path does not cover (``omax.engine.arch``) still run: each cac
 row is a transformers ``DynamicCache`` and every row's step is one call of the
 model's own ``forward`` with ``past_key_values`` (no reach into its submodules, so a
 new transformers release that reorganises a model's internals does not break it).
-Rows run one at a time: slower than the fast path's one pass for the whole batch,
-with the same slot interface (``FastRunner``'s), so the batcher, prefix reuse and
-streaming work unchanged.
+Rows run one at a time, each reading the weights again (the fast path runs the whole
+batch in one pass), behind the same slot interface (``FastRunner``'s), so the batcher,
+prefix reuse and streaming work unchanged.
 """
 
 from __future__ import annotations
@@ -18,23 +18,21 @@ from typing import Any
 
 import torch
 
+from omax.engine.runner import CacheRows
 from omax.errors import EngineError
 
 
-class GenericRunner:
+class GenericRunner(CacheRows):
     """``FastRunner``'s interface over a transformers ``PreTrainedModel``."""
 
     def __init__(self, model: Any, *, max_slots: int, max_len: int, prefix_rows: int = 0) -> None:
         if not callable(getattr(model, "forward", None)) or not hasattr(model, "config"):
             raise EngineError(f"{type(model).__name__} is not a model omax can run")
+        super().__init__(max_slots, max_len, prefix_rows)
         self.model = model
-        self.max_slots = max_slots
-        self.max_len = max_len
-        self.staging = max_slots
-        self.prefix_rows = prefix_rows
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.rows: list[Any] = [None] * (max_slots + 1 + prefix_rows)
+        self.rows: list[Any] = [None] * self.n_rows
         self.lens = [0] * len(self.rows)
         cfg = model.config
         text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -46,10 +44,6 @@ class GenericRunner:
         # transformers 5.x renamed ``past_key_values`` to ``cache`` (argument and output)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    def prefix_row(self, i: int) -> int:
-        assert 0 <= i < self.prefix_rows
-        return self.max_slots + 1 + i
 
     def copy_slot(self, src: int, dst: int, length: int, start: int = 0) -> None:
         """Row ``dst`` holds row ``src``'s first ``length`` positions."""

@@ -227,9 +227,10 @@ def refine_top(logits: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | Lin
     The head's kernels return bf16, whose values are 1/8 apart between 16 and 32: the
     top logits often tie, and the greedy token would hang on rounding (SmolLM2 int4,
     "What is the capital of France?": "L" and "The" both 25.25; 25.25 and 25.30 in
-    fp32). The candidates' rows of ``weight`` (a dense tensor or a ``Lin``) are dotted with the normed hidden state
-    ``x`` [R, H] in fp32 (the native step does the same, or has its packed kernels
-    return fp32). ~0.1 ms a row."""
+    fp32). The candidates' rows of ``weight`` (a dense tensor or a ``Lin``) are dotted
+    with the normed hidden state ``x`` [R, H] in fp32 (the native step does the same, or
+    has its packed kernels return fp32). Only the top candidates are recomputed: a few
+    dot products a row, not a second pass of the head."""
     k = min(REFINE, logits.shape[-1])
     idx = logits.topk(k, dim=-1).indices
     flat = idx.reshape(-1)

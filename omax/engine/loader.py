@@ -52,7 +52,7 @@ def build_tokenizer(spec: ModelSpec):
     """A ``PreTrainedTokenizerFast`` from the spec's tokenizer.json content.
 
     It reads the JSON from a file: given a ``tokenizer_object`` transformers deep-copies
-    it, which for a 262k-token vocabulary (gemma) costs over a second and a second
+    it, which for a large vocabulary (gemma's 262k tokens) is a slow copy and a second
     copy's memory while loading."""
     import tempfile
 
@@ -169,11 +169,11 @@ def load_fast(
     bounds the positions the rotary tables cover (the model's own length by default).
     """
 
-    from omax.engine.fastpath import FastBuilder
+    from omax.engine.fast_builder import FastBuilder
 
     start = time.perf_counter_ns()
-    # The tokenizer builds in Rust without the GIL (~1 s for Gemma 3's 262k-token
-    # vocabulary): beside the weights, not after them.
+    # The tokenizer builds in Rust without the GIL, and a large vocabulary takes a
+    # while: beside the weights, not after them.
     # transformers' lazy imports are not thread-safe: two threads importing it first
     # at once fail ("cannot import name 'AutoConfig'"), so this thread imports first.
     from transformers import AutoConfig, PreTrainedTokenizerFast  # noqa: F401
@@ -184,12 +184,7 @@ def load_fast(
     dev = torch.device(device)
     act = weights.torch_dtype(dtype) if quant == "none" else torch.bfloat16
     config = build_config(spec)
-    # Every tensor straight on the meta device (accelerate's init_empty_weights makes
-    # each parameter on the CPU first: Gemma 3's embedding alone is 671 MB).
-    with torch.device("meta"):
-        cls = _model_class(spec)
-        make = cls.from_config if hasattr(cls, "from_config") else cls._from_config
-        meta = make(config, dtype=torch.float32)
+    meta = _meta_model(spec, config)
     builder = FastBuilder(config, quant=quant, act=act, device=dev, max_pos=max_ctx)
     for name, t in weights.convert(
         tensors,
@@ -213,6 +208,16 @@ def load_fast(
         device=dev,
         dtype=act,
     )
+
+
+def _meta_model(spec: ModelSpec, config: Any) -> Any:
+    """The spec's transformers model with every tensor on the meta device: it supplies
+    only the GGUF -> HF name map. (accelerate's ``init_empty_weights`` would make each
+    parameter on the CPU first: Gemma 3's embedding alone is 671 MB.)"""
+    with torch.device("meta"):
+        cls = _model_class(spec)
+        make = cls.from_config if hasattr(cls, "from_config") else cls._from_config
+        return make(config, dtype=torch.float32)
 
 
 def release_freed_memory() -> None:

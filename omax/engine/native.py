@@ -1,11 +1,12 @@
 """The native decode step: ``native_decode.cpp``, compiled once per machine.
 
-At one stream, a decode step of the lean path spends about as long dispatching its
-~1,200 small torch ops from Python as in its matmuls. ``native_decode.cpp`` runs the
+At one stream, a decode step of the lean path is bound as much by dispatching its
+~1,200 small torch ops from Python as by its matmuls. ``native_decode.cpp`` runs the
 same step in one call, for every fast-path family: RMSNorm, bias + QK norm + rotary
-embedding + KV write, and silu*mul or gelu-tanh*mul as single loops, and decode attention and int4/bf16 matmuls of its own on the same weights
-where the CPU has AVX512-BF16 and AVX512-VBMI (its int8 matmul: AVX512F); elsewhere
-(AVX2, ARM) the same call runs ATen's kernels (docs/configuration.md has the speeds).
+embedding + KV write, and silu*mul or gelu-tanh*mul as single loops, and decode
+attention and int4/bf16 matmuls of its own on the same weights where the CPU has
+AVX512-BF16 and AVX512-VBMI (its int8 matmul: AVX512F); elsewhere (AVX2, ARM) the same
+call runs ATen's kernels (benchmarks/RESULTS.md has the measurements).
 
 ``build()`` compiles it, with torch's C++ extension tooling (a C++ compiler and
 ninja), into ``$XDG_CACHE_HOME/omax/native`` (default ``~/.cache``), named by a hash
@@ -218,16 +219,16 @@ def status() -> Status:
 
 
 def enabled() -> bool:
-    """``omax.engine.native-decode`` is not "off" (validated by ``omax.config``)."""
-    import dask.config
+    """``omax.engine.native-decode`` is not "off", on a POSIX system."""
+    from omax.config import settings
 
-    return dask.config.get("omax.engine.native-decode", "auto") != "off" and os.name == "posix"
+    return settings().native_decode != "off" and os.name == "posix"
 
 
 class NativeDecoder:
     """A ``FastDecoder``'s weights and a runner's KV caches laid out for
     ``native_decode.cpp``'s ``Model``, handed over once (not ~400 tensor arguments
-    converted on every step, ~35 us with the GIL held), with what its family adds
+    converted on every step, with the GIL held), with what its family adds
     (``omax.engine.arch.Arch``): per layer the optional tensors (empty where absent),
     its sliding window and rotary table, and the model's scales and caps."""
 

@@ -10,7 +10,7 @@
 // row i is cache slot i at position positions[i]. Built by omax.engine.native.
 //
 // Attention has a kernel of its own where the CPU has AVX512-BF16 (torch's SDPA spends
-// ~60 us a layer on one query row, mostly setting up): each row attends to exactly
+// most of a one-query-row call setting up): each row attends to exactly
 // its own keys (those in its sliding window), in fp32 with a bf16 result, as SDPA
 // computes it (gemma2's soft-capped scores: in fp32, where the Python step rounds them
 // to bf16 between its ops); the order of the sums differs, so the last bits of the
@@ -20,17 +20,16 @@
 // same weights as torch's kernels (the Python step uses those): int4 on torch's packed
 // weights for any row count, int8 for up to 4 rows, and the dense bf16 copy past that
 // (an int8 head) or without packed weights. A decode step reads every weight once, from
-// memory: these prefetch ahead of their reads. SmolLM2 int4 on 2 cores: one row ~6 ms
-// a step against ~9.5 ms with torch's kernels; 16 rows ~20 ms against ~43 ms with
-// torch's dense ones (its packed int4 kernel is no faster there).
+// memory: these prefetch ahead of their reads (benchmarks/RESULTS.md compares them with
+// torch's kernels).
 //
 // These kernels split their work over a Team of their own, not OpenMP: a step runs
 // ~150 short parallel loops, and libgomp lets its idle threads spin between loops
 // only while no more threads belong to its teams than there are cores. A second
 // thread that ever ran a parallel region (a model loaded in one thread and decoded
 // in another, a second model, an embedding thread) brings its own pool, and then every
-// loop ends in a futex sleep and wake-up: on a 2-core KVM guest (AMD EPYC) that made
-// the step 2x slower (6.7 -> 15.9 ms).
+// loop ends in a futex sleep and wake-up, which for loops this short costs more than
+// their work.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -66,7 +65,8 @@ inline void cpu_relax() {
 }
 
 // The calling thread and n - 1 workers. Between loops the workers spin (a step's
-// loops follow each other within microseconds); after kSpin without work they sleep
+// loops follow each other closely, and a sleep and wake-up between two would cost
+// more than the loop); after kSpin without work they sleep
 // until the next loop, so an idle model leaves the cores to the rest of the process.
 class Team {
  public:
@@ -356,6 +356,18 @@ void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, con
 }
 #endif
 
+// The [rows, n_out] result of a matmul kernel, fp32 with ``f32`` and bf16 otherwise,
+// written by ``fill(Out* y)`` for the element type it has.
+template <typename Fill>
+Tensor kernel_out(const Tensor& x, int64_t rows, int64_t n_out, bool f32, const Fill& fill) {
+  Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
+  if (f32)
+    fill(y.data_ptr<float>());
+  else
+    fill(y.data_ptr<BFloat16>());
+  return y;
+}
+
 bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 #ifdef OMAX_INT4_KERNEL
   return x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() == 2 &&
@@ -375,7 +387,6 @@ Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = fa
   if (!int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
 #ifdef OMAX_INT4_KERNEL
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0), groups = k_in / kGroup;
-  Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
   const BFloat16* px = x.data_ptr<BFloat16>();
   std::vector<float> sums(rows * groups);  // X: each row's sum over each group
   for (int64_t i = 0; i < rows * groups; ++i) {
@@ -401,11 +412,7 @@ Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = fa
       }
     });
   };
-  if (f32)
-    run(y.data_ptr<float>());
-  else
-    run(y.data_ptr<BFloat16>());
-  return y;
+  return kernel_out(x, rows, n_out, f32, run);
 #endif
 }
 
@@ -446,7 +453,6 @@ Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = fal
   if (x.dim() == 2 && rows <= 4 && k_in % 16 == 0 && n_out % 4 == 0 &&
       s.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kChar && w.is_contiguous()) {
     Tensor xf = x.to(at::kFloat).contiguous();
-    Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
     const float* px = xf.data_ptr<float>();
     const int8_t* pw = w.data_ptr<int8_t>();
     const BFloat16* ps = s.data_ptr<BFloat16>();
@@ -462,11 +468,7 @@ Tensor int8_mm(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = fal
         }
       });
     };
-    if (f32)
-      run(y.data_ptr<float>());
-    else
-      run(y.data_ptr<BFloat16>());
-    return y;
+    return kernel_out(x, rows, n_out, f32, run);
   }
 #endif
   return at::_weight_int8pack_mm(x, w, s);
@@ -502,7 +504,6 @@ Tensor tile_mm(const Tensor& x, int64_t n_out, bool f32, const Block& block, con
   const uint32_t* px = reinterpret_cast<const uint32_t*>(x.data_ptr<BFloat16>());
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t kp = 0; kp < kp_n; ++kp) xt[((m / 16) * kp_n + kp) * 16 + m % 16] = px[m * kp_n + kp];
-  Tensor y = at::empty({rows, n_out}, x.options().dtype(f32 ? at::kFloat : at::kBFloat16));
   auto run = [&](auto* py) {
     using Out = std::remove_pointer_t<decltype(py)>;
     parallel_for(0, (n_out + kNT - 1) / kNT, 1, [&](int64_t b0, int64_t b1) {
@@ -534,11 +535,7 @@ Tensor tile_mm(const Tensor& x, int64_t n_out, bool f32, const Block& block, con
       }
     });
   };
-  if (f32)
-    run(y.data_ptr<float>());
-  else
-    run(y.data_ptr<BFloat16>());
-  return y;
+  return kernel_out(x, rows, n_out, f32, run);
 }
 #endif
 
@@ -1071,8 +1068,8 @@ const BFloat16* optional_ptr(const Tensor& x) {
 }  // namespace
 
 // A model's weights, kinds, KV caches and family (omax.engine.arch.Arch), converted from
-// Python once rather than as ~400 tensor arguments on every step (~35 us with the GIL
-// held).
+// Python once rather than as ~400 tensor arguments on every step, each converted with
+// the GIL held.
 struct Model {
   std::vector<Tensor> t;
   std::vector<int64_t> kinds;  // per layer: qkv, o, gu, down; then the embedding, the head

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from omax.engine.fastpath import FastDecoder, Rows, window_mask
+from omax.engine.fastpath import FastDecoder, window_mask
+from omax.engine.linear import Rows
 from omax.errors import EngineError
 
 
@@ -35,6 +36,30 @@ class Segment(NamedTuple):
 
 
 Segments = Sequence[Segment]
+
+
+class CacheRows:
+    """The row layout both runners' caches share.
+
+    Rows ``0..max_slots-1`` are decode slots, row ``staging`` (``max_slots``) is where a
+    long prompt is prefilled chunk by chunk, and ``prefix_rows`` rows after it keep the
+    KV of finished sequences. Every row holds up to ``max_len`` positions.
+    """
+
+    def __init__(self, max_slots: int, max_len: int, prefix_rows: int) -> None:
+        self.max_slots = max_slots
+        self.max_len = max_len
+        self.staging = max_slots
+        self.prefix_rows = prefix_rows
+
+    @property
+    def n_rows(self) -> int:
+        return self.max_slots + 1 + self.prefix_rows
+
+    def prefix_row(self, i: int) -> int:
+        """The cache row of prefix row ``i`` (``0 <= i < prefix_rows``)."""
+        assert 0 <= i < self.prefix_rows
+        return self.max_slots + 1 + i
 
 
 class Runner(Protocol):
@@ -63,7 +88,7 @@ class Runner(Protocol):
     ) -> tuple[torch.Tensor | None, list[torch.Tensor]]: ...
 
 
-class FastRunner:
+class FastRunner(CacheRows):
     """The slot cache and batch step over a ``fastpath.FastDecoder``.
 
     Rows are tokens throughout (``[R, H]``), so every projection is one 2-D matmul.
@@ -81,15 +106,12 @@ class FastRunner:
     ) -> None:
         """``native``: decode rows take the native step (``omax.engine.native``) if it
         is already built when the runner is made."""
+        super().__init__(max_slots, min(max_len, model.max_pos), prefix_rows)
         self.fast = model
         self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
         self.group = self.n_heads // self.n_kv
-        self.max_slots = max_slots
-        self.max_len = min(max_len, model.max_pos)
-        self.staging = max_slots
-        self.prefix_rows = prefix_rows
         self.device, self.dtype = model.device, model.act
-        shape = (max_slots + 1 + prefix_rows, self.n_kv, self.max_len, self.head_dim)
+        shape = (self.n_rows, self.n_kv, self.max_len, self.head_dim)
         n = len(model.layers)
         # torch.empty: pages are only committed once written, so memory follows use.
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
@@ -108,11 +130,6 @@ class FastRunner:
     @property
     def bytes_per_token(self) -> int:
         return 2 * len(self.k) * self.n_kv * self.head_dim * self.k[0].element_size()
-
-    def prefix_row(self, i: int) -> int:
-        """The cache row of prefix row ``i`` (``0 <= i < prefix_rows``)."""
-        assert 0 <= i < self.prefix_rows
-        return self.max_slots + 1 + i
 
     def copy_slot(self, src: int, dst: int, length: int, start: int = 0) -> None:
         """Copy cached positions ``start..length-1`` of row ``src`` into row ``dst``."""
@@ -255,7 +272,7 @@ class FastRunner:
         Every projection reads its weights once for all of them (decode is memory
         bound, so a step that also prefills costs about what the larger part would
         alone), and many short prompts join in one step. Pinned rows take kernels that
-        do not follow the batch (``fastpath.Rows``). With the native step, a pass with
+        do not follow the batch (``linear.Rows``). With the native step, a pass with
         a pinned decode row runs the decode rows natively and the prompts apart: that
         row must take the kernels it takes in a step that only decodes.
         """

@@ -1,4 +1,4 @@
-"""Chat templates: messages (+ tools) -> prompt text, and tool calls back out (streamed).
+"""Chat templates: messages (+ tools) -> prompt text.
 
 The model's jinja chat template comes from ``ModelSpec.template`` or the tokenizer
 config's ``chat_template`` (GGUF ``tokenizer.chat_template``). A request may override
@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from omax.engine import sandbox
-from omax.engine.request import GenerateRequest, Message, ToolCall
+from omax.engine.request import GenerateRequest, Message
 from omax.engine.spec import ModelSpec
 from omax.engine.truncation import fit_messages, tail
 from omax.errors import InvalidRequest
@@ -28,7 +28,8 @@ MAX_OUTPUT = 1 << 24  # characters a template may render (inputs are cut to the 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(template: str) -> Any:
-    """Compile a chat template once (jinja compiles take milliseconds per request)."""
+    """Compile a chat template once: requests of one model share a handful of templates,
+    and compiling one on every request would repeat the same work."""
     return _env.from_string(template)
 
 
@@ -150,107 +151,3 @@ def _render_jinja(template: str, kwargs: dict[str, Any]) -> str:
         raise
     except (jinja2.TemplateError, RecursionError, TypeError, ValueError) as e:
         raise InvalidRequest(f"template error: {e}") from None
-
-
-_TOOL_TAG = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-
-
-def _calls_from(obj: Any) -> list[ToolCall]:
-    items = obj if isinstance(obj, list) else [obj]
-    calls = []
-    for it in items:
-        if not isinstance(it, dict):
-            continue
-        fn = it.get("function", it)
-        name = fn.get("name")
-        args = fn.get("arguments", fn.get("parameters", {}))
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except json.JSONDecodeError:
-                continue
-        if isinstance(name, str) and isinstance(args, dict):
-            calls.append(ToolCall(name=name, arguments=args))
-    return calls
-
-
-def parse_tool_calls(text: str) -> tuple[str, tuple[ToolCall, ...]]:
-    """Split generated text into (remaining content, tool calls)."""
-    calls: list[ToolCall] = []
-    for m in _TOOL_TAG.finditer(text):
-        try:
-            calls += _calls_from(json.loads(m.group(1)))
-        except json.JSONDecodeError:
-            pass
-    if calls:
-        return _TOOL_TAG.sub("", text).strip(), tuple(calls)
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            calls = _calls_from(json.loads(stripped))
-        except json.JSONDecodeError:
-            calls = []
-        if calls:
-            return "", tuple(calls)
-    return text, ()
-
-
-TOOL_OPENERS = ("<tool_call>",)
-
-
-class ToolCallStream:
-    """Stream a tool-enabled generation's text, holding back only possible tool calls.
-
-    ``push`` returns the text that can be shown now. Text is buffered from the first
-    tool-call opener (``<tool_call>``), or from the start when the first visible
-    character is ``{`` or ``[`` (a bare JSON call); a tail that could still become an
-    opener is held until it cannot. ``finish`` parses what was buffered and returns
-    ``(content not yet shown, tool calls)``; text that parses as no call is returned
-    as content, so nothing is lost.
-    """
-
-    def __init__(self, openers: tuple[str, ...] = TOOL_OPENERS) -> None:
-        self.openers = openers
-        self._held = ""
-        self.buffering = False
-        self._started = False  # visible (non-whitespace) text has been emitted
-
-    def push(self, text: str) -> str:
-        buf = self._held + text
-        if self.buffering:
-            self._held = buf
-            return ""
-        if not self._started:
-            visible = buf.lstrip()
-            if not visible:  # leading whitespace: it may precede a bare JSON call
-                self._held = buf
-                return ""
-            if visible[0] in "{[":
-                self.buffering, self._held = True, buf
-                return ""
-        cut = min((i for i in (buf.find(o) for o in self.openers) if i >= 0), default=-1)
-        if cut >= 0:
-            self.buffering, self._held = True, buf[cut:]
-            out = buf[:cut]
-        else:
-            hold = self._holdback(buf)
-            self._held = buf[len(buf) - hold :]
-            out = buf[: len(buf) - hold]
-        self._started = self._started or bool(out.strip())
-        return out
-
-    def finish(self) -> tuple[str, tuple[ToolCall, ...]]:
-        held, self._held = self._held, ""
-        if not self.buffering:
-            return held, ()
-        return parse_tool_calls(held)
-
-    def _holdback(self, buf: str) -> int:
-        """Length of the longest suffix of ``buf`` that is a proper prefix of an opener."""
-        best = 0
-        for o in self.openers:
-            for n in range(min(len(o) - 1, len(buf)), best, -1):
-                if buf.endswith(o[:n]):
-                    best = n
-                    break
-        return best

@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf.constants import GGML_QUANT_SIZES
 
 from omax.engine import weights
-from omax.engine.fastpath import Lin
+from omax.engine.linear import Lin
 from omax.engine.weights import Q4Blocks
 from omax.sharding.tensors import RawTensor
 

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from omax.engine import scheduler
+from omax.engine import batch_policy
 from omax.engine.engine import Engine
 from omax.engine.loader import LoadedModel, build_tokenizer
 from omax.engine.prefix import Entry, Hit, PrefixCache, Store, common_prefix, match, plan_store
@@ -77,10 +77,10 @@ def test_prefix_cache_bookkeeping():
     assert c.match(t + [42]) is None
 
 
-def test_scheduler_starts_prefill_after_the_cached_prefix():
-    w = [scheduler.Waiting("a", 1000, 1100, cached=900)]
-    d = scheduler.schedule(w, None, [], max_slots=2, kv_budget=10_000, chunk=256)
-    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 900, 100, False),)
+def test_batch_policy_starts_prefill_after_the_cached_prefix():
+    w = [batch_policy.Waiting("a", 1000, 1100, cached=900)]
+    d = batch_policy.schedule(w, None, [], max_slots=2, kv_budget=10_000, chunk=256)
+    assert d.admit == ("a",) and d.prefill == (batch_policy.Chunk("a", 900, 100, False),)
 
 
 # ---- the engine --------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from omax.engine import scheduler
+from omax.engine import batch_policy
+from omax.engine.detokenizer import Detokenizer
 from omax.engine.request import GenerateRequest, Message
 from omax.engine.spec import ModelSpec
-from omax.engine.stops import Detokenizer, StopMatcher
-from omax.engine.templates import parse_tool_calls, render
+from omax.engine.stops import StopMatcher
+from omax.engine.templates import render
+from omax.engine.toolcalls import parse_tool_calls
 
 
 def test_stop_split_across_pieces():
@@ -29,51 +31,51 @@ def test_detokenizer_multibyte():
     assert out == "héllo ✓"
 
 
-def test_scheduler_fifo_and_budget():
-    w = [scheduler.Waiting("a", 100, 200), scheduler.Waiting("b", 10, 20)]
-    d = scheduler.schedule(w, None, [], max_slots=2, kv_budget=150, chunk=64)
+def test_batch_policy_fifo_and_budget():
+    w = [batch_policy.Waiting("a", 100, 200), batch_policy.Waiting("b", 10, 20)]
+    d = batch_policy.schedule(w, None, [], max_slots=2, kv_budget=150, chunk=64)
     # "a" is longer than a step's 64 tokens: staged; "b" would exceed the KV budget.
-    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 0, 64, True),)
+    assert d.admit == ("a",) and d.prefill == (batch_policy.Chunk("a", 0, 64, True),)
     assert not d.decode
-    full = [scheduler.Decoding("x", 100)]
-    d = scheduler.schedule(w, None, full, max_slots=2, kv_budget=150, chunk=64)
+    full = [batch_policy.Decoding("x", 100)]
+    d = batch_policy.schedule(w, None, full, max_slots=2, kv_budget=150, chunk=64)
     assert d.admit == () and d.prefill == () and d.decode
-    d = scheduler.schedule(w, None, full * 2, max_slots=2, kv_budget=10_000, chunk=64)
+    d = batch_policy.schedule(w, None, full * 2, max_slots=2, kv_budget=10_000, chunk=64)
     assert d.admit == ()
 
 
-def test_scheduler_admits_many_short_prompts_in_one_step():
-    w = [scheduler.Waiting(str(i), 7, 71) for i in range(20)]
-    d = scheduler.schedule(w, None, [], max_slots=16, kv_budget=10_000, chunk=256)
+def test_batch_policy_admits_many_short_prompts_in_one_step():
+    w = [batch_policy.Waiting(str(i), 7, 71) for i in range(20)]
+    d = batch_policy.schedule(w, None, [], max_slots=16, kv_budget=10_000, chunk=256)
     assert d.admit == tuple(str(i) for i in range(16))  # one per free decode slot
-    assert d.prefill == tuple(scheduler.Chunk(str(i), 0, 7, False) for i in range(16))
+    assert d.prefill == tuple(batch_policy.Chunk(str(i), 0, 7, False) for i in range(16))
     # The step's prompt tokens bound it too: 256 // 7 = 36 prompts, 2 slots left here.
-    dec = [scheduler.Decoding("x", 10)] * 14
-    d = scheduler.schedule(w, None, dec, max_slots=16, kv_budget=10_000, chunk=256)
+    dec = [batch_policy.Decoding("x", 10)] * 14
+    d = batch_policy.schedule(w, None, dec, max_slots=16, kv_budget=10_000, chunk=256)
     assert d.admit == ("0", "1") and d.decode
     # The third does not fit the 6 tokens left: it waits whole for the next step
     # (never split where its neighbours would decide).
-    d = scheduler.schedule(w, None, [], max_slots=64, kv_budget=10_000, chunk=20)
+    d = batch_policy.schedule(w, None, [], max_slots=64, kv_budget=10_000, chunk=20)
     assert d.admit == ("0", "1") and sum(c.n for c in d.prefill) == 14
 
 
-def test_scheduler_short_prompts_fill_the_step_beside_a_staged_one():
-    pre = scheduler.Prefilling("long", 256, 300, 400)  # 44 tokens left
+def test_batch_policy_short_prompts_fill_the_step_beside_a_staged_one():
+    pre = batch_policy.Prefilling("long", 256, 300, 400)  # 44 tokens left
     w = [
-        scheduler.Waiting("a", 100, 120),
-        scheduler.Waiting("b", 300, 400),  # longer than what is left: waits (FIFO)
-        scheduler.Waiting("c", 5, 10),
+        batch_policy.Waiting("a", 100, 120),
+        batch_policy.Waiting("b", 300, 400),  # longer than what is left: waits (FIFO)
+        batch_policy.Waiting("c", 5, 10),
     ]
-    d = scheduler.schedule(w, pre, [], max_slots=8, kv_budget=10_000, chunk=256)
-    assert d.prefill[0] == scheduler.Chunk("long", 256, 44, True)
-    assert d.admit == ("a",) and d.prefill[1:] == (scheduler.Chunk("a", 0, 100, False),)
+    d = batch_policy.schedule(w, pre, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.prefill[0] == batch_policy.Chunk("long", 256, 44, True)
+    assert d.admit == ("a",) and d.prefill[1:] == (batch_policy.Chunk("a", 0, 100, False),)
     # With the staging slot free, a long prompt takes it with what the step has left.
-    d = scheduler.schedule(w[1:], None, [], max_slots=8, kv_budget=10_000, chunk=256)
-    assert d.admit == ("b",) and d.prefill == (scheduler.Chunk("b", 0, 256, True),)
+    d = batch_policy.schedule(w[1:], None, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.admit == ("b",) and d.prefill == (batch_policy.Chunk("b", 0, 256, True),)
     # Behind a short one, a long prompt waits for a whole step: its chunks always start
     # at multiples of ``chunk``, whoever else is scheduled.
-    d = scheduler.schedule(w, None, [], max_slots=8, kv_budget=10_000, chunk=256)
-    assert d.admit == ("a",) and d.prefill == (scheduler.Chunk("a", 0, 100, False),)
+    d = batch_policy.schedule(w, None, [], max_slots=8, kv_budget=10_000, chunk=256)
+    assert d.admit == ("a",) and d.prefill == (batch_policy.Chunk("a", 0, 100, False),)
 
 
 def test_render_system_and_go_template():
@@ -117,7 +119,7 @@ def test_refine_top_breaks_bf16_ties_by_the_fp32_logits():
     logits rank them by their fp32 values; the rest are left as they were."""
     import torch
 
-    from omax.engine.fastpath import refine_top
+    from omax.engine.linear import refine_top
 
     x = torch.ones(1, 4, dtype=torch.bfloat16)
     dense = torch.tensor(

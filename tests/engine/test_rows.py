@@ -1,9 +1,10 @@
 """Kernel choice on the fast path: which kernel each row of a pass takes when some rows
-are pinned (``fastpath.Rows``), and which quant a device can run."""
+are pinned (``linear.Rows``), and which quant a device can run."""
 
 import torch
 
-from omax.engine.fastpath import Rows, device_quant
+from omax.engine.fast_builder import device_quant
+from omax.engine.linear import Rows
 
 CPU = torch.device("cpu")
 

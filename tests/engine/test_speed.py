@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from omax.engine import loader, weights
-from omax.engine.fastpath import FastBuilder, Lin
+from omax.engine.fast_builder import FastBuilder
 from omax.engine.generic import GenericRunner
+from omax.engine.linear import Lin
 from omax.engine.runner import FastRunner, Segment
 from omax.engine.weights import Q4Blocks
 from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw

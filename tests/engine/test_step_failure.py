@@ -10,8 +10,8 @@ from dataclasses import replace
 import dask.config
 import pytest
 
-from omax.engine.batcher import FAULT_KEY
 from omax.engine.engine import Engine
+from omax.engine.fault_injection import FAULT_KEY
 from omax.engine.request import GenerateRequest, Message, SamplingOptions
 from omax.errors import EngineDead
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omax.engine.request import GenerateRequest, Message, SamplingOptions, ToolCall
-from omax.engine.templates import ToolCallStream
+from omax.engine.toolcalls import ToolCallStream
 
 WEATHER_TOOL = {
     "type": "function",

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from omax.embedded import start_cluster
-from omax.engine.batcher import FAULT_KEY
+from omax.engine.fault_injection import FAULT_KEY
 from omax.engine.request import GenerateRequest, SamplingOptions
 from omax.serve.actors import ActorHandle
 from omax.serve.app import build_app
@@ -114,8 +114,8 @@ def test_a_request_routed_to_an_engine_that_died_unnoticed_is_retried_on_a_fresh
     next request's submit finds it dead, reports it and goes to a fresh actor."""
 
     async def scenario(runtime):
-        digest, _ = await runtime._resolve("tiny")
-        [dying] = await runtime._actors("tiny", digest, 512, None)
+        digest, _ = await runtime.names.resolve("tiny")
+        [dying] = await runtime.actors.ensure("tiny", digest, 512, None)
         opts = SamplingOptions(num_predict=3)
         rid = await dying.call("submit", GenerateRequest("tiny", prompt=MARKER, options=opts))
         chunks: list = []
