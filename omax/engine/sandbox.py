@@ -9,21 +9,28 @@ thread (and the GIL the batching thread needs) or the worker's memory. Here:
   widths past ``MAX_CHARS`` before making them (the sandbox's own ``range`` already
   stops at 100,000 items);
 - the output is gathered piece by piece and stops at ``max_chars``;
-- a render past ``seconds`` is interrupted: a timer raises ``TemplateLimit`` in the
-  rendering thread (Jinja templates run as Python bytecode, where an asynchronous
-  exception lands between two instructions).
+- a render past ``seconds`` stops: the time is checked at every call, operator and
+  filter, every output piece and every 256 items of every ``for`` loop (the code
+  generator wraps each loop's iterable). Without those a template does only bounded
+  work in C (no operation builds past ``MAX_CHARS``), so nothing runs long between
+  two checks. (An asynchronous exception raised into the rendering thread was the
+  first design: it can land inside a tracer's or ``threading``'s own locked code and
+  leave the lock held.)
 
 Every failure is ``InvalidRequest`` naming the limit, so a bad template is a 400.
 """
 
 from __future__ import annotations
 
-import ctypes
+import copy
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Namespace
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -32,6 +39,8 @@ from omax.errors import InvalidRequest
 MAX_CHARS = 1 << 22  # largest string or list one template operation may build
 SECONDS = 2.0  # time one render may take
 _BIG_NUMBER = re.compile(r"\d{7,}")  # a width of a million or more in a format string
+_ITEMS_PER_CHECK = 256  # loop items between two looks at the clock
+_deadline = threading.local()  # .at: this thread's render must end by then (monotonic)
 
 T = TypeVar("T")
 
@@ -60,10 +69,13 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.code_generator_class = _BoundedCodeGenerator
         self.filters = {name: bounded(f) for name, f in self.filters.items()}
         self.globals["namespace"] = BoundedNamespace
+        self.bounded_iter = _bounded_iter  # what _BoundedCodeGenerator wraps loops in
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        check_time()
         if operator == "+":
             if _size(left) + _size(right) > MAX_CHARS:
                 raise TemplateLimit("template builds a value that is too large")
@@ -79,12 +91,25 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        check_time()
         _check_args(args, kwargs)
         # str.format arrives wrapped by the sandbox (``__wrapped__``) or bound
         owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
         if isinstance(owner, str) and _BIG_NUMBER.search(owner):
             raise TemplateLimit("template format width is too large")
         return super().call(__context, __obj, *args, **kwargs)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code generator with every ``for`` loop's iterable wrapped in
+    ``environment.bounded_iter``, which looks at the clock every few items."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:  # noqa: N802
+        wrapped = copy.copy(node)
+        wrapped.iter = nodes.Call(
+            nodes.EnvironmentAttribute("bounded_iter"), [node.iter], [], None, None
+        ).set_lineno(node.lineno)
+        super().visit_For(wrapped, frame)
 
 
 class BoundedNamespace(Namespace):
@@ -102,6 +127,7 @@ def bounded(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` refusing integer arguments past ``MAX_CHARS`` (widths, counts)."""
 
     def checked(*args: Any, **kwargs: Any) -> Any:
+        check_time()
         _check_args(args, kwargs)
         return fn(*args, **kwargs)
 
@@ -115,6 +141,7 @@ def render_bounded(template: Any, context: dict[str, Any], max_chars: int) -> st
     parts: list[str] = []
     size = 0
     for piece in template.generate(**context):
+        check_time()
         size += len(piece)
         if size > max_chars:
             raise TemplateLimit(f"template output passes {max_chars} characters")
@@ -123,39 +150,25 @@ def render_bounded(template: Any, context: dict[str, Any], max_chars: int) -> st
 
 
 def within(seconds: float, fn: Callable[[], T]) -> T:
-    """``fn()`` on this thread, interrupted with ``TemplateLimit`` after ``seconds``."""
-    try:
-        return _interrupted_after(seconds, fn)
-    except _Timeout:
-        raise TemplateLimit(f"template took longer than {seconds:g} s to render") from None
-
-
-def _interrupted_after(seconds: float, fn: Callable[[], T]) -> T:
-    tid = threading.get_ident()
-    lock = threading.Lock()
-    state = {"done": False, "fired": False}
-
-    def fire() -> None:
-        with lock:
-            if not state["done"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(tid), ctypes.py_object(_Timeout)
-                )
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
+    """``fn()`` on this thread; template code it runs raises ``TemplateLimit`` at its
+    first check past ``seconds``."""
+    outer = getattr(_deadline, "at", None), getattr(_deadline, "seconds", seconds)
+    _deadline.at, _deadline.seconds = time.monotonic() + seconds, seconds
     try:
         return fn()
     finally:
-        with lock:
-            state["done"] = True
-            if state["fired"]:  # raised, or still pending: never let it land later
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
-        timer.cancel()
+        _deadline.at, _deadline.seconds = outer
 
 
-class _Timeout(BaseException):
-    """Raised asynchronously in a rendering thread; BaseException so that no
-    ``except Exception`` inside Jinja or a filter swallows it."""
+def check_time() -> None:
+    """Raise ``TemplateLimit`` if this thread's render is past its time."""
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise TemplateLimit(f"template took longer than {_deadline.seconds:g} s to render")
+
+
+def _bounded_iter(items: Any) -> Iterator[Any]:
+    for i, item in enumerate(items):
+        if i % _ITEMS_PER_CHECK == 0:
+            check_time()
+        yield item

@@ -23,6 +23,14 @@ SPEC = ModelSpec(config={"model_type": "llama"}, tokenizer_json="", tokenizer_co
 
 HOSTILE = {
     "nested loops": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    # loops that call nothing per item: only the loop's own clock checks stop them
+    "loops over a kept range": (
+        "{% set r = range(99999) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}"
+    ),
+    "loops over a long string": (
+        "{% set s = 'x' * 4000000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"
+    ),
+    "recursive loop": ("{% for i in range(99999) recursive %}{{ loop(range(99999)) }}{% endfor %}"),
     "string repeat": "{{ 'x' * 10000000000 }}",
     "huge power": "{{ 2 ** 100000000 }}",
     "filter width": "{{ 'x'|center(10000000000) }}",
