@@ -49,14 +49,18 @@ typecheck: install
 	$(BIN)/mypy omax
 
 test: install $(TESTDATA) lint typecheck
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 --cov=omax --cov-report=term
 
-# The benchmarks need a quiet machine and, for the comparisons, llama.cpp built for it
-# (benchmarks/build_llamacpp.sh): each script's docstring says how to run it.
+# Every benchmark, each with its default arguments, appending to benchmarks/RESULTS.md.
+# They need a quiet machine and, for the comparisons, llama.cpp built for it
+# (benchmarks/build_llamacpp.sh); each script's docstring says how to run it alone.
+BENCHMARKS := placement_bench store_bench chunk_bench import_bench replication_bench \
+	quant_accuracy grammar_bench prefix_bench engine_bench http_bench serve_bench batch_bench
 bench: install $(TESTDATA)
 	bash benchmarks/build_llamacpp.sh
 	$(BIN)/python benchmarks/make_models.py
-	$(BIN)/python benchmarks/http_bench.py
+	$(BIN)/python benchmarks/gpu_check.py $$($(BIN)/python -c "import torch; print('cuda:0' if torch.cuda.is_available() else 'cpu')")
+	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b.py; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
