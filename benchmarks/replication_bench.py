@@ -27,14 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import dask
-from distributed import Client, LocalCluster
-
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _results import append_results  # noqa: E402
 
 from omax.sharding.blobs import BlobStore  # noqa: E402
 from omax.sharding.manifest import Manifest, TensorEntry  # noqa: E402
+from tests.cluster import omax_cluster  # noqa: E402
 
 BLOB = 16 << 20
 
@@ -148,21 +147,8 @@ def main() -> None:
     del blobs, shared
     rows = []
     try:
-        with (
-            dask.config.set(
-                {"omax.store.url": origin, "omax.worker.store": str(tmp / "w" / "{name}")}
-            ),
-            LocalCluster(
-                n_workers=4,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                scheduler_kwargs={"preload": ["omax.plugins.scheduler"]},
-                preload=["omax.plugins.worker"],
-            ) as lc,
-            Client(lc) as client,
-        ):
-            client.wait_for_workers(4)
+        settings = {"omax.store.url": origin, "omax.worker.store": str(tmp / "w" / "{name}")}
+        with omax_cluster(settings, n_workers=4) as client:
             a, b, c, d = sorted(client.sync(client.scheduler.identity, n_workers=-1)["workers"])
 
             def rep(worker: str, dg: str, peers: list[str]) -> tuple[float, dict]:
