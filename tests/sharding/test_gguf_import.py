@@ -304,3 +304,15 @@ def test_gemma3_import_fast_and_tokenizer_unchanged(tmp_path, gemma3_path):
     theirs_json, theirs_config = _converter(gemma3_path)
     _assert_same_tokenizer(store.blobs.get(m.tokenizer).decode(), theirs_json)
     assert m.tokenizer_config == theirs_config
+
+
+def test_the_head_size_comes_from_the_gguf_where_transformers_reads_none():
+    """transformers' tables give a Qwen3 GGUF no head_dim, and Qwen3Config then assumes
+    128: a model of another head size would not load. llama.cpp's key_length is it."""
+    from omax.sharding.importers.gguf import _unmapped
+
+    meta = {"general.architecture": "qwen3", "qwen3.attention.key_length": 64}
+    assert _unmapped(meta, {"model_type": "qwen3"}) == {"head_dim": 64}
+    assert _unmapped(meta, {"head_dim": 64}) == {}
+    soft = {"general.architecture": "gemma2", "gemma2.final_logit_softcapping": 30.0}
+    assert _unmapped(soft, {}) == {"final_logit_softcapping": 30.0}

@@ -176,7 +176,7 @@ def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
             f"{problem}; supported architectures: {', '.join(supported_architectures())}"
         )
     config.setdefault("architectures", [_architecture_class(model_type)])
-    config.update(_unmapped(file.metadata))
+    config.update(_unmapped(file.metadata, config))
     try:
         tokenizer_json, tokenizer_config = tokenizer_files(path, file.metadata)
     except ImportFailed as err:
@@ -196,8 +196,15 @@ UNMAPPED = {
 }
 
 
-def _unmapped(metadata: Any) -> dict[str, Any]:
-    return {hf: _jsonable(metadata[key]) for key, hf in UNMAPPED.items() if key in metadata}
+def _unmapped(metadata: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``UNMAPPED``'s keys, and the head size where ``config`` has none: llama.cpp
+    writes every family's (``attention.key_length``), transformers' tables read it for
+    a few, and without it a Qwen3 config assumes 128 whatever the model's is."""
+    out = {hf: _jsonable(metadata[key]) for key, hf in UNMAPPED.items() if key in metadata}
+    key_length = f"{metadata.get('general.architecture')}.attention.key_length"
+    if key_length in metadata and "head_dim" not in config:
+        out["head_dim"] = int(metadata[key_length])
+    return out
 
 
 def _architecture_class(model_type: str) -> str:
