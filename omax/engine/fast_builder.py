@@ -15,16 +15,21 @@ import torch
 from omax.engine.arch import Arch, arch_of
 from omax.engine.fastpath import QUANTS, FastDecoder, Layer
 from omax.engine.linear import Lin
+from omax.engine.packed import int4_device, int8_device
 from omax.engine.rotary import interleave_perm, rotary_tables
 from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
 
 
 def device_quant(quant: str, device: torch.device) -> str:
-    """The quant ``device`` can run. The packed int4/int8 kernels used here are CPU
-    kernels (``_weight_int4pack_mm_for_cpu``, ``_weight_int8pack_mm``), so on another
-    device the same fast path runs dense bf16 weights instead."""
-    return "bf16" if quant in ("int4", "int8") and device.type != "cpu" else quant
+    """The quant ``device`` can run: torch's packed int4 kernels need the CPU or CUDA
+    8.0+, its int8 kernel the CPU or CUDA (``omax.engine.packed``); elsewhere the same
+    fast path runs dense bf16 weights instead."""
+    if (quant == "int4" and not int4_device(device)) or (
+        quant == "int8" and not int8_device(device)
+    ):
+        return "bf16"
+    return quant
 
 
 def _cat(parts: list[Any]) -> torch.Tensor | Q4Blocks:

@@ -13,18 +13,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from omax.engine.packed import GROUP, int4_mm, int8_device, nibble_rows, nibbles, pack_int4
 from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
-
-GROUP = 32
 
 
 class Lin:
     """``x [R, K] -> x @ W.T [R, N]`` through torch's packed int4 or int8 kernel.
 
     ``quant`` "int4" repacks 4-bit GGUF blocks (``Q4Blocks``: Q4_0, Q4_1, Q4_K) for
-    ``_weight_int4pack_mm_for_cpu`` exactly: the kernel computes ``(q - 8) * scale +
-    zero`` per group of 32, so ``scale = d`` and ``zero = low + 8 d``. A weight that is
+    the weight's device's int4 kernel (``omax.engine.packed``) exactly: the kernel
+    computes ``(q - 8) * scale + zero`` per group of 32, so ``scale = d`` and
+    ``zero = low + 8 d``. A weight that is
     not 4-bit blocks is never re-quantised to 4 bits (that loses accuracy the source did
     not have): it takes "int8" instead, per-output-row symmetric for
     ``_weight_int8pack_mm``. "none" keeps the weight dense in the activation dtype.
@@ -36,11 +36,13 @@ class Lin:
     rows (a prompt chunk), so an int8 layer takes it up to ``SMALL`` rows and past that
     a dense matmul on a bf16 copy made for that call only (the rows ``Rows`` pins
     keep their kernels as with any dense weight). The one kept copy: a ``lookups``
-    weight (the embedding and the head) in int4 whose rows are not a multiple of 64,
-    the block ``int4_rows`` reads. The native step has many-row kernels of its own.
+    weight (the embedding and the head) in int4 on the CPU whose rows are not a multiple
+    of 64, the block ``int4_rows`` reads; on CUDA such a weight keeps its codes as
+    nibbles instead (``packed.nibble_rows``). The native step has many-row kernels of
+    its own.
     """
 
-    __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only")
+    __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only", "nib")
     SMALL = {"int4": 8, "int8": 48}
 
     def __init__(
@@ -54,20 +56,25 @@ class Lin:
         self.act = act
         self.w: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
+        self.nib: torch.Tensor | None = None
         if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
             quant = "int8"  # torch's int4 packing takes output rows in multiples of 16
+        if quant == "int8" and not int8_device(_device(w)):
+            quant = "none"  # no int8 kernel here (see ``packed.int8_device``): dense
         if quant not in ("int4", "int8", "none"):
             raise EngineError(f"unknown quant {quant!r}")
         self.quant = quant
         if isinstance(w, Q4Blocks) and quant == "int4":
             if self.k % GROUP:
                 raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {self.k}")
-            self.w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(w.codes.to(torch.int32), 1)
+            self.w = pack_int4(w.codes)
             sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
             self.s = sz.transpose(0, 1).contiguous().to(act)
+            if lookups and w.codes.device.type != "cpu":
+                self.nib = nibbles(w.codes)
         # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
         self.packed_only = (quant == "int8" and lookups) or (
-            quant == "int4" and (not lookups or self.n % 64 == 0)
+            quant == "int4" and (not lookups or self.nib is not None or self.n % 64 == 0)
         )
         self.small = self.SMALL.get(quant, 0)
         self._dense: torch.Tensor | None = None
@@ -118,7 +125,8 @@ class Lin:
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant == "int4":
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.w, GROUP, self.s)
+            assert self.w is not None and self.s is not None
+            return int4_mm(x, self.w, self.s)
         return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -128,10 +136,18 @@ class Lin:
         assert self.w is not None and self.s is not None
         if self.quant == "int8":
             return (self.w[ids].float() * self.s[ids].float()[:, None]).to(dtype)
+        if self.nib is not None:
+            return nibble_rows(self.nib, self.s, ids.reshape(-1)).to(dtype)
         return int4_rows(self.w, self.s, ids, self.k).to(dtype)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.w, self.s, self._dense) if t is not None]
+        return [t for t in (self.w, self.s, self._dense, self.nib) if t is not None]
+
+
+def _device(w: torch.Tensor | Q4Blocks | BlockRows) -> torch.device:
+    if isinstance(w, Q4Blocks):
+        return w.codes.device
+    return w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
 
 
 def quantize_int8(

@@ -3,7 +3,6 @@ are pinned (``linear.Rows``), and which quant a device can run."""
 
 import torch
 
-from omax.engine.fast_builder import device_quant
 from omax.engine.linear import Rows
 
 CPU = torch.device("cpu")
@@ -34,9 +33,3 @@ def test_without_a_packed_kernel_each_pinned_decode_row_runs_alone():
 def test_plans_are_cached_per_shape():
     rows = Rows([0])
     assert rows.plan(4, 8, True, CPU) is rows.plan(4, 8, True, CPU)
-
-
-def test_packed_cpu_kernels_fall_back_to_dense_bf16_off_the_cpu():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert [device_quant(q, cpu) for q in ("int4", "int8", "bf16")] == ["int4", "int8", "bf16"]
-    assert [device_quant(q, cuda) for q in ("int4", "int8", "bf16")] == ["bf16"] * 3
