@@ -18,6 +18,8 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from omax.config import settings
+from omax.engine.cuda_graphs import GraphDecoder
 from omax.engine.fastpath import FastDecoder, window_mask
 from omax.engine.linear import Rows
 from omax.errors import EngineError
@@ -103,21 +105,29 @@ class FastRunner(CacheRows):
         max_len: int,
         prefix_rows: int = 0,
         native: bool = True,
+        graphs: bool | None = None,
     ) -> None:
         """``native``: decode rows take the native step (``omax.engine.native``) if it
-        is already built when the runner is made."""
+        is already built when the runner is made. ``graphs`` (default: unless
+        ``omax.engine.cuda-graphs`` is "off"): on CUDA, decode steps replay captured CUDA
+        graphs (``omax.engine.cuda_graphs``), which write padding rows into one spare
+        cache column past ``max_len``."""
         super().__init__(max_slots, min(max_len, model.max_pos), prefix_rows)
         self.fast = model
         self.n_heads, self.n_kv, self.head_dim = model.n_heads, model.n_kv, model.head_dim
         self.group = self.n_heads // self.n_kv
         self.device, self.dtype = model.device, model.act
-        shape = (self.n_rows, self.n_kv, self.max_len, self.head_dim)
+        cuda_graphs = self.device.type == "cuda" and (
+            graphs if graphs is not None else settings().cuda_graphs != "off"
+        )
+        shape = (self.n_rows, self.n_kv, self.max_len + (1 if cuda_graphs else 0), self.head_dim)
         n = len(model.layers)
         # torch.empty: pages are only committed once written, so memory follows use.
         self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(n)]
         self.hw = [0] * shape[0]
         self.native = _native_decoder(model, self.k, self.v, self.max_len) if native else None
+        self.graphs = GraphDecoder(self) if cuda_graphs else None
 
     def _ensure_init(self, b: int, length: int) -> None:
         for s in range(b):
@@ -216,7 +226,8 @@ class FastRunner(CacheRows):
             vc[idx] = v
             q = q.view(b, nkv, g, hd)
             if len(solo) < b:
-                o = attention(q, kc[:b, :, :length], vc[:b, :, :length], masks[i]).view(b, -1)
+                # reshape: CUDA's SDPA kernels may return the query rows strided
+                o = attention(q, kc[:b, :, :length], vc[:b, :, :length], masks[i]).reshape(b, -1)
             else:
                 o = q.new_empty(b, nkv * g * hd)
             w = windows[i]
@@ -224,7 +235,7 @@ class FastRunner(CacheRows):
                 n = positions[r] + 1
                 first = max(0, n - w) if w is not None else 0
                 kr, vr = kc[r : r + 1, :, first:n], vc[r : r + 1, :, first:n]
-                o[r] = attention(q[r : r + 1], kr, vr).view(-1)
+                o[r] = attention(q[r : r + 1], kr, vr).reshape(-1)
             return o
 
         return attend
@@ -248,6 +259,11 @@ class FastRunner(CacheRows):
         self, token_ids: list[int], positions: list[int], pinned: Sequence[bool] = ()
     ) -> torch.Tensor:
         """One token for each of slots ``0..B-1`` at ``positions``; return logits [B, V]."""
+        if self.graphs is not None and not any(pinned):
+            self._check_len(max(positions) + 1)
+            logits = self.graphs.decode(token_ids, positions)
+            if logits is not None:
+                return logits
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         if self.native is not None:
             length = max(positions) + 1
