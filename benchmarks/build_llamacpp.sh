@@ -7,6 +7,7 @@
 #
 #     bash benchmarks/build_llamacpp.sh            # -> benchmarks/.llamacpp/bin/llama-*
 #     AVX512=OFF BUILD=avx2 bash benchmarks/build_llamacpp.sh   # AVX2-only build, to compare
+#     CUDA_ARCH=90 BUILD=cuda bash benchmarks/build_llamacpp.sh  # + CUDA for sm_90 (gpu_bench.sh)
 #
 # About 20 minutes on 2 cores; re-running only re-checks (delete benchmarks/.llamacpp to redo).
 set -euo pipefail
@@ -18,7 +19,7 @@ VERSION=0.3.36
 SDIST_DIR="${SDIST_DIR:-$ROOT/.venv/share/llama-cpp-src}"
 SDIST="$SDIST_DIR/llama_cpp_python-$VERSION.tar.gz"
 JOBS="${JOBS:-$(nproc)}"
-TARGETS=(llama-server llama-quantize llama-bench llama-cli)
+TARGETS=(${TARGETS:-llama-server llama-quantize llama-bench llama-cli})
 
 mkdir -p "$OUT"
 echo '*' >"$OUT/.gitignore"
@@ -43,6 +44,11 @@ FLAGS=(
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
 )
+# the server (and its web UI's sources, which gpu_bench.sh's trimmed sdist leaves out)
+[[ " ${TARGETS[*]} " == *" llama-server "* ]] || FLAGS+=(-DLLAMA_BUILD_SERVER=OFF)
+if [ -n "${CUDA_ARCH:-}" ]; then  # the GPU's compute capability, e.g. 90 for Hopper
+  FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH")
+fi
 echo "llama.cpp $VERSION (vendored) cmake flags: ${FLAGS[*]}" | tee "$OUT/$BUILD.flags"
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)

@@ -44,7 +44,11 @@ FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
 CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")  # convert_hf_to_gguf.py --outtype
 REQUANT_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1")  # from the F32 file with gguf.quants
 
-LLAMA_CPP_SRC = Path(sys.prefix) / "share" / "llama-cpp-src"  # the Makefile pins the version
+# where the Makefile downloads the sdist (it pins the version); OMAX_LLAMA_CPP_SRC
+# elsewhere (benchmarks/gpu_bench.sh on a machine whose Python has no such folder)
+LLAMA_CPP_SRC = Path(
+    os.environ.get("OMAX_LLAMA_CPP_SRC") or Path(sys.prefix) / "share" / "llama-cpp-src"
+)
 SP_VOCAB = 1024
 NOISE = 0.1  # std of the noise added to every norm weight and bias
 

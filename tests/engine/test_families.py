@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,9 @@ from tests.archs import (
 from .conftest import gguf_spec, gguf_tensors, hf_folder_spec, safetensors_raw
 
 pytestmark = pytest.mark.slow
+# omax's side runs here; benchmarks/gpu_bench.sh sets "cuda" on a GPU machine (the
+# references stay transformers on the CPU)
+DEVICE = os.environ.get("OMAX_TEST_DEVICE", "cpu")
 
 PROMPT = "The quick brown fox jumps over the lazy dog while 7 cats watch from a tree."
 N = 24
@@ -155,12 +159,12 @@ def reference(folder: Path, fmt: str, ids: tuple[int, ...]) -> tuple[list[int], 
 
 def last_logits(engine: Engine, ids: list[int]) -> torch.Tensor:
     runner = FastRunner(engine.loaded.model, max_slots=1, max_len=len(ids))
-    return runner.prefill(ids, 0).float()
+    return runner.prefill(ids, 0).float().cpu()
 
 
 def load(folder: Path, fmt: str, quant: str) -> Engine:
     spec, tensors, _ = source(folder, fmt)
-    return Engine.load(spec, tensors, quant=quant, max_batch=2, max_ctx=128)
+    return Engine.load(spec, tensors, device=DEVICE, quant=quant, max_batch=2, max_ctx=128)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,7 @@ def test_gguf_weights_are_the_original_models(ggufs, family):
         overrides = {"sliding_window": None}
     else:
         spec = dataclasses.replace(spec, config=json.loads((folder / "config.json").read_text()))
-    eng = Engine.load(spec, gguf_tensors(gguf_path(folder, "f32")), max_ctx=128)
+    eng = Engine.load(spec, gguf_tensors(gguf_path(folder, "f32")), device=DEVICE, max_ctx=128)
     try:
         ids, _ = greedy(eng)
         logits = last_logits(eng, ids)
