@@ -61,6 +61,8 @@ bench: install $(TESTDATA)
 	$(BIN)/python benchmarks/make_models.py
 	$(BIN)/python benchmarks/gpu_check.py $$($(BIN)/python -c "import torch; print('cuda:0' if torch.cuda.is_available() else 'cpu')")
 	set -e; for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b.py; done
+	if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		PYTHON=$(BIN)/python bash benchmarks/gpu_bench.sh; else echo "== gpu_bench: no CUDA device"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,13 +3,14 @@
 # one run (benchmarks/gpu_bench.py says what is measured). For a lent GPU machine whose
 # Python has torch and transformers but not omax's other packages:
 #
-#     bash benchmarks/gpu_bench.sh [WAIT_S]
+#     bash benchmarks/gpu_bench.sh [WAIT_S]        # PYTHON=.venv/bin/python: make bench
 #
-# Wants beside the repository (both ignored by git; see RESULTS.md's GPU section):
-# - .whl/: wheels of the packages the machine lacks (dask, zarr, gguf, numcodecs, ...),
-#   installed with --no-deps into /tmp/site;
+# On a lent machine it wants beside the repository (both ignored by git):
+# - .whl/: wheels of the packages that machine lacks (dask, zarr, gguf, numcodecs,
+#   transformers, ...), installed with --no-deps into /tmp/site;
 # - .gpu/llama_cpp_python-0.3.36.tar.gz: llama-cpp-python's sdist with the parts no
-#   build here reads (docs, models, tests, other GPU backends) left out.
+#   build here reads (docs, models, tests, other GPU backends) left out (64 MiB travel).
+# Without them it uses $PYTHON's packages and the sdist `make install` downloads.
 #
 # The steps run in a session of their own, so they outlive this command: it waits up to
 # WAIT_S seconds (default 540), copies what is done to $OUT, and a second call waits for
@@ -25,32 +26,41 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 W="${GPU_BENCH_DIR:-/tmp/gpu-bench}"
 OUT="${OUT:-$W/out}"
 
+PY="${PYTHON:-python3}"
+
 pipeline() {
   cd "$ROOT" || exit 1
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || echo "pip install failed"
-  export PYTHONPATH="/tmp/site:$ROOT" PYTHONUNBUFFERED=1 OMAX_LLAMA_CPP_SRC="$ROOT/.gpu"
-  export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  export PYTHONPATH="$ROOT" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+  local sdist="$ROOT/.venv/share/llama-cpp-src"
+  if [ -d .whl ]; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || echo "pip install failed"
+    export PYTHONPATH="/tmp/site:$ROOT"
+  fi
+  if [ -d .gpu ]; then
+    sdist="$ROOT/.gpu"
+    export OMAX_LLAMA_CPP_SRC="$sdist"
+  fi
   command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
   nvidia-smi >"$W/nvidia-smi.txt" 2>&1
-  python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)" \
+  "$PY" -c "import torch, transformers; print(torch.__version__, transformers.__version__)" \
     >"$W/versions.txt" 2>&1
   (
     CUDA_ARCH="${CUDA_ARCH:-90}" BUILD=cuda TARGETS="llama-quantize llama-batched-bench" \
-      SDIST_DIR="$ROOT/.gpu" JOBS="${JOBS:-12}" bash benchmarks/build_llamacpp.sh
+      SDIST_DIR="$sdist" JOBS="${JOBS:-12}" bash benchmarks/build_llamacpp.sh
     echo "rc=$?"
   ) >"$W/build.log" 2>&1 &
   local build=$!
-  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/engine/test_packed.py \
+  timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_packed.py \
     tests/engine/test_cuda_graphs.py >"$W/pytest-packed.log" 2>&1
-  python3 benchmarks/gpu_bench.py models "$W/models" >"$W/models.log" 2>&1
-  timeout 150 env OMAX_TEST_DEVICE=cuda python3 -m pytest -q -p no:cacheprovider \
+  "$PY" benchmarks/gpu_bench.py models "$W/models" >"$W/models.log" 2>&1
+  timeout 150 env OMAX_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \
     tests/engine/test_families.py -k "greedy_equals or int4_points or original_models" \
     >"$W/pytest-families.log" 2>&1
   wait "$build"
   local bin="$ROOT/benchmarks/.llamacpp/bin-cuda"
-  python3 benchmarks/gpu_bench.py quantize "$W/models" "$bin" >"$W/quantize.log" 2>&1
-  python3 benchmarks/gpu_bench.py bench "$W/models" "$bin" --json "$W/bench.json" \
+  "$PY" benchmarks/gpu_bench.py quantize "$W/models" "$bin" >"$W/quantize.log" 2>&1
+  "$PY" benchmarks/gpu_bench.py bench "$W/models" "$bin" --json "$W/bench.json" \
     >"$W/bench.md" 2>"$W/bench.log"
   touch "$W/done"
 }

@@ -46,7 +46,8 @@ def test_make_bench_runs_every_benchmark():
     scripts = {
         p.stem
         for p in (ROOT / "benchmarks").glob("*.py")
-        if not p.stem.startswith("_") and p.stem not in {"make_models", "gpu_check"}
+        if not p.stem.startswith("_") and p.stem not in {"make_models", "gpu_check", "gpu_bench"}
     }
     assert scripts <= listed, f"benchmarks make bench does not run: {scripts - listed}"
-    assert "benchmarks/make_models.py" in makefile and "benchmarks/gpu_check.py" in makefile
+    for driver in ("make_models.py", "gpu_check.py", "gpu_bench.sh"):
+        assert f"benchmarks/{driver}" in makefile
