@@ -172,8 +172,11 @@ def load_fast(
     from omax.engine.fast_builder import FastBuilder
 
     start = time.perf_counter_ns()
-    # The tokenizer builds in Rust without the GIL, and a large vocabulary takes a
-    # while: beside the weights, not after them.
+    # The tokenizer builds beside the weights, but ``tokenizers`` holds the GIL while it
+    # parses: this overlaps only what releases it (reading and hashing a streamed
+    # tensor, a torch kernel in flight). How long it parses depends on the JSON's
+    # layout (``gguftokenizer.compact_merges``).
+    #
     # transformers' lazy imports are not thread-safe: two threads importing it first
     # at once fail ("cannot import name 'AutoConfig'"), so this thread imports first.
     from transformers import AutoConfig, PreTrainedTokenizerFast  # noqa: F401

@@ -12,7 +12,11 @@ from tokenizers import Tokenizer
 from omax.errors import ImportFailed
 from omax.sharding.importers.ggufconfig import hf_config
 from omax.sharding.importers.ggufheader import open_gguf
-from omax.sharding.importers.gguftokenizer import derive_merges, tokenizer_files
+from omax.sharding.importers.gguftokenizer import (
+    compact_merges,
+    derive_merges,
+    tokenizer_files,
+)
 from omax.sharding.modelstore import ModelStore
 from omax.sharding.zarrstore import read_tensors
 from tests.sharding.synthetic_gguf import spm_vocab, write_gguf
@@ -119,11 +123,12 @@ SAMPLES = [
 
 
 def _converter(path):
-    """(tokenizer.json text, tokenizer config) as transformers' GGUF converter makes them."""
+    """(tokenizer.json text, tokenizer config) as transformers' GGUF converter makes them,
+    the merges written ``"a b"`` as ours are (``compact_merges``, tested on its own)."""
     from transformers.integrations.gguf import convert_gguf_tokenizer, get_gguf_tokenizer
 
     arch, tokenizer, config = get_gguf_tokenizer(str(path))
-    return convert_gguf_tokenizer(arch, tokenizer)[0].to_str(), config
+    return compact_merges(convert_gguf_tokenizer(arch, tokenizer)[0].to_str()), config
 
 
 def _assert_same_tokenizer(ours_json, theirs_json):
