@@ -85,7 +85,9 @@ def test_replayed_graphs_decode_as_the_eager_step_on_cuda(folder, quant):
         want = eager.decode(tokens, positions)
         got = graphed.decode(tokens, positions)
         assert not graphed.graphs.failed
-        tol = 1e-4 if quant == "none" else 5e-2  # bf16: the padded bucket's kernels
+        # bf16: the padded bucket's row count may pick other matmul kernels; a wrong
+        # index or stale input would be far off
+        tol = 1e-4 if quant == "none" else 1e-1
         torch.testing.assert_close(got, want, rtol=tol, atol=tol)
         positions = [p + 1 for p in positions]
     assert len(graphed.graphs.graphs) == 1
