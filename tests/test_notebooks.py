@@ -24,13 +24,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def outputs(nb: nbformat.NotebookNode) -> str:
-    """Printed text, and what cells displayed as plain text."""
+    """Printed text as the reader sees it, and what cells displayed as plain text.
+
+    The kernel may split one ``print`` over several stream messages (``"answers:"``
+    then ``" 200"``), so stream text is joined as it came, never with a separator.
+    """
     parts = []
     for cell in nb.cells:
         for o in cell.get("outputs", []):
-            parts.append(o.get("text", ""))
-            parts.append(o.get("data", {}).get("text/plain", ""))
-    return "\n".join(parts)
+            if o.get("output_type") == "stream":
+                parts.append(o.get("text", ""))
+            else:
+                parts.append("\n" + o.get("data", {}).get("text/plain", "") + "\n")
+    return "".join(parts)
 
 
 def test_every_notebook_is_checked():
