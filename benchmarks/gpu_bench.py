@@ -311,20 +311,29 @@ def omax(gguf: Path, quant: str, device: str) -> dict:
 
 
 # ---- report ---------------------------------------------------------------------------
-def bench(out: Path, bin_dir: Path, device: str, json_path: Path | None) -> None:
+def bench(
+    out: Path,
+    bin_dir: Path | None,
+    device: str,
+    json_path: Path | None,
+    pattern: str = "*-Q*.gguf",
+    quants: list[str] | None = None,
+) -> None:
     import torch
 
     gpu = device.startswith("cuda")
     name = torch.cuda.get_device_name(0) if gpu else "CPU"
     results: dict[str, dict] = {}
-    for gguf in sorted(out.glob("*-Q*.gguf")):
+    for gguf in sorted(out.glob(pattern)):
         res: dict = {"gguf_mib": gguf.stat().st_size / 2**20}
         try:
-            res["llama.cpp"] = llamacpp(gguf, bin_dir, gpu)
+            if bin_dir is not None:  # without llama.cpp's programs: omax alone
+                res["llama.cpp"] = llamacpp(gguf, bin_dir, gpu)
         except Exception as exc:  # noqa: BLE001 - report, go on with the next
             res["llama.cpp"] = {"error": str(exc)[-600:]}
         qtype = gguf.stem.split("-")[-1]
-        for quant in (*QUANTS.get(qtype, ("bf16",)), *MORE.get(gguf.stem, ())):
+        chosen = quants or (*QUANTS.get(qtype, ("bf16",)), *MORE.get(gguf.stem, ()))
+        for quant in chosen:
             try:
                 res[f"omax {quant}"] = omax(gguf, quant, device)
             except Exception as exc:  # noqa: BLE001
@@ -380,6 +389,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="toy shapes, to check the script")
     ap.add_argument("--families", nargs="*", default=list(SHAPES))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--glob", default="*-Q*.gguf", help="which GGUFs of DIR bench reads")
+    ap.add_argument("--quants", nargs="*", help="omax weights to try, not QUANTS'")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     if args.step == "models":
@@ -387,7 +398,7 @@ def main() -> None:
     elif args.step == "quantize":
         quantize(args.dir, args.bin)
     else:
-        bench(args.dir, args.bin, args.device, args.json)
+        bench(args.dir, args.bin, args.device, args.json, args.glob, args.quants)
 
 
 if __name__ == "__main__":
