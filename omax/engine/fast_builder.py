@@ -15,18 +15,18 @@ import torch
 from omax.engine.arch import Arch, arch_of
 from omax.engine.fastpath import QUANTS, FastDecoder, Layer
 from omax.engine.linear import Lin
-from omax.engine.packed import int4_device, int8_device
+from omax.engine.packed import int4_device, int8_chosen, int8_device
 from omax.engine.rotary import interleave_perm, rotary_tables
 from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
 
 
 def device_quant(quant: str, device: torch.device) -> str:
-    """The quant ``device`` can run: torch's packed int4 kernels need the CPU or CUDA
-    8.0+, its int8 kernel the CPU or CUDA (``omax.engine.packed``); elsewhere the same
-    fast path runs dense bf16 weights instead."""
+    """The quant ``device`` runs: torch's packed int4 kernels need the CPU or CUDA
+    8.0+, and int8 is taken only where it measured faster than bf16, the CPU
+    (``omax.engine.packed``); elsewhere the same fast path runs dense bf16 weights."""
     if (quant == "int4" and not int4_device(device)) or (
-        quant == "int8" and not int8_device(device)
+        quant == "int8" and not (int8_chosen(device) and int8_device(device))
     ):
         return "bf16"
     return quant

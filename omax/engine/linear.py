@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from omax.engine.packed import GROUP, int4_mm, int8_device, nibble_rows, nibbles, pack_int4
+from omax.engine.packed import (
+    GROUP,
+    int4_mm,
+    int8_chosen,
+    int8_device,
+    nibble_rows,
+    nibbles,
+    pack_int4,
+)
 from omax.engine.weights import BlockRows, Q4Blocks
 from omax.errors import EngineError
 
@@ -27,7 +35,9 @@ class Lin:
     ``zero = low + 8 d``. A weight that is
     not 4-bit blocks is never re-quantised to 4 bits (that loses accuracy the source did
     not have): it takes "int8" instead, per-output-row symmetric for
-    ``_weight_int8pack_mm``. "none" keeps the weight dense in the activation dtype.
+    ``_weight_int8pack_mm``, where that kernel beats bf16 (the CPU:
+    ``packed.int8_chosen``), and stays dense elsewhere. "none" keeps the weight dense
+    in the activation dtype.
 
     A packed weight keeps no dense copy: the model stays about the size of its GGUF,
     and embedding lookups and ``refine_top`` read rows straight from the packed weight.
@@ -58,7 +68,9 @@ class Lin:
         self.s: torch.Tensor | None = None
         self.nib: torch.Tensor | None = None
         if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
-            quant = "int8"  # torch's int4 packing takes output rows in multiples of 16
+            # torch's int4 packing takes output rows in multiples of 16: int8 where it
+            # pays (``packed.int8_chosen``), else dense
+            quant = "int8" if int8_chosen(_device(w)) else "none"
         if quant == "int8" and not int8_device(_device(w)):
             quant = "none"  # no int8 kernel here (see ``packed.int8_device``): dense
         if quant not in ("int4", "int8", "none"):

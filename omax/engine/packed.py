@@ -45,6 +45,15 @@ def int8_device(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and _runs(str(device), "int8")
 
 
+def int8_chosen(device: torch.device) -> bool:
+    """Whether weights without a 4-bit layout take int8 on ``device`` rather than dense
+    bf16. Chosen by measurement: on the CPU int8 halves the bytes a decode step reads;
+    on CUDA torch's ``_weight_int8pack_mm`` ran a Llama-3.2-1B-shaped model 2.4x slower
+    than bf16 matmuls (H200: 83 vs 196 tokens/s one stream, 349 vs 1624 at 16 streams;
+    benchmarks/RESULTS.md "gpu_bench"), so there they stay bf16."""
+    return device.type == "cpu"
+
+
 @functools.cache
 def _runs(device: str, kind: str) -> bool:
     """Whether this torch build runs the ``kind`` kernel on ``device``: a CUDA build

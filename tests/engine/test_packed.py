@@ -9,7 +9,7 @@ import torch
 
 from omax.engine.fast_builder import device_quant
 from omax.engine.linear import Lin
-from omax.engine.packed import inner_k_tiles, nibble_rows, nibbles
+from omax.engine.packed import inner_k_tiles, int8_chosen, nibble_rows, nibbles
 from omax.engine.weights import Q4Blocks
 from tests.engine.test_gguf_types import random_blocks
 
@@ -43,7 +43,16 @@ def test_devices_without_packed_kernels_run_dense_bf16():
 def test_cuda_runs_int4_and_int8_packed():
     cuda = torch.device("cuda", 0)
     assert device_quant("int4", cuda) == "int4"
-    assert device_quant("int8", cuda) == "int8"
+    assert device_quant("int8", cuda) == "bf16"  # measured slower than bf16 there
+    dense = torch.randn(32, 64, device=cuda)  # e.g. a Q6_K tensor of a Q4_K_M file
+    assert Lin(dense, "int4", torch.bfloat16).quant == "none"
+
+
+def test_int8_is_chosen_where_it_measured_faster_than_bf16():
+    assert int8_chosen(torch.device("cpu"))
+    assert not int8_chosen(torch.device("cuda", 0))
+    # a dense weight asked for int4 (a Q6_K tensor of a Q4_K_M file) takes int8 there
+    assert Lin(torch.randn(32, 64), "int4", torch.bfloat16).quant == "int8"
 
 
 @needs_cuda
