@@ -9,6 +9,7 @@ put in eval mode on the requested device.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from omax.sharding.tensors import RawTensor
 
 @dataclass
 class LoadedModel:
+    """A built model and tokenizer. ``spec`` is the spec it was built from less its
+    ``tokenizer_json`` (``lean``): the tokenizer holds what it said, and the JSON text
+    itself (33 MB for Gemma 3's 262k tokens) would stay resident as long as the model."""
+
     model: Any  # a transformers PreTrainedModel (attribute access is untyped in torch)
     tokenizer: Any  # transformers.PreTrainedTokenizerFast
     spec: ModelSpec
@@ -46,6 +51,11 @@ class LoadedModel:
             if isinstance(tid, int) and tid != tok.unk_token_id and tid is not None:
                 ids.add(tid)
         return ids
+
+
+def lean(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without its tokenizer JSON, once a tokenizer is built from it."""
+    return dataclasses.replace(spec, tokenizer_json="")
 
 
 def build_tokenizer(spec: ModelSpec):
@@ -144,7 +154,7 @@ def load_model(
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        spec=spec,
+        spec=lean(spec),
         load_duration_ns=time.perf_counter_ns() - start,
         device=dev,
         dtype=tdtype,
@@ -206,7 +216,7 @@ def load_fast(
     return LoadedModel(
         model=model,  # type: ignore[arg-type]
         tokenizer=tokenizer,
-        spec=spec,
+        spec=lean(spec),
         load_duration_ns=time.perf_counter_ns() - start,
         device=dev,
         dtype=act,

@@ -43,6 +43,9 @@ def test_int4_model_is_about_its_gguf_size(which, gemma3_gguf):
         assert not dense, f"{len(dense)} packed linears keep a dense copy"
         ratio = eng.stats()["param_bytes"] / _tensor_bytes(path)
         assert ratio <= 1.3, ratio
+        # the tokenizer JSON (33 MB for Gemma 3) is not kept beside the tokenizer
+        assert eng.spec.tokenizer_json == ""
+        assert "Paris" in eng.tokenizer.decode(eng.tokenizer.encode(" Paris"))
     finally:
         eng.close()
 
