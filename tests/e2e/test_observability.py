@@ -178,7 +178,12 @@ def test_the_log_names_a_clients_request_id_model_and_worker(server, tmp_path_fa
     (log,) = tmp_path_factory.getbasetemp().glob(f"omax-e2e[0-9]*/serve-{port}.log")
     r = httpx.post(
         server + "/api/chat",
-        json={"model": DEMO, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        json={
+            "model": DEMO,
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": {"num_predict": 8},  # the log line is the point, not the reply
+        },
         headers={"X-Request-ID": "obs-e2e-1"},
         timeout=300,
     )
