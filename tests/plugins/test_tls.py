@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import ssl
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -227,29 +229,40 @@ def test_a_tls_cluster_serves_a_chat_and_replicates_between_workers(tls_cluster)
         assert set(r["fetched"]) == {source}, r
 
 
-def _refused(connect) -> str:
-    """How ``connect()`` was refused within REFUSED_S; fails if it connected.
+# A client attempt runs in a child process. In this one, a failed Dask client is
+# garbage whose ``__del__`` closes its loop runner, taking ``LoopRunner._lock``; when the
+# collector runs it while another client's ``LoopRunner.start`` holds that lock (it
+# allocates under it), the thread waits on itself, and every later client in the process
+# (the rest of the suite's) hangs on the lock. CI hung there once.
+_ATTEMPT = """
+import json, sys
+from distributed import Client
+from distributed.security import Security
+address, security = sys.argv[1], json.loads(sys.argv[2])
+kwargs = {"security": Security(**security)} if security else {}
+Client(address, timeout=5, **kwargs).close()
+print("CONNECTED")
+"""
+
+
+def _refused(address: str, security: dict[str, str] | None = None) -> str:
+    """How a Dask client connecting to ``address`` was refused within REFUSED_S; fails
+    if it connected.
 
     Dask's client waits for the scheduler's handshake with no deadline of its own,
     and a TLS listener that reads plain bytes can take them for the start of a long
     TLS record and wait for the rest: such an attempt is still unanswered when the
     bound passes. Unanswered is refused too; what must never happen is a handshake.
     """
-    outcome: dict[str, object] = {}
-
-    def attempt() -> None:
-        start = time.monotonic()
-        try:
-            connect()
-            outcome["connected"] = True
-        except Exception as e:
-            outcome["refused"] = f"after {time.monotonic() - start:.2f} s: {type(e).__name__}: {e}"
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(REFUSED_S)
-    assert "connected" not in outcome, "connected without a valid certificate"
-    return str(outcome.get("refused", f"no answer within {REFUSED_S:.0f} s"))
+    cmd = [sys.executable, "-c", _ATTEMPT, address, json.dumps(security or {})]
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=REFUSED_S)
+    except subprocess.TimeoutExpired:
+        return f"no answer within {REFUSED_S:.0f} s"
+    assert "CONNECTED" not in proc.stdout, "connected without a valid certificate"
+    last = (proc.stderr.strip().splitlines() or ["(nothing)"])[-1]
+    return f"after {time.monotonic() - start:.2f} s: {last}"
 
 
 def test_clients_without_a_cluster_certificate_are_refused(tls_cluster, tmp_path):
@@ -257,24 +270,20 @@ def test_clients_without_a_cluster_certificate_are_refused(tls_cluster, tmp_path
     host, port = address.removeprefix("tls://").rsplit(":", 1)
     rogue = CA(tmp_path, "rogue-ca")
     rogue_cert = rogue.issue("intruder")
-    attempts = {
-        # Dask's client with no TLS settings at all
-        "no certificate": lambda: Client(address, timeout=5).close(),
-        # one with a certificate the cluster's CA did not sign (it trusts the CA)
-        "foreign certificate": lambda: Client(
-            address,
-            timeout=5,
-            security=Security(
-                tls_ca_file=ca.path, tls_client_cert=rogue_cert[0], tls_client_key=rogue_cert[1]
-            ),
-        ).close(),
-        # plain TCP to the TLS port
-        "plain tcp": lambda: Client(f"tcp://{host}:{port}", timeout=5).close(),
-        # a TLS socket that trusts the CA but shows no certificate: the scheduler ends it
-        "tls, no certificate": lambda: _tls_without_certificate(host, int(port), ca.path),
+    # Dask's client with no TLS settings at all
+    print(f"no certificate: refused {_refused(address)}")
+    # one with a certificate the cluster's CA did not sign (it trusts the CA)
+    foreign = {
+        "tls_ca_file": str(ca.path),
+        "tls_client_cert": str(rogue_cert[0]),
+        "tls_client_key": str(rogue_cert[1]),
     }
-    for what, connect in attempts.items():
-        print(f"{what}: refused {_refused(connect)}")
+    print(f"foreign certificate: refused {_refused(address, foreign)}")
+    # plain TCP to the TLS port
+    print(f"plain tcp: refused {_refused(f'tcp://{host}:{port}')}")
+    # a TLS socket that trusts the CA but shows no certificate: the scheduler ends it
+    with pytest.raises((ssl.SSLError, OSError)):
+        _tls_without_certificate(host, int(port), ca.path)
 
 
 def _tls_without_certificate(host: str, port: int, ca_file: str) -> None:
