@@ -1,16 +1,17 @@
 """What the int8 conversion of GGUF types without a kernel loses, next to the format's own loss.
 
-GGUF types that no packed kernel reads (F16, BF16, Q8_0, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K,
-Q6_K, and Q4_* under quant "int8") are dequantised at load and re-quantised per output
-row to int8 (``linear.Lin(quant="int8")``: ``s = amax(row) / 127``, ``q = round(w /
-s)``, ``s`` kept in bf16). Q4_0, Q4_1 and Q4_K reach the int4 kernel as their own
-blocks; that kernel keeps each group's scale and zero in bf16. For each type this prints
+GGUF types that no packed kernel reads (F16, BF16, Q8_0, Q2_K, Q3_K, Q6_K, and Q4_*/Q5_*
+under quant "int8") are dequantised at load and re-quantised per output row to int8
+(``linear.Lin(quant="int8")``: ``s = amax(row) / 127``, ``q = round(w / s)``, ``s``
+kept in bf16). Q4_0, Q4_1 and Q4_K reach the int4 kernel as their own blocks, and
+Q5_0, Q5_1 and Q5_K the native step's "int5" (the same kernel with a fifth-bit plane);
+both keep each group's scale and zero in bf16. For each type this prints
 the relative Frobenius error of the weights and the relative error of ``W @ x`` (random
 gaussian ``x``) of:
 
 - the GGUF type against the original fp32 weights (where there is an original),
 - the int8 weights the kernel multiplies against the GGUF-dequantised weights,
-- the int4 kernel's weights against the GGUF-dequantised ones (4-bit types).
+- the int4/int5 kernel's weights against the GGUF-dequantised ones (4- and 5-bit types).
 
 Sources: gaussian weights quantised by ``gguf.quants.quantize`` (F16, BF16, Q8_0, Q5_*,
 Q4_0, Q4_1); for the K-quants, which gguf-py cannot quantise, the simple per-sub-block
@@ -36,7 +37,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 from omax.engine.linear import Lin
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import CodeBlocks
 from omax.sharding.bundled import smollm2_gguf_path
 from omax.sharding.tensors import RawTensor
 
@@ -146,16 +147,15 @@ def int8_weights(w: torch.Tensor) -> torch.Tensor:
     return lin.w.float() * lin.s.float()[:, None]
 
 
-def int4_weights(q4: Q4Blocks) -> torch.Tensor:
-    """The weights ``_weight_int4pack_mm_for_cpu`` multiplies for ``q4``: ``(q - 8) *
-    scale + zero`` with Lin's bf16 scale and zero (the kernel with fp32 activations
-    returns exactly these)."""
-    lin = Lin(q4, "int4", ACT)
-    assert lin.s is not None
-    n, k = q4.shape
-    s = lin.s.float().transpose(0, 1)  # [N, G, 2]
-    w = (q4.codes.view(n, -1, 32).float() - 8) * s[..., :1] + s[..., 1:]
-    return w.view(n, k)
+def packed_weights(blocks: CodeBlocks) -> torch.Tensor:
+    """The weights the int4 kernels (torch's, and the native step's for 4- and 5-bit
+    codes) multiply for ``blocks``: ``(q - 8) * scale + zero`` with ``Lin``'s scale
+    and zero, ``scale`` and ``low + 8 scale`` rounded to bf16 (the kernel with fp32
+    activations returns exactly these)."""
+    n, k = blocks.shape
+    s = blocks.scale.to(ACT).float()[..., None]
+    z = (blocks.low + 8 * blocks.scale).to(ACT).float()[..., None]
+    return ((blocks.codes.view(n, -1, 32).float() - 8) * s + z).view(n, k)
 
 
 class Err:
@@ -193,8 +193,8 @@ def measure(raws: Iterator[tuple[RawTensor, np.ndarray | None]], seed: int) -> l
         if orig is not None:
             fmt.add(ref, torch.from_numpy(orig), x)
             total.add(w8, torch.from_numpy(orig), x)
-        if raw.ggml_type in Q4Blocks.TYPES:
-            to4.add(int4_weights(Q4Blocks.from_raw(raw)), ref, x)
+        if raw.ggml_type in CodeBlocks.TYPES:
+            to4.add(packed_weights(CodeBlocks.from_raw(raw)), ref, x)
     return fmt.cells() + to8.cells() + total.cells()[:1] + to4.cells()
 
 
@@ -242,7 +242,7 @@ def main() -> None:
         "int8 vs GGUF: W",
         "W x",
         "int8 vs fp32: W",
-        "int4 vs GGUF: W",
+        "int4/int5 vs GGUF: W",
         "W x",
     ]
     rows = []

@@ -17,7 +17,7 @@ from omax.engine.fastpath import QUANTS, FastDecoder, Layer
 from omax.engine.linear import Lin
 from omax.engine.packed import int4_device, int8_chosen, int8_device
 from omax.engine.rotary import interleave_perm, rotary_tables
-from omax.engine.weights import BlockRows, Q4Blocks
+from omax.engine.weights import BlockRows, CodeBlocks
 from omax.errors import EngineError
 
 
@@ -32,15 +32,16 @@ def device_quant(quant: str, device: torch.device) -> str:
     return quant
 
 
-def _cat(parts: list[Any]) -> torch.Tensor | Q4Blocks:
-    """Fuse projections row-wise; 4-bit blocks stay blocks only if every part is one."""
-    if all(isinstance(p, Q4Blocks) for p in parts):
-        return Q4Blocks.cat(parts)
-    return torch.cat([p.dequantize() if isinstance(p, Q4Blocks) else p for p in parts])
+def _cat(parts: list[Any]) -> torch.Tensor | CodeBlocks:
+    """Fuse projections row-wise; 4- and 5-bit blocks stay blocks only if every part is
+    one (5-bit if any part is)."""
+    if all(isinstance(p, CodeBlocks) for p in parts):
+        return CodeBlocks.cat(parts)
+    return torch.cat([p.dequantize() if isinstance(p, CodeBlocks) else p for p in parts])
 
 
-def _take_rows(w: torch.Tensor | Q4Blocks, perm: torch.Tensor) -> torch.Tensor | Q4Blocks:
-    if isinstance(w, Q4Blocks):
+def _take_rows(w: torch.Tensor | CodeBlocks, perm: torch.Tensor) -> torch.Tensor | CodeBlocks:
+    if isinstance(w, CodeBlocks):
         return w.map_rows(lambda t: t.index_select(0, perm))
     return w.index_select(0, perm)
 
@@ -82,14 +83,14 @@ class FastBuilder:
         self.qkv_perm = torch.cat([qk, v])  # rotate-half rows -> interleaved, per head
         self.head_perm = perm
 
-    def _lin(self, w: torch.Tensor | Q4Blocks | BlockRows, lookups: bool = False) -> Lin:
+    def _lin(self, w: torch.Tensor | CodeBlocks | BlockRows, lookups: bool = False) -> Lin:
         """``lookups``: rows are read too (the embedding and head; see ``Lin``)."""
         quant = "none" if self.quant in ("bf16", "none") else self.quant
         if isinstance(w, BlockRows) and (quant == "none" or self.device.type != "cpu"):
             w = w.dequantize()
         if isinstance(w, BlockRows):
             return Lin(w, quant, self.act, lookups=lookups)  # int8, chunk by chunk
-        if isinstance(w, Q4Blocks):
+        if isinstance(w, CodeBlocks):
             w = w.map_rows(lambda t: t.to(self.device))
         else:
             w = w.to(self.device)
@@ -98,8 +99,8 @@ class FastBuilder:
     def _norm(self, w: torch.Tensor) -> torch.Tensor:
         return (w.float() + self.arch.norm_offset).to(self.device, self.act)
 
-    def add(self, name: str, t: torch.Tensor | Q4Blocks) -> None:
-        if isinstance(t, Q4Blocks) and self.quant != "int4":
+    def add(self, name: str, t: torch.Tensor | CodeBlocks) -> None:
+        if isinstance(t, CodeBlocks) and self.quant != "int4":
             t = t.dequantize()
         parts = name.split(".")
         if len(parts) > 3 and parts[0] == "model" and parts[1] == "layers":

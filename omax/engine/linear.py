@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from omax.engine import native
 from omax.engine.packed import (
     GROUP,
     int4_mm,
@@ -22,19 +23,24 @@ from omax.engine.packed import (
     nibbles,
     pack_int4,
 )
-from omax.engine.weights import BlockRows, Q4Blocks
+from omax.engine.weights import BlockRows, CodeBlocks
 from omax.errors import EngineError
 
 
 class Lin:
     """``x [R, K] -> x @ W.T [R, N]`` through torch's packed int4 or int8 kernel.
 
-    ``quant`` "int4" repacks 4-bit GGUF blocks (``Q4Blocks``: Q4_0, Q4_1, Q4_K) for
+    ``quant`` "int4" repacks 4-bit GGUF blocks (``CodeBlocks``: Q4_0, Q4_1, Q4_K) for
     the weight's device's int4 kernel (``omax.engine.packed``) exactly: the kernel
     computes ``(q - 8) * scale + zero`` per group of 32, so ``scale = d`` and
-    ``zero = low + 8 d``. A weight that is
-    not 4-bit blocks is never re-quantised to 4 bits (that loses accuracy the source did
-    not have): it takes "int8" instead, per-output-row symmetric for
+    ``zero = low + 8 d``. 5-bit blocks (Q5_0, Q5_1, Q5_K) take "int5" where the native
+    step's own int4 kernel is built (``native.five_bit_module``): the low four bits of
+    each code in the same layout, the fifth in a plane beside it (``fifth_bit_plane``),
+    6 bits a weight against Q5_0's 5.5, read by that kernel for any row count; the one
+    loss is ``scale`` and ``zero`` rounded to bf16 (``benchmarks/quant_accuracy.py``).
+    A weight that is
+    not 4- or 5-bit blocks is never re-quantised to fewer bits (that loses accuracy the
+    source did not have): it takes "int8" instead, per-output-row symmetric for
     ``_weight_int8pack_mm``, where that kernel beats bf16 (the CPU:
     ``packed.int8_chosen``), and stays dense elsewhere. "none" keeps the weight dense
     in the activation dtype.
@@ -52,12 +58,24 @@ class Lin:
     its own.
     """
 
-    __slots__ = ("w", "s", "n", "k", "_dense", "quant", "small", "act", "packed_only", "nib")
+    __slots__ = (
+        "w",
+        "s",
+        "n",
+        "k",
+        "_dense",
+        "quant",
+        "small",
+        "act",
+        "packed_only",
+        "nib",
+        "hb",
+    )
     SMALL = {"int4": 8, "int8": 48}
 
     def __init__(
         self,
-        w: torch.Tensor | Q4Blocks | BlockRows,
+        w: torch.Tensor | CodeBlocks | BlockRows,
         quant: str,
         act: torch.dtype,
         lookups: bool = False,
@@ -67,36 +85,44 @@ class Lin:
         self.w: torch.Tensor | None = None
         self.s: torch.Tensor | None = None
         self.nib: torch.Tensor | None = None
-        if quant == "int4" and (not isinstance(w, Q4Blocks) or self.n % 16):
+        self.hb: torch.Tensor | None = None
+        five = isinstance(w, CodeBlocks) and w.bits == 5
+        if quant == "int4" and isinstance(w, CodeBlocks) and five and _five_bit_kernel(w, act):
+            quant = "int5"
+        if quant == "int4" and (not isinstance(w, CodeBlocks) or five or self.n % 16):
             # torch's int4 packing takes output rows in multiples of 16: int8 where it
             # pays (``packed.int8_chosen``), else dense
             quant = "int8" if int8_chosen(_device(w)) else "none"
         if quant == "int8" and not int8_device(_device(w)):
             quant = "none"  # no int8 kernel here (see ``packed.int8_device``): dense
-        if quant not in ("int4", "int8", "none"):
+        if quant not in ("int4", "int5", "int8", "none"):
             raise EngineError(f"unknown quant {quant!r}")
         self.quant = quant
-        if isinstance(w, Q4Blocks) and quant == "int4":
+        if isinstance(w, CodeBlocks) and quant in ("int4", "int5"):
             if self.k % GROUP:
                 raise EngineError(f"int4 needs in_features divisible by {GROUP}, got {self.k}")
-            self.w = pack_int4(w.codes)
+            self.w = pack_int4(w.codes & 15)
             sz = torch.stack([w.scale, w.low + 8 * w.scale], dim=-1)  # [N, G, 2]
             self.s = sz.transpose(0, 1).contiguous().to(act)
+            if quant == "int5":
+                self.hb = fifth_bit_plane(w.codes)
             if lookups and w.codes.device.type != "cpu":
                 self.nib = nibbles(w.codes)
         # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
-        self.packed_only = (quant == "int8" and lookups) or (
-            quant == "int4" and (not lookups or self.nib is not None or self.n % 64 == 0)
+        self.packed_only = (
+            (quant == "int8" and lookups)
+            or quant == "int5"  # rows a multiple of 64 (``_five_bit_kernel``)
+            or (quant == "int4" and (not lookups or self.nib is not None or self.n % 64 == 0))
         )
         self.small = self.SMALL.get(quant, 0)
         self._dense: torch.Tensor | None = None
-        if self.packed_only and quant == "int4":
+        if self.packed_only and quant in ("int4", "int5"):
             return
         if quant == "int8":
             self.w, s = quantize_int8(w)
             self.s = s.to(act)
             return
-        w = (w.dequantize() if isinstance(w, (Q4Blocks, BlockRows)) else w).float()
+        w = (w.dequantize() if isinstance(w, (CodeBlocks, BlockRows)) else w).float()
         self._dense = w.to(act)  # "none", or the int4 lookups exception
 
     @property
@@ -139,6 +165,10 @@ class Lin:
         if self.quant == "int4":
             assert self.w is not None and self.s is not None
             return int4_mm(x, self.w, self.s)
+        if self.quant == "int5":
+            mod = native.five_bit_module()
+            assert mod is not None, "int5 is chosen only where the native kernel is built"
+            return mod.int4_mm(x.contiguous(), self.w, self.s, False, self.hb)
         return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -150,27 +180,60 @@ class Lin:
             return (self.w[ids].float() * self.s[ids].float()[:, None]).to(dtype)
         if self.nib is not None:
             return nibble_rows(self.nib, self.s, ids.reshape(-1)).to(dtype)
-        return int4_rows(self.w, self.s, ids, self.k).to(dtype)
+        return int4_rows(self.w, self.s, ids, self.k, self.hb).to(dtype)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.w, self.s, self._dense, self.nib) if t is not None]
+        return [t for t in (self.w, self.s, self._dense, self.nib, self.hb) if t is not None]
 
 
-def _device(w: torch.Tensor | Q4Blocks | BlockRows) -> torch.device:
-    if isinstance(w, Q4Blocks):
+def _device(w: torch.Tensor | CodeBlocks | BlockRows) -> torch.device:
+    if isinstance(w, CodeBlocks):
         return w.codes.device
     return w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
 
 
+def _five_bit_kernel(w: CodeBlocks, act: torch.dtype) -> bool:
+    """Whether 5-bit ``w`` can take "int5": the native int4 kernel is built here (CPU,
+    AVX512-BF16 and -VBMI), reads whole blocks of 64 rows and groups of 32 k's, and
+    takes bf16 rows. Elsewhere such a weight takes int8 (AVX2 and ARM machines, CUDA,
+    a machine without the native build: the 5-bit layout is that kernel's alone)."""
+    n, k = w.shape
+    return (
+        w.codes.device.type == "cpu"
+        and act == torch.bfloat16
+        and n % 64 == 0
+        and k % GROUP == 0
+        and native.five_bit_module() is not None
+    )
+
+
+def fifth_bit_plane(codes: torch.Tensor) -> torch.Tensor:
+    """The fifth bits of 5-bit ``codes`` [N, K] as native_decode.cpp's ``Int4Unpack``
+    reads them: int32 [N / 64, K / 2, 4], word ``q`` of a block's pair of k's holding
+    rows ``16 q + i`` at bit ``2 i`` (the even k) and ``2 i + 1`` (the odd one)."""
+    n, k = codes.shape
+    bits = (codes >> 4).to(torch.int64).view(n // 64, 4, 16, k // 2, 2)  # blk, q, i, pair, j
+    bits = bits.permute(0, 3, 1, 2, 4).reshape(n // 64, k // 2, 4, 32)
+    words = (bits << torch.arange(32)).sum(-1)  # < 2**32: the int32 with those bits
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
+
+
+def _plane_bits(hb: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows ``ids`` [I] of a ``fifth_bit_plane`` as int32 bits [I, K]."""
+    words = hb[ids // 64, :, (ids % 64) // 16]  # [I, K/2]
+    shift = (2 * (ids % 16)).to(torch.int32)[:, None, None] + torch.arange(2, dtype=torch.int32)
+    return ((words[..., None] >> shift) & 1).reshape(len(ids), k)
+
+
 def quantize_int8(
-    w: torch.Tensor | Q4Blocks | BlockRows, chunk: int = 4096
+    w: torch.Tensor | CodeBlocks | BlockRows, chunk: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``w`` [N, K] as int8 codes and fp32 per-row scales (symmetric: ``|w|max / 127``).
 
     Rows go ``chunk`` at a time, and a ``BlockRows`` source is decoded that way too: a
     262k-row embedding (Gemma 3) never takes a full-size fp32 copy, only small ones
     that stay in cache. ``w`` (the caller's) is not modified."""
-    if isinstance(w, Q4Blocks):
+    if isinstance(w, CodeBlocks):
         w = w.dequantize()
     n = w.shape[0]
     device = w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
@@ -185,8 +248,11 @@ def quantize_int8(
     return codes, scales
 
 
-def int4_rows(w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Rows ``ids`` [I] of an int4-packed weight as fp32 [I, K]: ``(q - 8) * s + z``.
+def int4_rows(
+    w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int, hb: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rows ``ids`` [I] of an int4-packed weight as fp32 [I, K]: ``(q - 8) * s + z``;
+    with ``hb`` (``fifth_bit_plane``) the codes are 5-bit.
 
     ``_convert_weight_to_int4pack_for_cpu`` lays out blocks of 64 output rows; in a
     block, each pair of k's takes 64 bytes: byte ``b`` holds k + ``b // 32`` of row
@@ -198,7 +264,9 @@ def int4_rows(w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int) -> t
     r = ids % 64
     at = torch.stack([r % 32, r % 32 + 32], dim=-1)[:, None, :].expand(-1, pairs, 2)
     b = blocks.gather(2, at).to(torch.int32)  # [I, K/2, 2]: k even, k odd
-    codes = (b >> (4 * (r // 32)).to(torch.int32)[:, None, None]) & 15
+    codes = ((b >> (4 * (r // 32)).to(torch.int32)[:, None, None]) & 15).reshape(n_ids, k)
+    if hb is not None:
+        codes = codes | (_plane_bits(hb, ids, k) << 4)
     s = sz[:, ids, 0].t().float()[..., None]  # [I, G, 1]
     z = sz[:, ids, 1].t().float()[..., None]
     q = codes.reshape(n_ids, -1, GROUP).float()

@@ -205,7 +205,7 @@ def load_fast(
         config=spec.config,
         model=meta,
         dtype=torch.float32,
-        keep_q4=builder.quant == "int4",  # the quant this device runs
+        keep_blocks=builder.quant == "int4",  # the quant this device runs
         row_sources=True,
     ):
         builder.add(name, t)

@@ -43,7 +43,7 @@ from omax.errors import OmaxError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native_decode.cpp")
-KINDS = {"int4": 4, "int8": 8}  # Lin.quant -> the kernel native_decode.cpp calls
+KINDS = {"int4": 4, "int5": 5, "int8": 8}  # Lin.quant -> the kernel native_decode.cpp calls
 FLAGS = ["-O3", "-march=native", "-fopenmp"]
 # /proc/cpuinfo flags behind native_decode.cpp's own matmul and attention kernels
 # (its #if guards); without them it calls ATen's.
@@ -199,6 +199,15 @@ def module() -> Any:
         return _module
 
 
+def five_bit_module() -> Any:
+    """The built module where its own int4 kernel runs (AVX512-BF16 and -VBMI), the
+    only kernel that reads 5-bit codes (``linear.Lin`` "int5"); else None."""
+    if not enabled():
+        return None
+    mod = module()
+    return mod if mod is not None and getattr(mod, "own_kernels", False) else None
+
+
 def status() -> Status:
     """Whether this machine has a build, where, and what its CPU and tools allow."""
     from torch.utils.cpp_extension import get_cxx_compiler, is_ninja_available
@@ -240,6 +249,8 @@ class NativeDecoder:
         def lin(x: Any) -> list[torch.Tensor]:
             kinds.append(KINDS.get(x.quant, 0) if x.w is not None else 0)
             dense = x.dense if x.dense is not None else empty  # packed weights keep none
+            if x.quant == "int5":  # its fifth-bit plane where others keep a dense copy
+                dense = x.hb
             return [x.w if x.w is not None else empty, x.s if x.s is not None else empty, dense]
 
         def opt(t: torch.Tensor | None) -> torch.Tensor:

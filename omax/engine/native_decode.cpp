@@ -41,6 +41,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <thread>
 #include <type_traits>
@@ -221,13 +222,22 @@ __m512i pair_index(int p) {
 // The unpacking the int4 kernels share: a pair of k's for the 64 output rows of a
 // block (64 bytes) into four vectors of bf16 pairs 128 + q (16 rows each), and a
 // group's scales s and offsets zc = z - 136 s for those rows.
+//
+// 5-bit codes (linear.Lin "int5": GGUF Q5_0, Q5_1, Q5_K) keep their low four bits in
+// the same layout and their fifth in a plane hb [N / 64][K / 2][4] uint32: for a block
+// and a pair of k's, word q holds rows 16 q .. 16 q + 15, bit 2 i the code of row
+// 16 q + i at the even k and bit 2 i + 1 at the odd one, the order of out[q]'s bf16
+// elements. Adding 16 to the elements its bits select makes them 128 + q for q up to
+// 31, still exact in bf16, and every sum below holds for any q.
 struct Int4Unpack {
   const __m512i i0 = pair_index(0), i1 = pair_index(1);
   const __m512i c43 = _mm512_set1_epi8(0x43), m0f = _mm512_set1_epi8(0x0f);
+  const __m512i c16 = _mm512_set1_epi16(16);
   const __m512i hi16 = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
   const __m512 c136 = _mm512_set1_ps(136.f);
 
-  void pair(const uint8_t* wp, __m512i* out) const {
+  // hb: the pair's four words of the fifth-bit plane, or null for 4-bit codes.
+  void pair(const uint8_t* wp, __m512i* out, const uint32_t* hb = nullptr) const {
     _mm_prefetch(reinterpret_cast<const char*>(wp + kAhead), _MM_HINT_T0);
     const __m512i v = _mm512_loadu_si512(wp);
     const __m512i lo = _mm512_and_si512(v, m0f);
@@ -236,6 +246,11 @@ struct Int4Unpack {
     out[1] = _mm512_permutex2var_epi8(lo, i1, c43);
     out[2] = _mm512_permutex2var_epi8(hi, i0, c43);
     out[3] = _mm512_permutex2var_epi8(hi, i1, c43);
+    if (hb != nullptr) {
+      _mm_prefetch(reinterpret_cast<const char*>(hb) + kAhead / 4, _MM_HINT_T0);
+      for (int q = 0; q < 4; ++q)
+        out[q] = _mm512_mask_add_epi16(out[q], static_cast<__mmask32>(hb[q]), out[q], c16);
+    }
   }
 
   void scales(const BFloat16* sg, __m512* s, __m512* zc) const {
@@ -270,10 +285,11 @@ inline void store16(Out* dst, __m512 v) {
 // Rows m0..m0+MT of y [M, N] for the output block nb (64 rows of w).
 template <int MT, typename Out>
 void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
-                Out* y, int64_t n_out, int64_t k_in, int64_t nb) {
+                const uint32_t* hb, Out* y, int64_t n_out, int64_t k_in, int64_t nb) {
   const int64_t groups = k_in / kGroup;
   const Int4Unpack u;
   const uint8_t* wb = w + nb * 64 * (k_in / 2);
+  const uint32_t* hbb = hb == nullptr ? nullptr : hb + nb * (k_in / 2) * 4;
   __m512 o[MT][4];
   for (int m = 0; m < MT; ++m)
     for (int q = 0; q < 4; ++q) o[m][q] = _mm512_setzero_ps();
@@ -284,7 +300,7 @@ void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BF
     const uint8_t* wg = wb + g * kGroup * 32;
     for (int p = 0; p < kGroup / 2; ++p) {
       __m512i wp[4];
-      u.pair(wg + p * 64, wp);
+      u.pair(wg + p * 64, wp, hbb == nullptr ? nullptr : hbb + (g * kGroup / 2 + p) * 4);
       dot_pair<MT>(a, x, k_in, g * kGroup + 2 * p, wp);
     }
     __m512 s[4], zc[4];
@@ -324,15 +340,18 @@ void int4_tile(const BFloat16* x, const float* sums, int64_t k_in, int64_t group
 // acc [M, 64].
 template <typename Out>
 void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, const BFloat16* sz,
-                     Out* y, int64_t rows, int64_t n_out, int64_t k_in, int64_t nb, float* acc) {
+                     const uint32_t* hb, Out* y, int64_t rows, int64_t n_out, int64_t k_in,
+                     int64_t nb, float* acc) {
   const int64_t groups = k_in / kGroup;
   const Int4Unpack u;
   const uint8_t* wb = w + nb * 64 * (k_in / 2);
+  const uint32_t* hbb = hb == nullptr ? nullptr : hb + nb * (k_in / 2) * 4;
   std::fill(acc, acc + rows * 64, 0.f);
   alignas(64) __m512i buf[4 * kGroup / 2];
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* wg = wb + g * kGroup * 32;
-    for (int p = 0; p < kGroup / 2; ++p) u.pair(wg + p * 64, buf + 4 * p);
+    for (int p = 0; p < kGroup / 2; ++p)
+      u.pair(wg + p * 64, buf + 4 * p, hbb == nullptr ? nullptr : hbb + (g * kGroup / 2 + p) * 4);
     __m512 s[4], zc[4];
     u.scales(sz + (g * n_out + nb * 64) * 2, s, zc);
     int64_t m = 0;
@@ -368,6 +387,8 @@ Tensor kernel_out(const Tensor& x, int64_t rows, int64_t n_out, bool f32, const 
   return y;
 }
 
+bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
+
 bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 #ifdef OMAX_INT4_KERNEL
   return x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() == 2 &&
@@ -382,10 +403,21 @@ bool int4_fits(const Tensor& x, const Tensor& w, const Tensor& sz) {
 // x [M, K] bf16 @ the int4-packed w -> [M, N] bf16, as _weight_int4pack_mm_for_cpu
 // (fp32 with ``f32``: the kernel's own sums, unrounded; bf16 where it falls back to
 // torch's). One or two rows read each weight straight into registers; more share
-// each group's unpacking (int4_block_rows).
-Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = false) {
+// each group's unpacking (int4_block_rows). With ``hb`` (int32 [N / 64, K / 2, 4], the
+// fifth bits of 5-bit codes; see Int4Unpack) the codes are 5-bit: only this file's
+// kernel reads them (omax.engine.linear.Lin takes "int5" only where it is built).
+Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = false,
+               const std::optional<Tensor>& plane = std::nullopt) {
+  const Tensor hb = plane.has_value() ? *plane : Tensor();
+  const bool five = present(hb);
+  if (five)
+    TORCH_CHECK(int4_fits(x, w, sz) && hb.scalar_type() == at::kInt && hb.is_contiguous() &&
+                    hb.numel() == w.size(0) * x.size(1) / 32,
+                "5-bit codes need this CPU's own int4 kernel, bf16 rows and a [N/64, K/2, 4] "
+                "int32 plane");
   if (!int4_fits(x, w, sz)) return at::_weight_int4pack_mm_for_cpu(x, w, kGroup, sz);
 #ifdef OMAX_INT4_KERNEL
+  const uint32_t* ph = five ? reinterpret_cast<const uint32_t*>(hb.data_ptr<int32_t>()) : nullptr;
   const int64_t rows = x.size(0), k_in = x.size(1), n_out = w.size(0), groups = k_in / kGroup;
   const BFloat16* px = x.data_ptr<BFloat16>();
   std::vector<float> sums(rows * groups);  // X: each row's sum over each group
@@ -401,14 +433,14 @@ Tensor int4_mm(const Tensor& x, const Tensor& w, const Tensor& sz, bool f32 = fa
       if (rows > 2) {
         std::vector<float> acc(rows * 64);
         for (int64_t nb = b0; nb < b1; ++nb)
-          int4_block_rows(px, sums.data(), pw, ps, py, rows, n_out, k_in, nb, acc.data());
+          int4_block_rows(px, sums.data(), pw, ps, ph, py, rows, n_out, k_in, nb, acc.data());
         return;
       }
       for (int64_t nb = b0; nb < b1; ++nb) {
         if (rows == 2)
-          int4_block<2>(px, sums.data(), pw, ps, py, n_out, k_in, nb);
+          int4_block<2>(px, sums.data(), pw, ps, ph, py, n_out, k_in, nb);
         else
-          int4_block<1>(px, sums.data(), pw, ps, py, n_out, k_in, nb);
+          int4_block<1>(px, sums.data(), pw, ps, ph, py, n_out, k_in, nb);
       }
     });
   };
@@ -603,7 +635,8 @@ constexpr int64_t kInt8Rows = 4;
 
 // x @ the linear's weight: t[at..at+3] = packed weight, scales, dense weight. Packed
 // linears (kind 4, 8) keep no dense copy (empty): the dense weight is read only by
-// kind 0 (unquantised weights).
+// kind 0 (unquantised weights). Kind 5 (5-bit codes in the int4 layout) holds its
+// fifth-bit plane in the third place instead.
 //
 // With the own kernels every row's result is the same bits whatever the other rows
 // (each kernel computes a row in the same order for any row count), except where an
@@ -613,6 +646,7 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
            bool f32 = false, bool invariant = false) {
   const int64_t rows = x.size(0);
   if (kind == 4) return int4_mm(x, t[at], t[at + 1], f32);
+  if (kind == 5) return int4_mm(x, t[at], t[at + 1], f32, t[at + 2]);
   if (kind == 8 && rows <= kInt8Rows) return int8_mm(x, t[at], t[at + 1], f32);
   if (kind == 8 && invariant) {
     std::vector<Tensor> parts;
@@ -629,18 +663,17 @@ Tensor lin(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& 
   return dense_mm(x, t[at + 2], f32);
 }
 
-bool present(const Tensor& x) { return x.defined() && x.numel() > 0; }
-
 // Rows ids [R] of a linear's weight (t[at..at+3], kind as lin) as Out (float or
 // bf16) [R, K], the bits linear.Lin.rows gives: the dense weight's rows, int8 q * s,
 // or int4 (q - 8) * s + z (each op in fp32, not fused, then rounded to Out) read in
 // place from torch's layout (blocks of 64 rows; in a block each pair of k's takes 64
-// bytes, byte b holding k + b / 32 of row b % 32 low and of row 32 + b % 32 high).
+// bytes, byte b holding k + b / 32 of row b % 32 low and of row 32 + b % 32 high),
+// kind 5 adding 16 to q where its plane's bit is set (Int4Unpack).
 // The embedding lookup (bf16) and refine_top's rows (fp32) of packed weights.
 template <typename Out>
 Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tensor& ids) {
   const auto dtype = std::is_same_v<Out, float> ? at::kFloat : at::kBFloat16;
-  if (present(t[at + 2])) return at::index_select(t[at + 2], 0, ids).to(dtype);
+  if (kind != 5 && present(t[at + 2])) return at::index_select(t[at + 2], 0, ids).to(dtype);
   const Tensor& w = t[at];
   const Tensor& s = t[at + 1];
   Tensor idx = ids.to(at::kLong).contiguous();
@@ -658,17 +691,22 @@ Tensor weight_rows(const std::vector<Tensor>& t, size_t at, int64_t kind, const 
     }
     return out;
   }
-  TORCH_CHECK(kind == 4, "a linear without weights");
+  TORCH_CHECK(kind == 4 || kind == 5, "a linear without weights");
   const int64_t pairs = w.size(1), k = 2 * pairs, n = s.size(1);
   Tensor out = at::empty({rows, k}, s.options().dtype(dtype));
   const uint8_t* pw = w.data_ptr<uint8_t>();
+  const uint32_t* ph =
+      kind == 5 ? reinterpret_cast<const uint32_t*>(t[at + 2].data_ptr<int32_t>()) : nullptr;
   Out* po = out.data_ptr<Out>();
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t id = pi[i];
     const uint8_t* block = pw + (id / 64) * pairs * 64;
+    const uint32_t* plane = ph == nullptr ? nullptr : ph + (id / 64) * pairs * 4 + (id % 64) / 16;
     const int lane = static_cast<int>(id % 32), shift = id % 64 < 32 ? 0 : 4;
+    const int bit = static_cast<int>(2 * (id % 16));
     for (int64_t j = 0; j < k; ++j) {
-      const int q = (block[(j / 2) * 64 + lane + 32 * (j & 1)] >> shift) & 15;
+      int q = (block[(j / 2) * 64 + lane + 32 * (j & 1)] >> shift) & 15;
+      if (plane != nullptr) q |= ((plane[(j / 2) * 4] >> (bit + (j & 1))) & 1) << 4;
       const BFloat16* sz = ps + ((j / kGroup) * n + id) * 2;
       volatile float p = static_cast<float>(q - 8) * static_cast<float>(sz[0]);  // no FMA
       po[i * k + j] = Out(p + static_cast<float>(sz[1]));
@@ -1192,9 +1230,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::arg("positions"), pybind11::arg("length"), pybind11::arg("invariant") = false,
            pybind11::call_guard<pybind11::gil_scoped_release>());
 
-  m.def("int4_mm", &int4_mm, "x @ torch's CPU int4-packed weight (as _weight_int4pack_mm_for_cpu)",
+  m.def("int4_mm", &int4_mm,
+        "x @ torch's CPU int4-packed weight (as _weight_int4pack_mm_for_cpu); with hb, 5-bit codes",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("sz"), pybind11::arg("f32") = false,
+        pybind11::arg("hb") = pybind11::none(),
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  // whether this build has its own kernels (AVX512-BF16 and -VBMI): 5-bit codes need them
+  m.attr("own_kernels") = kOwnKernels;
   m.def("int8_mm", &int8_mm, "x @ an int8 weight with row scales (as _weight_int8pack_mm)",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("s"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());

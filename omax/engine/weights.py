@@ -2,7 +2,7 @@
 
 GGUF tensors carry gguf names (``blk.0.attn_q.weight``) and may be quantised; they
 are dequantised with vectorised torch ops that give gguf-py's values bit for bit
-(``dequantize``), or kept as 4-bit blocks for the int4 kernel (``Q4Blocks``), renamed
+(``dequantize``), or kept as 4- or 5-bit blocks for the packed kernels (``CodeBlocks``), renamed
 to HF names with transformers' gguf name map and, for llama-family models, have
 llama.cpp's q/k row permutation undone. Safetensors tensors already carry HF names.
 bfloat16 arrives as a uint16 view.
@@ -39,53 +39,67 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class Q4Blocks:
-    """4-bit GGUF weights kept as codes: ``w[n, k] = scale[n, g] * codes[n, k] + low[n, g]``.
+class CodeBlocks:
+    """4- or 5-bit GGUF weights kept as codes: ``w[n, k] = scale[n, g] * codes[n, k] + low[n, g]``.
 
-    ``g = k // 32``; ``codes`` are uint8 in 0..15, ``scale`` and ``low`` float32. Every
-    type whose values are exactly one affine map of 4-bit codes per group of 32 fits:
+    ``g = k // 32``; ``codes`` are uint8 in 0..2**bits - 1, ``scale`` and ``low`` float32.
+    Every type whose values are exactly one affine map of integer codes per group of
+    32 fits:
 
-    - Q4_0 (``w = d * (q - 8)``): ``scale = d``, ``low = -8 d``;
-    - Q4_1 (``w = d * q + m``): ``scale = d``, ``low = m``;
-    - Q4_K (eight groups of 32 per 256-superblock, 6-bit ``sc`` and ``mn`` each,
-      ``w = d * sc * q - dmin * mn``): ``scale = d * sc``, ``low = -dmin * mn``.
+    - Q4_0 (``w = d * (q - 8)``): ``scale = d``, ``low = -8 d``; Q5_0 likewise with
+      ``q - 16``, ``low = -16 d``;
+    - Q4_1 and Q5_1 (``w = d * q + m``): ``scale = d``, ``low = m``;
+    - Q4_K and Q5_K (eight groups of 32 per 256-superblock, 6-bit ``sc`` and ``mn``
+      each, ``w = d * sc * q - dmin * mn``): ``scale = d * sc``, ``low = -dmin * mn``.
 
     Each ``scale`` and ``low`` is an fp16 times an integer of at most 6 bits, exact in
-    float32, so ``dequantize`` gives gguf's values: the same bits for Q4_1 and Q4_K, and
-    for Q4_0 the same values except that an exact zero is always +0 (gguf gives -0
-    where ``d < 0``). Row operations (llama.cpp's q/k permutation, fusing projections)
-    apply to all three alike, so the blocks reach the int4 kernel unchanged instead of
-    being re-derived from dequantised values.
+    float32, and so is ``scale * code``, so ``dequantize`` gives gguf's values: the
+    same bits for the ``_1`` and K types, and for Q4_0/Q5_0 the same values except that
+    an exact zero is always +0 (gguf gives -0 where ``d < 0``). Row operations
+    (llama.cpp's q/k permutation, fusing projections) apply to all alike, so the blocks
+    reach the packed kernels unchanged instead of being re-derived from dequantised
+    values: 4-bit codes torch's int4 kernel, 5-bit ones the native step's
+    (``linear.Lin``, "int5").
     """
 
     codes: torch.Tensor
     scale: torch.Tensor
     low: torch.Tensor
+    bits: int = 4
 
     GROUP = 32
-    TYPES = ("Q4_0", "Q4_1", "Q4_K")
+    FOUR_BIT = ("Q4_0", "Q4_1", "Q4_K")
+    FIVE_BIT = ("Q5_0", "Q5_1", "Q5_K")
+    TYPES = FOUR_BIT + FIVE_BIT
 
     @classmethod
-    def from_raw(cls, raw: RawTensor) -> Q4Blocks:
+    def from_raw(cls, raw: RawTensor) -> CodeBlocks:
         gtype = (raw.ggml_type or "").upper()
         if gtype not in cls.TYPES:
-            raise EngineError(f"tensor {raw.name}: {gtype or raw.dtype} is not a 4-bit GGUF type")
+            raise EngineError(
+                f"tensor {raw.name}: {gtype or raw.dtype} is not a 4- or 5-bit GGUF type"
+            )
         n, k = raw.shape
-        codes, scale, low = _q4_fields(gtype, _blocks(raw, gtype))
+        codes, scale, low = _code_fields(gtype, _blocks(raw, gtype))
         g = k // cls.GROUP
-        return cls(codes.reshape(n, k), scale.reshape(n, g), low.reshape(n, g))
+        bits = 5 if gtype in cls.FIVE_BIT else 4
+        return cls(codes.reshape(n, k), scale.reshape(n, g), low.reshape(n, g), bits)
 
     @property
     def shape(self) -> torch.Size:
         return self.codes.shape
 
-    def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Q4Blocks:
+    def map_rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> CodeBlocks:
         """Apply the same row operation (permutation, reshape) to codes and parameters."""
-        return Q4Blocks(fn(self.codes), fn(self.scale), fn(self.low))
+        return CodeBlocks(fn(self.codes), fn(self.scale), fn(self.low), self.bits)
 
     @classmethod
-    def cat(cls, parts: list[Q4Blocks]) -> Q4Blocks:
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "low")))
+    def cat(cls, parts: list[CodeBlocks]) -> CodeBlocks:
+        """Parts fused row-wise; 4-bit codes are 5-bit codes too, so the widest wins."""
+        codes, scale, low = (
+            torch.cat([getattr(p, f) for p in parts]) for f in ("codes", "scale", "low")
+        )
+        return cls(codes, scale, low, max(p.bits for p in parts))
 
     def dequantize(self) -> torch.Tensor:
         n, k = self.codes.shape
@@ -141,15 +155,24 @@ def _k_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc.float(), mn.float()
 
 
-def _q4_fields(gtype: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4-bit blocks -> ``(codes [nb, values], scale [nb, groups], low [nb, groups])``."""
+def _code_fields(gtype: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4- and 5-bit blocks -> ``(codes [nb, values], scale [nb, groups], low [nb, groups])``."""
     if gtype == "Q4_0":
         d = _half(b, 0)
         return _fields(b[:, 2:], 16, 4), d, d * -8.0
     if gtype == "Q4_1":
         return _fields(b[:, 4:], 16, 4), _half(b, 0), _half(b, 2)
+    if gtype in ("Q5_0", "Q5_1"):
+        at = 2 if gtype == "Q5_0" else 4
+        q = _fields(b[:, at + 4 :], 16, 4) | (_fields(b[:, at : at + 4], 1, 1) << 4)
+        d = _half(b, 0)
+        return q, d, (d * -16.0 if gtype == "Q5_0" else _half(b, 2))
     sc, mn = _k_scales(b[:, 4:16])
-    return _fields(b[:, 16:], 32, 4), _half(b, 0) * sc, -(_half(b, 2) * mn)
+    if gtype == "Q5_K":
+        q = _fields(b[:, 48:176], 32, 4) | (_fields(b[:, 16:48], 32, 1) << 4)
+    else:
+        q = _fields(b[:, 16:], 32, 4)
+    return q, _half(b, 0) * sc, -(_half(b, 2) * mn)
 
 
 def _affine(
@@ -180,14 +203,11 @@ def _dequant_blocks(gtype: str, b: torch.Tensor) -> torch.Tensor:
         return _affine(b[:, 2:].view(torch.int8), _half(b, 0), None, 32)
     if gtype == "Q4_0":
         return _affine(_signed(_fields(b[:, 2:], 16, 4), 8), _half(b, 0), None, 32)
-    if gtype in ("Q4_1", "Q4_K"):
-        return _affine(*_q4_fields(gtype, b), 32)
-    if gtype in ("Q5_0", "Q5_1"):
-        at = 2 if gtype == "Q5_0" else 4
-        q = _fields(b[:, at + 4 :], 16, 4) | (_fields(b[:, at : at + 4], 1, 1) << 4)
-        if gtype == "Q5_0":
-            return _affine(_signed(q, 16), _half(b, 0), None, 32)
-        return _affine(q, _half(b, 0), _half(b, 2), 32)
+    if gtype in ("Q4_1", "Q4_K", "Q5_1", "Q5_K"):
+        return _affine(*_code_fields(gtype, b), 32)
+    if gtype == "Q5_0":
+        q, d, _ = _code_fields(gtype, b)
+        return _affine(_signed(q, 16), d, None, 32)
     if gtype == "Q2_K":
         s = b[:, 0:16]
         scale, low = _half(b, 80) * (s & 15).float(), -(_half(b, 82) * (s >> 4).float())
@@ -199,10 +219,6 @@ def _dequant_blocks(gtype: str, b: torch.Tensor) -> torch.Tensor:
         # the high bit is an inverted borrow: 4 is subtracted where the mask bit is clear
         q = _signed(_fields(b[:, 32:96], 32, 2) | (_fields(b[:, 0:32], 32, 1) << 2), 4)
         return _affine(q, scale, None, 16)
-    if gtype == "Q5_K":
-        sc, mn = _k_scales(b[:, 4:16])
-        q = _fields(b[:, 48:176], 32, 4) | (_fields(b[:, 16:48], 32, 1) << 4)
-        return _affine(q, _half(b, 0) * sc, -(_half(b, 2) * mn), 32)
     if gtype == "Q6_K":
         scale = _half(b, 208) * b[:, 192:208].view(torch.int8).float()
         q = _fields(b[:, 0:128], 64, 4) | (_fields(b[:, 128:192], 32, 2) << 4)
@@ -334,14 +350,14 @@ def convert(
     config: dict[str, Any],
     model: torch.nn.Module,
     dtype: torch.dtype = torch.float32,
-    keep_q4: bool = False,
+    keep_blocks: bool = False,
     row_sources: bool = False,
 ) -> Iterator[tuple[str, Any]]:
     """Yield ``(hf_name, tensor)`` for every tensor the model knows.
 
     Tensors the model has no parameter for (e.g. ``rope_freqs``) are skipped. With
-    ``keep_q4`` 2-D GGUF tensors of the 4-bit types ``Q4Blocks`` holds (Q4_0, Q4_1,
-    Q4_K) arrive as ``Q4Blocks`` instead of dense values; with ``row_sources`` the
+    ``keep_blocks`` 2-D GGUF tensors of the types ``CodeBlocks`` holds (Q4_0, Q4_1,
+    Q4_K, Q5_0, Q5_1, Q5_K) arrive as ``CodeBlocks`` instead of dense values; with ``row_sources`` the
     embedding and head in other block types arrive as ``BlockRows``.
     """
     if fmt == "gguf":
@@ -351,9 +367,13 @@ def convert(
             hf_name = name_map.get(raw.name)
             if hf_name is None:
                 continue
-            if keep_q4 and (raw.ggml_type or "").upper() in Q4Blocks.TYPES and len(raw.shape) == 2:
-                q4 = Q4Blocks.from_raw(raw).map_rows(functools.partial(_rows, processor, raw.name))
-                yield hf_name, q4
+            if (
+                keep_blocks
+                and (raw.ggml_type or "").upper() in CodeBlocks.TYPES
+                and len(raw.shape) == 2
+            ):
+                blocks = CodeBlocks.from_raw(raw)
+                yield hf_name, blocks.map_rows(functools.partial(_rows, processor, raw.name))
                 continue
             gtype = (raw.ggml_type or "").upper()
             if row_sources and hf_name in ROW_SOURCES and gtype in _BLOCKS and len(raw.shape) == 2:

@@ -23,7 +23,10 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 # omax.engine.prefix-cache -> the Engine's ``prefix_rows`` (None: the engine decides)
 PREFIX_ROWS = {"auto": None, "on": 4, "off": 0}
 _FLOATS = ("float32", "float16", "bfloat16")
-_INT4_BLOCKS = ("Q4_0", "Q4_1", "Q4_K")  # repacked for the int4 kernel (docs/configuration.md)
+# repacked for the int4 kernel (docs/configuration.md). Q5_0/Q5_1/Q5_K count as int8:
+# they take 0.75 bytes a weight where a worker has the native step built, int8 where
+# not, and placement does not know which (the larger is the safe guess)
+_INT4_BLOCKS = ("Q4_0", "Q4_1", "Q4_K")
 # bytes per weight once loaded: int4 with a bf16 scale and zero per 32; int8 with a
 # scale per row (counted as a small overhead); bf16
 _PACKED = {"int4": 0.625, "int8": 1.03, "bf16": 2.0}

@@ -28,6 +28,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from omax.engine import native
 from omax.engine.arch import arch_of
 from omax.engine.engine import Engine
 from omax.engine.loader import build_config
@@ -56,7 +57,7 @@ N = 24
 # so that each of bf16, Q4_1, Q5_0 and Q5_1 is covered somewhere.
 EXACT = ("safetensors", "f32", "f16", "q8_0", "q4_0")
 EXTRA = dict(zip(FAMILIES, ("bf16", "q4_1", "q5_0", "q5_1", "bf16", "q4_1", "q5_1"), strict=True))
-INT4 = ("safetensors", "q8_0", "q4_0", "q4_1")
+INT4 = ("safetensors", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 
 # The ``Arch`` fields that these tiny models lose on the way through a GGUF: what
 # convert_hf_to_gguf.py writes, as transformers' GGUF config mapping (which omax's
@@ -186,7 +187,12 @@ def test_greedy_equals_transformers(ggufs, family, fmt):
 def test_int4_points_where_fp32_does(ggufs, family, fmt):
     eng = load(ggufs[family], fmt, "int4")
     try:
-        assert eng.loaded.model.quant == "int4"
+        model = eng.loaded.model
+        assert model.quant == "int4"
+        if fmt.startswith("q5") and DEVICE == "cpu":  # the native kernel's, where built
+            lins = [x for layer in model.layers for x in (layer.qkv, layer.o, layer.gu, layer.down)]
+            quants = {x.quant for x in lins}
+            assert ("int5" in quants) == (native.five_bit_module() is not None), quants
         ids, got = greedy(eng)
         logits = last_logits(eng, ids)
     finally:

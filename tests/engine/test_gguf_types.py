@@ -1,5 +1,6 @@
 """Every GGUF tensor type omax accepts decodes exactly as the reference ``gguf`` package
-does, and the 4-bit ones reach the int4 kernel as their own blocks (omax.engine.weights).
+does, and the 4- and 5-bit ones reach the packed kernels as their own blocks
+(omax.engine.weights).
 
 Blocks are random bytes with their fp16 scale fields overwritten by finite fp16 values
 (random bit patterns: every exponent, subnormals and both signs of zero), so every code
@@ -19,7 +20,7 @@ from gguf.constants import GGML_QUANT_SIZES
 
 from omax.engine import weights
 from omax.engine.linear import Lin
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import CodeBlocks
 from omax.sharding.tensors import RawTensor
 
 # byte offsets of each block type's fp16 fields (ggml-common.h / gguf-py's quants.py)
@@ -98,30 +99,41 @@ def test_dequantize_matches_gguf_bit_for_bit(gtype):
         assert torch.equal(weights.dequantize(raw, torch.bfloat16), ref.bfloat16())
 
 
-@pytest.mark.parametrize("gtype", Q4Blocks.TYPES)
-def test_q4_blocks_are_the_gguf_values(gtype):
-    """``scale * code + low`` per 32 is gguf's value: the same bits for Q4_1 and Q4_K;
-    for Q4_0 (gguf: ``d * (q - 8)``) the same values, a zero possibly +0 for -0."""
+@pytest.mark.parametrize("gtype", CodeBlocks.TYPES)
+def test_code_blocks_are_the_gguf_values(gtype):
+    """``scale * code + low`` per 32 is gguf's value: the same bits for the ``_1`` and K
+    types; for Q4_0 and Q5_0 (gguf: ``d * (q - 8)``, ``d * (q - 16)``) the same values,
+    a zero possibly +0 for -0."""
     raw = random_blocks(gtype, 64, 512)
-    q4 = Q4Blocks.from_raw(raw)
-    assert q4.codes.dtype == torch.uint8 and int(q4.codes.max()) <= 15
-    assert q4.scale.shape == q4.low.shape == (64, 16) and q4.scale.dtype == torch.float32
+    blocks = CodeBlocks.from_raw(raw)
+    bits = 5 if gtype.startswith("Q5") else 4
+    assert blocks.bits == bits and blocks.codes.dtype == torch.uint8
+    assert int(blocks.codes.max()) == 2**bits - 1  # random bytes: every code occurs
+    assert blocks.scale.shape == blocks.low.shape == (64, 16)
+    assert blocks.scale.dtype == torch.float32
     ref = reference(raw)
-    assert torch.equal(q4.dequantize(), ref)
-    if gtype != "Q4_0":
-        assert same_bits(q4.dequantize(), ref)
+    assert torch.equal(blocks.dequantize(), ref)
+    if gtype not in ("Q4_0", "Q5_0"):
+        assert same_bits(blocks.dequantize(), ref)
 
 
-def test_q4_blocks_reject_other_types():
-    with pytest.raises(Exception, match="not a 4-bit"):
-        Q4Blocks.from_raw(random_blocks("Q5_0", 4, 64))
+def test_code_blocks_reject_other_types():
+    with pytest.raises(Exception, match="not a 4- or 5-bit"):
+        CodeBlocks.from_raw(random_blocks("Q6_K", 4, 256))
 
 
-@pytest.mark.parametrize("gtype", Q4Blocks.TYPES)
+def test_fused_blocks_take_the_widest_codes():
+    parts = [CodeBlocks.from_raw(random_blocks(t, 64, 256)) for t in ("Q4_K", "Q5_0")]
+    fused = CodeBlocks.cat(parts)
+    assert fused.bits == 5 and fused.codes.shape == (128, 256)
+    assert torch.equal(fused.dequantize(), torch.cat([p.dequantize() for p in parts]))
+
+
+@pytest.mark.parametrize("gtype", CodeBlocks.FOUR_BIT)
 def test_int4_kernel_runs_the_blocks(gtype):
     """Q4_0, Q4_1 and Q4_K all take the int4 kernel; with fp32 activations its product
     is the GGUF weights' (scale/zero held in fp32, zero = low + 8 scale rounded once)."""
-    q4 = Q4Blocks.from_raw(random_blocks(gtype, 96, 512, scale=0.01))
+    q4 = CodeBlocks.from_raw(random_blocks(gtype, 96, 512, scale=0.01))
     lin = Lin(q4, "int4", torch.float32)
     assert lin.quant == "int4"
     x = torch.randn(3, 512)
@@ -129,9 +141,10 @@ def test_int4_kernel_runs_the_blocks(gtype):
     assert torch.allclose(lin(x).double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
-def test_convert_keeps_every_4bit_type_as_blocks():
-    """``keep_q4``: 2-D Q4_0/Q4_1/Q4_K tensors arrive as blocks holding exactly the values
-    (llama's q/k row permutation applied to codes and parameters alike); others dense."""
+def test_convert_keeps_every_4_and_5_bit_type_as_blocks():
+    """``keep_blocks``: 2-D Q4_0/Q4_1/Q4_K/Q5_0 tensors arrive as blocks holding exactly
+    the values (llama's q/k row permutation applied to codes and parameters alike);
+    others dense."""
     from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -155,13 +168,13 @@ def test_convert_keeps_every_4bit_type_as_blocks():
     config = cfg.to_dict()
 
     def run(keep: bool) -> dict:
-        return dict(weights.convert(raws, fmt="gguf", config=config, model=meta, keep_q4=keep))
+        return dict(weights.convert(raws, fmt="gguf", config=config, model=meta, keep_blocks=keep))
 
     dense, kept = run(False), run(True)
     assert dense.keys() == kept.keys() and len(dense) == 5
     for name, t in kept.items():
-        blocks = "self_attn.o_proj" not in name and "mlp" not in name
-        assert isinstance(t, Q4Blocks) == blocks, name
+        blocks = "mlp" not in name
+        assert isinstance(t, CodeBlocks) == blocks, name
         assert torch.equal(t.dequantize() if blocks else t, dense[name]), name
     # the q rows really were permuted (so the test would see a permutation skipped)
     q = "model.layers.0.self_attn.q_proj.weight"

@@ -10,7 +10,7 @@ import torch
 from omax.engine.fast_builder import device_quant
 from omax.engine.linear import Lin
 from omax.engine.packed import inner_k_tiles, int8_chosen, nibble_rows, nibbles
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import CodeBlocks
 from tests.engine.test_gguf_types import random_blocks
 
 CUDA = torch.cuda.is_available()
@@ -18,7 +18,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
 def test_nibble_rows_read_back_the_gguf_values():
-    q4 = Q4Blocks.from_raw(random_blocks("Q4_K", 64, 512, scale=0.01))
+    q4 = CodeBlocks.from_raw(random_blocks("Q4_K", 64, 512, scale=0.01))
     sz = torch.stack([q4.scale, q4.low + 8 * q4.scale], dim=-1).transpose(0, 1).contiguous()
     nib = nibbles(q4.codes)
     assert nib.shape == (64, 256) and nib.dtype == torch.uint8
@@ -56,11 +56,11 @@ def test_int8_is_chosen_where_it_measured_faster_than_bf16():
 
 
 @needs_cuda
-@pytest.mark.parametrize("gtype", Q4Blocks.TYPES)
+@pytest.mark.parametrize("gtype", CodeBlocks.FOUR_BIT)
 def test_cuda_int4_kernel_runs_the_blocks(gtype):
     """The CUDA product of 4-bit GGUF blocks is the GGUF weights' within bf16, row
     invariant, and equal to the CPU kernel's within bf16 rounding."""
-    q4 = Q4Blocks.from_raw(random_blocks(gtype, 96, 512, scale=0.01))
+    q4 = CodeBlocks.from_raw(random_blocks(gtype, 96, 512, scale=0.01))
     w = q4.dequantize()
     lin = Lin(q4.map_rows(lambda t: t.cuda()), "int4", torch.bfloat16)
     assert lin.quant == "int4" and lin.dense is None
@@ -75,7 +75,7 @@ def test_cuda_int4_kernel_runs_the_blocks(gtype):
 
 @needs_cuda
 def test_cuda_int4_lookups_read_rows_as_the_cpu_does():
-    q4 = Q4Blocks.from_raw(random_blocks("Q4_1", 128, 256, scale=0.01))
+    q4 = CodeBlocks.from_raw(random_blocks("Q4_1", 128, 256, scale=0.01))
     cpu = Lin(q4, "int4", torch.bfloat16, lookups=True)
     gpu = Lin(q4.map_rows(lambda t: t.cuda()), "int4", torch.bfloat16, lookups=True)
     assert gpu.nib is not None and gpu.dense is None

@@ -9,7 +9,7 @@ from omax.engine.fast_builder import FastBuilder
 from omax.engine.generic import GenericRunner
 from omax.engine.linear import Lin
 from omax.engine.runner import FastRunner, Segment
-from omax.engine.weights import Q4Blocks
+from omax.engine.weights import CodeBlocks
 from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors, state_dict_raw
 
 
@@ -47,7 +47,7 @@ def test_int4_and_int8_linears_close_to_dense():
     torch.manual_seed(0)
     n, k = 96, 64
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8)
-    q4 = Q4Blocks(codes, torch.rand(n, k // 32) * 0.02, -torch.rand(n, k // 32) * 0.1)
+    q4 = CodeBlocks(codes, torch.rand(n, k // 32) * 0.02, -torch.rand(n, k // 32) * 0.1)
     w = q4.dequantize()
     x = torch.randn(3, k).bfloat16()
     ref = x.float() @ w.T
@@ -66,7 +66,9 @@ def test_int4_and_int8_linears_close_to_dense():
 
 def test_q4_blocks_dequantize_like_gguf():
     raw = next(r for r in gguf_tensors(SMOLLM2_GGUF) if r.ggml_type == "Q4_1")
-    assert torch.equal(Q4Blocks.from_raw(raw).dequantize(), weights.dequantize(raw, torch.float32))
+    assert torch.equal(
+        CodeBlocks.from_raw(raw).dequantize(), weights.dequantize(raw, torch.float32)
+    )
 
 
 def _teacher_forced(runner, prompt: list[int], ref: list[int]) -> list[bool]:
