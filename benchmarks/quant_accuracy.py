@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
 
-from omax.engine.linear import Lin
+from omax.engine.linear import Lin, untile_int8
 from omax.engine.weights import CodeBlocks
 from omax.sharding.bundled import smollm2_gguf_path
 from omax.sharding.tensors import RawTensor
@@ -144,7 +144,7 @@ def int8_weights(w: torch.Tensor) -> torch.Tensor:
     """The weights ``_weight_int8pack_mm`` multiplies for ``w`` (int8 codes x bf16 scales)."""
     lin = Lin(w, "int8", ACT)
     assert lin.w is not None and lin.s is not None
-    return lin.w.float() * lin.s.float()[:, None]
+    return untile_int8(lin.w).float() * lin.s.float()[:, None]
 
 
 def packed_weights(blocks: CodeBlocks) -> torch.Tensor:

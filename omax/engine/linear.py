@@ -34,7 +34,7 @@ class Lin:
     the weight's device's int4 kernel (``omax.engine.packed``) exactly: the kernel
     computes ``(q - 8) * scale + zero`` per group of 32, so ``scale = d`` and
     ``zero = low + 8 d``. 5-bit blocks (Q5_0, Q5_1, Q5_K) take "int5" where the native
-    step's own int4 kernel is built (``native.five_bit_module``): the low four bits of
+    step's own int4 kernel is built (``native.own_kernels``): the low four bits of
     each code in the same layout, the fifth in a plane beside it (``fifth_bit_plane``),
     6 bits a weight against Q5_0's 5.5, read by that kernel for any row count; the one
     loss is ``scale`` and ``zero`` rounded to bf16 (``benchmarks/quant_accuracy.py``).
@@ -42,8 +42,9 @@ class Lin:
     not 4- or 5-bit blocks is never re-quantised to fewer bits (that loses accuracy the
     source did not have): it takes "int8" instead, per-output-row symmetric for
     ``_weight_int8pack_mm``, where that kernel beats bf16 (the CPU:
-    ``packed.int8_chosen``), and stays dense elsewhere. "none" keeps the weight dense
-    in the activation dtype.
+    ``packed.int8_chosen``), and stays dense elsewhere; where the native kernels are
+    built its codes are kept in tiles of 8 rows that only they read (``tile_int8``).
+    "none" keeps the weight dense in the activation dtype.
 
     A packed weight keeps no dense copy: the model stays about the size of its GGUF,
     and embedding lookups and ``refine_top`` read rows straight from the packed weight.
@@ -119,8 +120,9 @@ class Lin:
         if self.packed_only and quant in ("int4", "int5"):
             return
         if quant == "int8":
-            self.w, s = quantize_int8(w)
+            codes, s = quantize_int8(w)
             self.s = s.to(act)
+            self.w = tile_int8(codes) if _tiles_int8(codes, act) else codes
             return
         w = (w.dequantize() if isinstance(w, (CodeBlocks, BlockRows)) else w).float()
         self._dense = w.to(act)  # "none", or the int4 lookups exception
@@ -159,16 +161,24 @@ class Lin:
         if self._dense is not None:
             return self._dense
         assert self.w is not None and self.s is not None
-        return (self.w.float() * self.s.float()[:, None]).to(self.act)
+        return (untile_int8(self.w).float() * self.s.float()[:, None]).to(self.act)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant == "int4":
             assert self.w is not None and self.s is not None
             return int4_mm(x, self.w, self.s)
         if self.quant == "int5":
-            mod = native.five_bit_module()
+            mod = native.own_kernels()
             assert mod is not None, "int5 is chosen only where the native kernel is built"
             return mod.int4_mm(x.contiguous(), self.w, self.s, False, self.hb)
+        assert self.w is not None
+        if self.w.dim() == 4:  # tiled: the native kernel, 4 rows a call (row-invariant)
+            mod = native.own_kernels()
+            assert mod is not None, "int8 is tiled only where the native kernel is built"
+            x = x.contiguous()
+            return torch.cat(
+                [mod.int8_mm(x[r : r + 4], self.w, self.s) for r in range(0, len(x), 4)]
+            )
         return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
 
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -177,7 +187,7 @@ class Lin:
             return self._dense[ids].to(dtype)
         assert self.w is not None and self.s is not None
         if self.quant == "int8":
-            return (self.w[ids].float() * self.s[ids].float()[:, None]).to(dtype)
+            return (int8_rows(self.w, ids).float() * self.s[ids].float()[:, None]).to(dtype)
         if self.nib is not None:
             return nibble_rows(self.nib, self.s, ids.reshape(-1)).to(dtype)
         return int4_rows(self.w, self.s, ids, self.k, self.hb).to(dtype)
@@ -203,8 +213,50 @@ def _five_bit_kernel(w: CodeBlocks, act: torch.dtype) -> bool:
         and act == torch.bfloat16
         and n % 64 == 0
         and k % GROUP == 0
-        and native.five_bit_module() is not None
+        and native.own_kernels() is not None
     )
+
+
+INT8_TILE = 8  # rows a tile of a tiled int8 weight (native_decode.cpp's kTile)
+
+
+def _tiles_int8(codes: torch.Tensor, act: torch.dtype) -> bool:
+    """Whether int8 ``codes`` [N, K] are kept tiled (``tile_int8``): on the CPU where
+    the native kernels are built, for bf16 rows, N a multiple of the tile and K of 16."""
+    n, k = codes.shape
+    return (
+        codes.device.type == "cpu"
+        and act == torch.bfloat16
+        and n % INT8_TILE == 0
+        and k % 16 == 0
+        and native.own_kernels() is not None
+    )
+
+
+def tile_int8(codes: torch.Tensor) -> torch.Tensor:
+    """int8 ``codes`` [N, K] in tiles of ``INT8_TILE`` rows, [N / 8, K / 16, 8, 16]: the
+    8 rows' 16 codes at each k one after another, so that the native one-row kernel
+    streams a tile as one run of memory (rows K bytes apart streamed at about half the
+    speed; benchmarks/RESULTS.md). Only the native kernels read this layout."""
+    n, k = codes.shape
+    return codes.view(n // INT8_TILE, INT8_TILE, k // 16, 16).permute(0, 2, 1, 3).contiguous()
+
+
+def untile_int8(w: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] of a weight, tiled (``tile_int8``) or not."""
+    if w.dim() == 2:
+        return w
+    t, c, r, e = w.shape
+    return w.permute(0, 2, 1, 3).reshape(t * r, c * e)
+
+
+def int8_rows(w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` of int8 codes, tiled or not, as [I, K]."""
+    if w.dim() == 2:
+        return w[ids]
+    flat = ids.reshape(-1)
+    rows = w[flat // INT8_TILE, :, flat % INT8_TILE, :]  # [I, K / 16, 16]
+    return rows.reshape(*ids.shape, -1)
 
 
 def fifth_bit_plane(codes: torch.Tensor) -> torch.Tensor:

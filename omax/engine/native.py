@@ -199,9 +199,10 @@ def module() -> Any:
         return _module
 
 
-def five_bit_module() -> Any:
-    """The built module where its own int4 kernel runs (AVX512-BF16 and -VBMI), the
-    only kernel that reads 5-bit codes (``linear.Lin`` "int5"); else None."""
+def own_kernels() -> Any:
+    """The built module where its own kernels run (AVX512-BF16 and -VBMI), else None:
+    the only kernels that read 5-bit codes (``linear.Lin`` "int5") and int8 weights in
+    tiles (``linear.tile_int8``)."""
     if not enabled():
         return None
     mod = module()

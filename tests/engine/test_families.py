@@ -192,7 +192,7 @@ def test_int4_points_where_fp32_does(ggufs, family, fmt):
         if fmt.startswith("q5") and DEVICE == "cpu":  # the native kernel's, where built
             lins = [x for layer in model.layers for x in (layer.qkv, layer.o, layer.gu, layer.down)]
             quants = {x.quant for x in lins}
-            assert ("int5" in quants) == (native.five_bit_module() is not None), quants
+            assert ("int5" in quants) == (native.own_kernels() is not None), quants
         ids, got = greedy(eng)
         logits = last_logits(eng, ids)
     finally:

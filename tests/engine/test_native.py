@@ -14,6 +14,7 @@ import torch
 
 from omax.engine import native
 from omax.engine.engine import Engine
+from omax.engine.linear import untile_int8
 from omax.engine.runner import FastRunner
 
 from .test_generate import check_seeded_alone_and_batched
@@ -150,11 +151,17 @@ def test_native_packed_matmuls_match_torch(smollm2_int4_engine, built, rows):
         got = built.int4_mm(x, lin.w, lin.s).float()
         assert got.shape == want.shape
         assert ((got - want).abs() <= 0.02 * want.abs() + 0.02).all(), (got - want).abs().max()
-    head = model.head  # int8, per-row scales
-    x = torch.randn(min(rows, 4), head.w.shape[1]).bfloat16()
-    want = torch.ops.aten._weight_int8pack_mm(x, head.w, head.s).float()
+    head = model.head  # int8, per-row scales, kept in tiles of 8 rows
+    assert head.w.dim() == 4
+    codes = untile_int8(head.w)  # [N, K], torch's layout
+    x = torch.randn(min(rows, 4), codes.shape[1]).bfloat16()
+    want = torch.ops.aten._weight_int8pack_mm(x, codes, head.s).float()
     got = built.int8_mm(x, head.w, head.s).float()
     assert ((got - want).abs() <= 0.02 * want.abs() + 0.02).all(), (got - want).abs().max()
+    # the row layout's kernel sums in the same order: the same bits
+    assert torch.equal(
+        built.int8_mm(x, codes, head.s, True), built.int8_mm(x, head.w, head.s, True)
+    )
 
 
 @pytest.mark.parametrize("rows", [1, 5, 16, 21])
@@ -183,8 +190,9 @@ def test_native_packed_matmuls_give_fp32_logits(smollm2_int4_engine, built, rows
     model = smollm2_int4_engine.loaded.model
     torch.manual_seed(rows)
     head = model.head  # int8: w * s per row
-    x = torch.randn(rows, head.w.shape[1]).bfloat16()
-    want = x.float() @ (head.w.float() * head.s.float()[:, None]).T
+    codes = untile_int8(head.w)
+    x = torch.randn(rows, codes.shape[1]).bfloat16()
+    want = x.float() @ (codes.float() * head.s.float()[:, None]).T
     got = built.int8_mm(x, head.w, head.s, True)
     assert got.dtype == torch.float32
     assert ((got - want).abs() <= 1e-4 * want.abs() + 1e-3).all(), (got - want).abs().max()
