@@ -9,6 +9,7 @@ request to kernels that do not follow the batch (see ``omax.engine.fastpath``);
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,7 @@ class Lin:
         "packed_only",
         "nib",
         "hb",
+        "kernels",
     )
     SMALL = {"int4": 8, "int8": 48}
 
@@ -87,8 +89,11 @@ class Lin:
         self.s: torch.Tensor | None = None
         self.nib: torch.Tensor | None = None
         self.hb: torch.Tensor | None = None
+        # the native module where this weight may take its layouts (int5, int8 tiles)
+        self.kernels = _own_kernels(_device(w), act)
         five = isinstance(w, CodeBlocks) and w.bits == 5
-        if quant == "int4" and isinstance(w, CodeBlocks) and five and _five_bit_kernel(w, act):
+        # the native int4 kernel reads whole blocks of 64 rows and groups of 32 k's
+        if quant == "int4" and five and self.kernels and self.n % 64 == 0 and self.k % GROUP == 0:
             quant = "int5"
         if quant == "int4" and (not isinstance(w, CodeBlocks) or five or self.n % 16):
             # torch's int4 packing takes output rows in multiples of 16: int8 where it
@@ -112,7 +117,7 @@ class Lin:
         # int4_rows reads whole blocks of 64 rows (vocabularies are multiples of 64)
         self.packed_only = (
             (quant == "int8" and lookups)
-            or quant == "int5"  # rows a multiple of 64 (``_five_bit_kernel``)
+            or quant == "int5"  # rows a multiple of 64 (see above)
             or (quant == "int4" and (not lookups or self.nib is not None or self.n % 64 == 0))
         )
         self.small = self.SMALL.get(quant, 0)
@@ -122,7 +127,8 @@ class Lin:
         if quant == "int8":
             codes, s = quantize_int8(w)
             self.s = s.to(act)
-            self.w = tile_int8(codes) if _tiles_int8(codes, act) else codes
+            tiles = self.kernels and self.n % INT8_TILE == 0 and self.k % 16 == 0
+            self.w = tile_int8(codes) if tiles else codes
             return
         w = (w.dequantize() if isinstance(w, (CodeBlocks, BlockRows)) else w).float()
         self._dense = w.to(act)  # "none", or the int4 lookups exception
@@ -167,17 +173,13 @@ class Lin:
         if self.quant == "int4":
             assert self.w is not None and self.s is not None
             return int4_mm(x, self.w, self.s)
-        if self.quant == "int5":
-            mod = native.own_kernels()
-            assert mod is not None, "int5 is chosen only where the native kernel is built"
-            return mod.int4_mm(x.contiguous(), self.w, self.s, False, self.hb)
+        if self.quant == "int5":  # taken only with ``kernels``
+            return self.kernels.int4_mm(x.contiguous(), self.w, self.s, False, self.hb)
         assert self.w is not None
-        if self.w.dim() == 4:  # tiled: the native kernel, 4 rows a call (row-invariant)
-            mod = native.own_kernels()
-            assert mod is not None, "int8 is tiled only where the native kernel is built"
+        if self.w.dim() == 4:  # tiled (only with ``kernels``): 4 rows a call, row-invariant
             x = x.contiguous()
             return torch.cat(
-                [mod.int8_mm(x[r : r + 4], self.w, self.s) for r in range(0, len(x), 4)]
+                [self.kernels.int8_mm(x[r : r + 4], self.w, self.s) for r in range(0, len(x), 4)]
             )
         return torch.ops.aten._weight_int8pack_mm(x, self.w, self.s)
 
@@ -202,35 +204,17 @@ def _device(w: torch.Tensor | CodeBlocks | BlockRows) -> torch.device:
     return w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
 
 
-def _five_bit_kernel(w: CodeBlocks, act: torch.dtype) -> bool:
-    """Whether 5-bit ``w`` can take "int5": the native int4 kernel is built here (CPU,
-    AVX512-BF16 and -VBMI), reads whole blocks of 64 rows and groups of 32 k's, and
-    takes bf16 rows. Elsewhere such a weight takes int8 (AVX2 and ARM machines, CUDA,
-    a machine without the native build: the 5-bit layout is that kernel's alone)."""
-    n, k = w.shape
-    return (
-        w.codes.device.type == "cpu"
-        and act == torch.bfloat16
-        and n % 64 == 0
-        and k % GROUP == 0
-        and native.own_kernels() is not None
-    )
+def _own_kernels(device: torch.device, act: torch.dtype) -> Any:
+    """The native module whose own kernels (AVX512-BF16 and -VBMI) read a weight on
+    ``device`` multiplied by ``act`` rows in the layouts only they read: 5-bit codes
+    ("int5") and int8 tiles (``tile_int8``); None elsewhere (AVX2 and ARM machines,
+    CUDA, fp32 rows, no native build), where such weights take int8 in rows."""
+    if device.type != "cpu" or act != torch.bfloat16:
+        return None
+    return native.own_kernels()
 
 
 INT8_TILE = 8  # rows a tile of a tiled int8 weight (native_decode.cpp's kTile)
-
-
-def _tiles_int8(codes: torch.Tensor, act: torch.dtype) -> bool:
-    """Whether int8 ``codes`` [N, K] are kept tiled (``tile_int8``): on the CPU where
-    the native kernels are built, for bf16 rows, N a multiple of the tile and K of 16."""
-    n, k = codes.shape
-    return (
-        codes.device.type == "cpu"
-        and act == torch.bfloat16
-        and n % INT8_TILE == 0
-        and k % 16 == 0
-        and native.own_kernels() is not None
-    )
 
 
 def tile_int8(codes: torch.Tensor) -> torch.Tensor:
