@@ -8,7 +8,7 @@ request to kernels that do not follow the batch (see ``omax.engine.fastpath``);
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,10 +50,14 @@ class Lin:
     A packed weight keeps no dense copy: the model stays about the size of its GGUF,
     and embedding lookups and ``refine_top`` read rows straight from the packed weight.
     int4 weights take the packed kernel for any row count (row-invariant: a seeded
-    row's bits do not follow the batch). torch's int8 kernel is slow past a few dozen
+    row's bits do not follow the batch); where the native kernels are built they are
+    its own, as in the native step. torch's int8 kernel is slow past a few dozen
     rows (a prompt chunk), so an int8 layer takes it up to ``SMALL`` rows and past that
     a dense matmul on a bf16 copy made for that call only (the rows ``Rows`` pins
-    keep their kernels as with any dense weight). The one kept copy: a ``lookups``
+    keep their kernels as with any dense weight). Tiled int8 codes take the native
+    one-row kernel up to ``INT8_ROWS`` rows (and pinned rows, 4 a call) and its
+    many-row kernel past that (``_many``: x in 16-bit fixed point against the codes,
+    VNNI dot products, no copy). The one kept copy: a ``lookups``
     weight (the embedding and the head) in int4 on the CPU whose rows are not a multiple
     of 64, the block ``int4_rows`` reads; on CUDA such a weight keeps its codes as
     nibbles instead (``packed.nibble_rows``). The native step has many-row kernels of
@@ -140,26 +144,43 @@ class Lin:
 
     def __call__(self, x: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
         r = x.shape[0]
+        if rows is None and self.tiled and r > INT8_ROWS:  # no pins: int8 codes in one pass
+            return self._many()(x)
         if self.packed_only:  # row-invariant for any row count: pins need nothing more
             return self._packed(x)
         if rows is None:
             if self.w is not None and r <= self.small:
                 return self._packed(x)
-            return F.linear(x, self._weight())
+            return self._many()(x)
         packed, free, groups = rows.plan(r, self.small, self.w is not None, x.device)
         if packed is not None and len(packed) == r:
             return self._packed(x)
-        dense = self._weight()
+        many = self._many()
         if len(groups) == 1 and groups[0] == (0, r):
-            return F.linear(x, dense)
+            return many(x)
         out = x.new_empty(r, self.n)
         if packed is not None:
             out.index_copy_(0, packed, self._packed(x.index_select(0, packed)))
         if free is not None:
-            out.index_copy_(0, free, F.linear(x.index_select(0, free), dense))
+            out.index_copy_(0, free, many(x.index_select(0, free)))
         for first, n in groups:
-            out[first : first + n] = F.linear(x[first : first + n], dense)
+            out[first : first + n] = many(x[first : first + n])
         return out
+
+    @property
+    def tiled(self) -> bool:
+        """int8 codes in tiles (``tile_int8``): only the native kernels read them."""
+        return self.w is not None and self.w.dim() == 4
+
+    def _many(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The kernel for many rows: tiled int8 codes take the native one, whose rows
+        are 16-bit fixed point against the codes, about exact, each row's bits its own
+        (``native_decode.cpp``'s int8_many); otherwise a dense matmul on ``_weight``
+        (for an int8 layer a copy made here, once for the call)."""
+        if self.tiled:
+            return lambda x: self.kernels.int8_many(x.contiguous(), self.w, self.s)
+        dense = self._weight()
+        return lambda x: F.linear(x, dense)
 
     def _weight(self) -> torch.Tensor:
         """The dense weight: the kept copy, or (an int8 layer) one made for this call
@@ -170,10 +191,10 @@ class Lin:
         return (untile_int8(self.w).float() * self.s.float()[:, None]).to(self.act)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quant == "int4":
+        if self.quant == "int4" and self.kernels is None:
             assert self.w is not None and self.s is not None
             return int4_mm(x, self.w, self.s)
-        if self.quant == "int5":  # taken only with ``kernels``
+        if self.quant in ("int4", "int5"):  # int5 taken only with ``kernels``
             return self.kernels.int4_mm(x.contiguous(), self.w, self.s, False, self.hb)
         assert self.w is not None
         if self.w.dim() == 4:  # tiled (only with ``kernels``): 4 rows a call, row-invariant
@@ -215,6 +236,7 @@ def _own_kernels(device: torch.device, act: torch.dtype) -> Any:
 
 
 INT8_TILE = 8  # rows a tile of a tiled int8 weight (native_decode.cpp's kTile)
+INT8_ROWS = 4  # rows the native one-row int8 kernel takes (native_decode.cpp's kInt8Rows)
 
 
 def tile_int8(codes: torch.Tensor) -> torch.Tensor:

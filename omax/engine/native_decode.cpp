@@ -659,10 +659,118 @@ Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
   return at::linear(x, w);
 }
 
-// x [M, K] bf16 @ int8 w [N, K].T * s, for many rows, without a bf16 copy of w: each
-// block of kNT weight rows is widened to bf16 (exact: |q| <= 127) into a scratch the
-// size of the block, then multiplied as dense_mm does, the scales applied to the sums.
-// Elsewhere torch's _weight_int8pack_mm.
+#if defined(OMAX_INT4_KERNEL) && defined(__AVX512VNNI__)
+#define OMAX_INT8_VNNI 1
+// Rows of x for int8 dot products (vpdpbusd), in 16-bit fixed point: row m's
+// q = round(x * 2^(15 - E)), 2^E the power of two above its largest |x|. A bf16 x within
+// 2^8 of the largest is exact, a smaller one off by at most 2^(E - 16): the sums are
+// as close to exact as fp32 ones. q splits into hi = (q >> 8) + 128 and lo = q & 255,
+// both unsigned bytes, each laid out [ceil(M / 16)][K / 4][16] as 4-byte quads (a lane
+// per row, as the kernel reads them).
+struct FixedRows {
+  int64_t quads;
+  std::vector<uint32_t> hi, lo;
+  std::vector<double> scale;  // 2^(E - 15), per row
+};
+
+FixedRows fixed_rows(const Tensor& x) {
+  const int64_t rows = x.size(0), k_in = x.size(1), quads = k_in / 4;
+  const size_t words = static_cast<size_t>((rows + 15) / 16 * quads * 16);
+  FixedRows f{quads, std::vector<uint32_t>(words, 0u), std::vector<uint32_t>(words, 0u),
+              std::vector<double>(static_cast<size_t>((rows + 15) / 16 * 16), 1.)};
+  const BFloat16* px = x.data_ptr<BFloat16>();
+  uint8_t* hi = reinterpret_cast<uint8_t*>(f.hi.data());
+  uint8_t* lo = reinterpret_cast<uint8_t*>(f.lo.data());
+  parallel_for(0, rows, 4, [&](int64_t m0, int64_t m1) {
+    std::vector<int32_t> q(static_cast<size_t>(k_in));
+    for (int64_t m = m0; m < m1; ++m) {
+      const BFloat16* xm = px + m * k_in;
+      float top = 0.f;
+#pragma omp simd reduction(max : top)
+      for (int64_t k = 0; k < k_in; ++k) top = std::max(top, std::fabs(static_cast<float>(xm[k])));
+      int e = 0;
+      std::frexp(top, &e);  // top < 2^e (bf16: at most (1 - 2^-8) 2^e, so |q| < 2^15)
+      f.scale[m] = std::ldexp(1., e - 15);
+      const float up = std::ldexp(1.f, 15 - e);
+#pragma omp simd
+      for (int64_t k = 0; k < k_in; ++k)
+        q[k] = static_cast<int32_t>(std::nearbyint(static_cast<float>(xm[k]) * up));
+      const int64_t base = (m / 16) * quads * 64 + (m % 16) * 4;
+      for (int64_t k = 0; k < k_in; ++k) {
+        const int64_t at = base + (k / 4) * 64 + k % 4;
+        hi[at] = static_cast<uint8_t>((q[k] >> 8) + 128);
+        lo[at] = static_cast<uint8_t>(q[k] & 255);
+      }
+    }
+  });
+  return f;
+}
+
+// y for every row of f and the kTile weight rows of the tile at tile_w (tiled layout,
+// n0 its first row): two int8 dot products a quad (hi and lo, exact int32 sums), less
+// 128 times the weight row's sum for hi's offset, scaled in double and rounded once.
+// Each row's result depends only on its own x: the same bits for any row count.
+template <typename Out>
+void int8_vnni_tile(const FixedRows& f, int64_t rows, const int8_t* tile_w, const BFloat16* s,
+                    Out* y, int64_t n_out, int64_t n0) {
+  const int64_t quads = f.quads;
+  int64_t wsum[kTile];
+  {
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+    for (int64_t c = 0; c < quads / 4; ++c) {  // a chunk: 16 k's of each of the 8 rows
+      a = _mm512_dpbusd_epi32(a, ones, _mm512_loadu_si512(tile_w + c * kTile * 16));
+      b = _mm512_dpbusd_epi32(b, ones, _mm512_loadu_si512(tile_w + c * kTile * 16 + 64));
+    }
+    alignas(64) int32_t lanes[32];
+    _mm512_store_si512(lanes, a);
+    _mm512_store_si512(lanes + 16, b);
+    for (int r = 0; r < kTile; ++r)
+      wsum[r] = int64_t{lanes[4 * r]} + lanes[4 * r + 1] + lanes[4 * r + 2] + lanes[4 * r + 3];
+  }
+  const double* xs = f.scale.data();
+  for (int64_t t = 0; t * 16 < rows; ++t) {
+    __m512i ah[kTile], al[kTile];
+    for (int r = 0; r < kTile; ++r) ah[r] = al[r] = _mm512_setzero_si512();
+    const uint32_t* xh = f.hi.data() + t * quads * 16;
+    const uint32_t* xl = f.lo.data() + t * quads * 16;
+    for (int64_t q = 0; q < quads; ++q) {
+      const __m512i h = _mm512_loadu_si512(xh + q * 16), l = _mm512_loadu_si512(xl + q * 16);
+      const int8_t* p = tile_w + (q / 4) * (kTile * 16) + (q % 4) * 4;
+      for (int r = 0; r < kTile; ++r) {
+        int32_t quad;
+        std::memcpy(&quad, p + r * 16, sizeof(quad));
+        const __m512i wq = _mm512_set1_epi32(quad);
+        ah[r] = _mm512_dpbusd_epi32(ah[r], h, wq);
+        al[r] = _mm512_dpbusd_epi32(al[r], l, wq);
+      }
+    }
+    // (hi - 128 wsum) 256 + lo, exact in double, times the scales, rounded once
+    const int64_t mm = std::min<int64_t>(16, rows - 16 * t);
+    alignas(64) float out[kTile][16];
+    for (int r = 0; r < kTile; ++r) {
+      const __m512i h = _mm512_sub_epi32(ah[r], _mm512_set1_epi32(static_cast<int32_t>(128 * wsum[r])));
+      const double sw = static_cast<float>(s[n0 + r]);
+      for (int half = 0; half < 2; ++half) {
+        const __m256i hh = half ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+        const __m256i ll = half ? _mm512_extracti64x4_epi64(al[r], 1) : _mm512_castsi512_si256(al[r]);
+        const __m512d sum = _mm512_fmadd_pd(_mm512_cvtepi32_pd(hh), _mm512_set1_pd(256.),
+                                            _mm512_cvtepi32_pd(ll));
+        const __m512d sc = _mm512_mul_pd(_mm512_loadu_pd(xs + 16 * t + 8 * half), _mm512_set1_pd(sw));
+        _mm256_store_ps(out[r] + 8 * half, _mm512_cvtpd_ps(_mm512_mul_pd(sum, sc)));
+      }
+    }
+    for (int64_t m = 0; m < mm; ++m)
+      for (int r = 0; r < kTile; ++r) y[(16 * t + m) * n_out + n0 + r] = static_cast<Out>(out[r][m]);
+  }
+}
+#endif
+
+// x [M, K] bf16 @ int8 w [N, K].T * s, for many rows, without a bf16 copy of w. Tiled
+// (where this CPU has VNNI): x in 16-bit fixed point against the int8 codes
+// (int8_vnni_tile), about exact. Otherwise each block of kNT weight rows is widened to
+// bf16 (exact: |q| <= 127) into a scratch the size of the block, then multiplied as
+// dense_mm does, the scales applied to the sums. Elsewhere torch's _weight_int8pack_mm.
 Tensor int8_many(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = false) {
   const bool tiled = w.dim() == 4;
 #ifdef OMAX_INT4_KERNEL
@@ -671,6 +779,21 @@ Tensor int8_many(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = f
   if (x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous() &&
       x.size(1) == k_in && k_in % 16 == 0 && w.scalar_type() == at::kChar &&
       w.is_contiguous() && s.scalar_type() == at::kBFloat16 && s.is_contiguous()) {
+#ifdef OMAX_INT8_VNNI
+    if (tiled) {
+      const FixedRows f = fixed_rows(x);
+      const int8_t* pw = w.data_ptr<int8_t>();
+      const BFloat16* ps = s.data_ptr<BFloat16>();
+      const int64_t rows = x.size(0);
+      auto run = [&](auto* py) {
+        parallel_for(0, n_out / kTile, 8, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            int8_vnni_tile(f, rows, pw + b * kTile * k_in, ps, py, n_out, b * kTile);
+        });
+      };
+      return kernel_out(x, rows, n_out, f32, run);
+    }
+#endif
     const int8_t* pw = w.data_ptr<int8_t>();
     const BFloat16* ps = s.data_ptr<BFloat16>();
     auto block = [&](int64_t n0, const uint32_t** wr, std::vector<uint32_t>& scratch) {
@@ -1006,6 +1129,15 @@ void gelu_mul16(const BFloat16* a, const BFloat16* b, BFloat16* o) {
   const __m512 g = round_bf16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), t));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), to_bf16(_mm512_mul_ps(g, load_bf16(b))));
 }
+
+// o[0..16) = silu(a) * b, the silu (x / (1 + e^-x), as torch computes it) rounded to
+// bf16 first.
+void silu_mul16(const BFloat16* a, const BFloat16* b, BFloat16* o) {
+  const __m512 x = load_bf16(a);
+  const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  const __m512 s = round_bf16(_mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e)));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), to_bf16(_mm512_mul_ps(s, load_bf16(b))));
+}
 #endif
 
 // act(gu[:, :n]) * gu[:, n:], each rounded to bf16 as torch does: act is silu, or
@@ -1015,15 +1147,29 @@ Tensor act_mul(const Tensor& gu, bool gelu) {
   Tensor out = at::empty({r, n}, gu.options());
   const BFloat16* p = gu.data_ptr<BFloat16>();
   BFloat16* o = out.data_ptr<BFloat16>();
-  parallel_for(0, r * n, 512, [&](int64_t e0, int64_t e1) {  // ~5 ns an element (exp)
+  parallel_for(0, r * n, 512, [&](int64_t e0, int64_t e1) {
     for (int64_t i = e0 / n; i * n < e1; ++i) {
       const BFloat16* a = p + i * 2 * n;
       const BFloat16* b = a + n;
       BFloat16* oi = o + i * n;
       int64_t j = std::max<int64_t>(0, e0 - i * n);
       const int64_t j1 = std::min(n, e1 - i * n);
+#if defined(__AVX512F__)
+      auto mul16 = gelu ? gelu_mul16 : silu_mul16;
+      for (; j < j1; j += 16) {  // a part's last few through a buffer: as softcap
+        const int64_t m = std::min<int64_t>(16, j1 - j);
+        if (m == 16) {
+          mul16(a + j, b + j, oi + j);
+          continue;
+        }
+        BFloat16 ta[16] = {}, tb[16] = {}, to[16];
+        std::copy(a + j, a + j + m, ta);
+        std::copy(b + j, b + j + m, tb);
+        mul16(ta, tb, to);
+        std::copy(to, to + m, oi + j);
+      }
+#else
       if (!gelu) {
-#pragma omp simd
         for (int64_t k = j; k < j1; ++k) {
           const float x = static_cast<float>(a[k]);
           const BFloat16 s = static_cast<BFloat16>(x / (1.f + std::exp(-x)));
@@ -1031,20 +1177,6 @@ Tensor act_mul(const Tensor& gu, bool gelu) {
         }
         continue;
       }
-#if defined(__AVX512F__)
-      for (; j < j1; j += 16) {  // a part's last few through a buffer: as softcap
-        const int64_t m = std::min<int64_t>(16, j1 - j);
-        if (m == 16) {
-          gelu_mul16(a + j, b + j, oi + j);
-          continue;
-        }
-        BFloat16 ta[16] = {}, tb[16] = {}, to[16];
-        std::copy(a + j, a + j + m, ta);
-        std::copy(b + j, b + j + m, tb);
-        gelu_mul16(ta, tb, to);
-        std::copy(to, to + m, oi + j);
-      }
-#else
       for (; j < j1; ++j) {
         const float x = static_cast<float>(a[j]);
         const float t = std::tanh(kGeluBeta * (x + kGeluKappa * x * x * x));
@@ -1317,6 +1449,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // whether this build has its own kernels (AVX512-BF16 and -VBMI): 5-bit codes need them
   m.attr("own_kernels") = kOwnKernels;
   m.def("int8_mm", &int8_mm, "x @ an int8 weight with row scales (as _weight_int8pack_mm)",
+        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("s"), pybind11::arg("f32") = false,
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("int8_many", &int8_many, "x @ an int8 weight with row scales, for many rows",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("s"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("dense_mm", &dense_mm, "x @ a bf16 weight's transpose, a lane per row (as F.linear)",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omax.engine import native
-from omax.engine.linear import Lin, int8_rows, tile_int8, untile_int8
+from omax.engine.linear import Lin, Rows, int8_rows, tile_int8, untile_int8
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,35 @@ def test_tiled_int8_gives_the_row_layouts_bits(built):
     )
 
 
-def test_tiled_int8_rows_are_the_same_alone_and_batched(built):
-    """The Python step's packed call (up to 48 rows, 4 a kernel call) keeps a row's bits
-    whatever the batch, as a seeded request needs."""
+def test_pinned_tiled_int8_rows_are_the_same_alone_and_batched(built):
+    """A seeded request's rows (pinned: ``Rows``) take the one-row kernel, 4 rows a
+    call, in any batch: their bits do not follow the batch."""
     lin = Lin(torch.randn(64, 256) * 0.02, "int8", torch.bfloat16)
     x = torch.randn(19, 256).bfloat16()
-    both = lin(x)
+    both = lin(x, Rows(list(range(19))))
     for r in (0, 5, 18):
         assert torch.equal(both[r : r + 1], lin(x[r : r + 1]))
+
+
+@pytest.mark.parametrize("rows", [5, 16, 37, 300])
+def test_many_rows_of_tiled_int8_are_about_exact_and_each_rows_own(built, rows):
+    """Past 4 rows (unpinned) tiled codes take the many-row kernel: x in 16-bit fixed
+    point per row against the codes in exact integer sums, so each row's result is
+    its own (the same bits in any batch of 5 or more) and closer to the exact product
+    than bf16 rows could be, without a bf16 copy of the weight."""
+    if not built.own_kernels:
+        pytest.skip("tiles only where the native kernels are built (AVX512-BF16)")
+    torch.manual_seed(rows)
+    lin = Lin(torch.randn(264, 640) * 0.02, "int8", torch.bfloat16, lookups=True)
+    assert lin.tiled
+    codes = untile_int8(lin.w)
+    x = torch.randn(rows, 640).bfloat16()
+    x[0] *= 1e-3  # rows of very different sizes: each its own scale
+    got = built.int8_many(x, lin.w, lin.s, True)
+    want = x.double() @ (codes.double() * lin.s.double()[:, None]).T
+    err = (got.double() - want).abs().amax(1) / want.abs().amax(1)
+    assert err.max() < 1e-4, err.max()
+    assert lin(x).dtype == torch.bfloat16 and torch.equal(lin(x).float(), got.bfloat16().float())
+    for r in (0, rows - 1):
+        alone = built.int8_many(torch.cat([x[r : r + 1]] * 5), lin.w, lin.s, True)
+        assert torch.equal(alone[0], got[r])
