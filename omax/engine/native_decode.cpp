@@ -667,6 +667,9 @@ Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
 // as close to exact as fp32 ones. q splits into hi = (q >> 8) + 128 and lo = q & 255,
 // both unsigned bytes, each laid out [ceil(M / 16)][K / 4][16] as 4-byte quads (a lane
 // per row, as the kernel reads them).
+// The longest rows whose int32 sums cannot overflow: a quad adds at most 4 * 255 * 128.
+constexpr int64_t kVnniK = 65536;
+
 struct FixedRows {
   int64_t quads;
   std::vector<uint32_t> hi, lo;
@@ -685,13 +688,18 @@ FixedRows fixed_rows(const Tensor& x) {
     std::vector<int32_t> q(static_cast<size_t>(k_in));
     for (int64_t m = m0; m < m1; ++m) {
       const BFloat16* xm = px + m * k_in;
-      float top = 0.f;
-#pragma omp simd reduction(max : top)
-      for (int64_t k = 0; k < k_in; ++k) top = std::max(top, std::fabs(static_cast<float>(xm[k])));
+      float top = 0.f, poison = 0.f;  // poison: NaN where the row holds a NaN or an inf
+#pragma omp simd reduction(max : top) reduction(+ : poison)
+      for (int64_t k = 0; k < k_in; ++k) {
+        const float v = static_cast<float>(xm[k]);
+        top = std::max(top, std::fabs(v));
+        poison += v * 0.f;
+      }
       int e = 0;
       std::frexp(top, &e);  // top < 2^e (bf16: at most (1 - 2^-8) 2^e, so |q| < 2^15)
-      f.scale[m] = std::ldexp(1., e - 15);
-      const float up = std::ldexp(1.f, 15 - e);
+      const bool finite = std::isfinite(top) && poison == 0.f;  // else the row's y is NaN
+      f.scale[m] = finite ? std::ldexp(1., e - 15) : std::numeric_limits<double>::quiet_NaN();
+      const float up = finite ? std::ldexp(1.f, 15 - e) : 0.f;
 #pragma omp simd
       for (int64_t k = 0; k < k_in; ++k)
         q[k] = static_cast<int32_t>(std::nearbyint(static_cast<float>(xm[k]) * up));
@@ -780,7 +788,7 @@ Tensor int8_many(const Tensor& x, const Tensor& w, const Tensor& s, bool f32 = f
       x.size(1) == k_in && k_in % 16 == 0 && w.scalar_type() == at::kChar &&
       w.is_contiguous() && s.scalar_type() == at::kBFloat16 && s.is_contiguous()) {
 #ifdef OMAX_INT8_VNNI
-    if (tiled) {
+    if (tiled && k_in <= kVnniK) {
       const FixedRows f = fixed_rows(x);
       const int8_t* pw = w.data_ptr<int8_t>();
       const BFloat16* ps = s.data_ptr<BFloat16>();

@@ -80,3 +80,7 @@ def test_many_rows_of_tiled_int8_are_about_exact_and_each_rows_own(built, rows):
     for r in (0, rows - 1):
         alone = built.int8_many(torch.cat([x[r : r + 1]] * 5), lin.w, lin.s, True)
         assert torch.equal(alone[0], got[r])
+    bad = x.clone()
+    bad[1, 3] = float("nan")
+    assert built.int8_many(bad, lin.w, lin.s, True)[1].isnan().all()  # not garbage
+    assert torch.equal(built.int8_many(bad, lin.w, lin.s, True)[0], got[0])
