@@ -1,6 +1,7 @@
 """The engine's step in this process, per GGUF: decode at 1 and 16 rows, and prefill.
 
-Run: .venv/bin/python benchmarks/step_bench.py GGUF [GGUF ...] [--no-record]
+Run: .venv/bin/python benchmarks/step_bench.py [GGUF ...] [--no-record]
+(default: the Q4_K_M files benchmarks/make_models.py writes, and Gemma 3's Q8_0)
 
 For each file, loaded as the server loads it (quant int4, bf16 activations, the
 native step where it is built):
@@ -19,6 +20,7 @@ goes when that comparison moves.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -27,6 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from _results import append_results  # noqa: E402
+
+DEFAULTS = (
+    "smollm2-135m-Q4_K_M.gguf",
+    "gemma3-270m-Q4_K_M.gguf",
+    "qwen3-random-300m-Q4_K_M.gguf",
+    "gemma3-270m-Q8_0.gguf",
+)
 
 
 def decode_ms(runner, rows: int, steps: int = 40) -> float:
@@ -69,9 +78,16 @@ def prefill_tps(engine, rounds: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("ggufs", nargs="+", type=Path)
+    models = Path(os.environ.get("OMAX_BENCH_MODELS", "/tmp/omax-bench-models"))
+    ap.add_argument(
+        "ggufs", nargs="*", type=Path, help=f"GGUFs (default: {', '.join(DEFAULTS)} in {models})"
+    )
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
+    ggufs = args.ggufs or [models / name for name in DEFAULTS]
+    missing = [p for p in ggufs if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing {missing}: run benchmarks/make_models.py first")
 
     from omax.engine import native
     from omax.engine.engine import Engine
@@ -79,7 +95,7 @@ def main() -> None:
     from tests.engine.conftest import gguf_spec, gguf_tensors
 
     rows = [("native step", "on" if native.module() is not None else "off (Python)", "")]
-    for path in args.ggufs:
+    for path in ggufs:
         eng = Engine.load(
             gguf_spec(path), gguf_tensors(path), quant="int4", max_ctx=1024, max_batch=16
         )
@@ -97,7 +113,7 @@ def main() -> None:
             (f"{path.name}: decode, 16 rows (ms a step)", f"{many:.2f}", ""),
             (f"{path.name}: prefill, 16 prompts (tok/s)", f"{tps:.0f}", ""),
         ]
-    command = "python benchmarks/step_bench.py " + " ".join(str(p) for p in args.ggufs)
+    command = "python benchmarks/step_bench.py " + " ".join(str(p) for p in ggufs)
     if args.no_record:
         for measure, value, _ in rows:
             print(f"  {measure}: {value}")
