@@ -50,8 +50,8 @@ class Lin:
     A packed weight keeps no dense copy: the model stays about the size of its GGUF,
     and embedding lookups and ``refine_top`` read rows straight from the packed weight.
     int4 weights take the packed kernel for any row count (row-invariant: a seeded
-    row's bits do not follow the batch); where the native kernels are built they are
-    its own, as in the native step. torch's int8 kernel is slow past a few dozen
+    row's bits do not follow the batch): where the native kernels are built, the
+    native step's own int4 kernel, else torch's. torch's int8 kernel is slow past a few dozen
     rows (a prompt chunk), so an int8 layer takes it up to ``SMALL`` rows and past that
     a dense matmul on a bf16 copy made for that call only (the rows ``Rows`` pins
     keep their kernels as with any dense weight). Tiled int8 codes take the native
@@ -183,12 +183,13 @@ class Lin:
         return lambda x: F.linear(x, dense)
 
     def _weight(self) -> torch.Tensor:
-        """The dense weight: the kept copy, or (an int8 layer) one made for this call
-        only, the bits a kept copy would hold."""
+        """The dense weight: the kept copy, or (an int8 layer in rows; tiled codes take
+        ``_many``'s own kernel) one made for this call only, the bits a kept copy would
+        hold."""
         if self._dense is not None:
             return self._dense
-        assert self.w is not None and self.s is not None
-        return (untile_int8(self.w).float() * self.s.float()[:, None]).to(self.act)
+        assert self.w is not None and self.s is not None and not self.tiled
+        return (self.w.float() * self.s.float()[:, None]).to(self.act)
 
     def _packed(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant == "int4" and self.kernels is None:

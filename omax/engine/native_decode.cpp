@@ -661,15 +661,15 @@ Tensor dense_mm(const Tensor& x, const Tensor& w, bool f32 = false) {
 
 #if defined(OMAX_INT4_KERNEL) && defined(__AVX512VNNI__)
 #define OMAX_INT8_VNNI 1
+// The longest rows whose int32 sums cannot overflow: a quad adds at most 4 * 255 * 128.
+constexpr int64_t kVnniK = 65536;
+
 // Rows of x for int8 dot products (vpdpbusd), in 16-bit fixed point: row m's
 // q = round(x * 2^(15 - E)), 2^E the power of two above its largest |x|. A bf16 x within
 // 2^8 of the largest is exact, a smaller one off by at most 2^(E - 16): the sums are
 // as close to exact as fp32 ones. q splits into hi = (q >> 8) + 128 and lo = q & 255,
 // both unsigned bytes, each laid out [ceil(M / 16)][K / 4][16] as 4-byte quads (a lane
 // per row, as the kernel reads them).
-// The longest rows whose int32 sums cannot overflow: a quad adds at most 4 * 255 * 128.
-constexpr int64_t kVnniK = 65536;
-
 struct FixedRows {
   int64_t quads;
   std::vector<uint32_t> hi, lo;
