@@ -10,6 +10,8 @@ biases, embedding scale, soft-capping, activation, sliding windows, rotary table
 * one fused QKV projection and one fused gate/up projection per layer;
 * q/k rows in the interleaved (GGUF/Meta) order, so rotary embedding is one complex
   multiply over q and k together, from precomputed tables (``omax.engine.rotary``);
+* RMSNorm, the gated activation and rotary embedding as the native decode step's own
+  loops where its kernels are built (``RowOps``), else torch's ops;
 * ``F.rms_norm`` (gemma's ``1 + w`` baked into the weights at load), SDPA (decode
   folds the query heads of each KV head into query rows: no GQA expansion; gemma2's
   soft-capped scores take an explicit softmax) and in-place residual adds;
@@ -107,6 +109,12 @@ class FastDecoder:
         return self.tables[self.layers[0].rope]
 
     @property
+    def kernels(self) -> Any:
+        """The native module whose kernels this model's weights took (``linear.Lin``),
+        or None: torch's kernels throughout."""
+        return self.head.kernels
+
+    @property
     def max_pos(self) -> int:
         return self.freqs.shape[0]
 
@@ -195,42 +203,26 @@ class FastDecoder:
         ``attend(layer_index, q [R, nh, hd], k [R, nkv, hd], v [R, nkv, hd])`` returns
         the attention output [R, nh*hd]; it owns the KV cache. ``rows`` pins kernels.
         """
-        a, act, eps = self.arch, self.act, self.arch.eps
+        a, act = self.arch, self.act
         nh, nkv, hd = a.heads, a.kv_heads, a.head_dim
         r = ids.shape[0]
         h = self.embed.rows(ids, act)
         if a.embed_scale != 1.0:  # rounded to the activation dtype, as transformers does
             h = h * torch.tensor(a.embed_scale, dtype=act)
-        hidden = (h.shape[-1],)
-        f = {kind: t[pos].unsqueeze(1) for kind, t in self.tables.items()}  # [R, 1, hd/2]
+        ops = RowOps(self, pos)
         qk_dim = (nh + nkv) * hd
-        gelu = a.act == "gelu_tanh"
         for i, layer in enumerate(self.layers):
-            x = F.rms_norm(h, hidden, layer.ln1, eps)
-            y = layer.qkv(x, rows)
+            y = layer.qkv(ops.norm(h, layer.ln1), rows)
             if layer.bias is not None:
                 y = y + layer.bias
-            qk = y[:, :qk_dim].reshape(r, nh + nkv, hd)
-            if layer.q_norm is not None and layer.k_norm is not None:
-                qk = torch.cat(
-                    [
-                        F.rms_norm(qk[:, :nh], (hd,), layer.q_norm, eps),
-                        F.rms_norm(qk[:, nh:], (hd,), layer.k_norm, eps),
-                    ],
-                    dim=1,
-                )
-            c = torch.view_as_complex(qk.reshape(r, nh + nkv, hd // 2, 2).float())
-            qk = torch.view_as_real(c * f[layer.rope]).to(act).view(r, nh + nkv, hd)
+            qk = ops.rope(y, layer)
             o = layer.o(attend(i, qk[:, :nh], qk[:, nh:], y[:, qk_dim:].view(r, nkv, hd)), rows)
             if layer.post_attn is not None:
-                o = F.rms_norm(o, hidden, layer.post_attn, eps)
+                o = ops.norm(o, layer.post_attn)
             h.add_(o)
-            gu = layer.gu(F.rms_norm(h, hidden, layer.ln2, eps), rows)
-            n = gu.shape[1] // 2
-            g = F.gelu(gu[:, :n], approximate="tanh") if gelu else F.silu(gu[:, :n])
-            d = layer.down(g * gu[:, n:], rows)
+            d = layer.down(ops.act_mul(layer.gu(ops.norm(h, layer.ln2), rows)), rows)
             if layer.post_ffn is not None:
-                d = F.rms_norm(d, hidden, layer.post_ffn, eps)
+                d = ops.norm(d, layer.post_ffn)
             h.add_(d)
         return h
 
@@ -240,6 +232,65 @@ class FastDecoder:
         if self.act != torch.float32:
             out = refine_top(out, x, self.head)
         return softcap(out, self.arch.final_softcap)
+
+
+class RowOps:
+    """The row-wise parts of a step over rows at ``pos``: RMSNorm, the gated activation
+    and rotary embedding (after the QK norms).
+
+    Where the weights took the native module's kernels (``FastDecoder.kernels``: bf16
+    on a CPU that has them) these are its kernels, the ones its decode step runs: one
+    pass each over a row, where torch runs several elementwise ops per part, each a
+    parallel loop (together ~1/3 of a prompt's step on 2 cores). They give torch's
+    results to about the last bit of bf16 (silu exactly: their sums and products
+    round in another order). Elsewhere (CUDA, fp32 activations, no build), torch's
+    ops. Each row is computed alone either way: pinned rows keep their bits.
+    """
+
+    def __init__(self, model: FastDecoder, pos: torch.Tensor) -> None:
+        self.m = model
+        self.ops = model.kernels
+        self.eps = model.arch.eps
+        self.gelu = model.arch.act == "gelu_tanh"
+        if self.ops is not None:
+            self.at = pos.tolist()
+        else:  # [R, 1, hd/2] rotations per rotary kind
+            self.f = {kind: t[pos].unsqueeze(1) for kind, t in model.tables.items()}
+
+    def norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.ops is not None:
+            return self.ops.rms_norm(x.contiguous(), w, self.eps)
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
+
+    def act_mul(self, gu: torch.Tensor) -> torch.Tensor:
+        """``act(gu[:, :n]) * gu[:, n:]`` (silu, or gemma's gelu-tanh)."""
+        if self.ops is not None:
+            return self.ops.act_mul(gu.contiguous(), self.gelu)
+        n = gu.shape[1] // 2
+        g = F.gelu(gu[:, :n], approximate="tanh") if self.gelu else F.silu(gu[:, :n])
+        return g * gu[:, n:]
+
+    def rope(self, y: torch.Tensor, layer: Layer) -> torch.Tensor:
+        """q and k of ``layer``'s fused qkv output ``y`` [R, (nh + 2 nkv) hd],
+        QK-normed where the family has it, then rotated: [R, nh + nkv, hd]."""
+        a, r = self.m.arch, y.shape[0]
+        nh, nkv, hd = a.heads, a.kv_heads, a.head_dim
+        if self.ops is not None:
+            table = self.m.tables[layer.rope]
+            return self.ops.rope_qk(
+                y.contiguous(), table, self.at, nh, nkv, hd, layer.q_norm, layer.k_norm, self.eps
+            )
+        qk = y[:, : (nh + nkv) * hd].reshape(r, nh + nkv, hd)
+        if layer.q_norm is not None and layer.k_norm is not None:
+            qk = torch.cat(
+                [
+                    F.rms_norm(qk[:, :nh], (hd,), layer.q_norm, self.eps),
+                    F.rms_norm(qk[:, nh:], (hd,), layer.k_norm, self.eps),
+                ],
+                dim=1,
+            )
+        c = torch.view_as_complex(qk.reshape(r, nh + nkv, hd // 2, 2).float())
+        return torch.view_as_real(c * self.f[layer.rope]).to(self.m.act).view(r, nh + nkv, hd)
 
 
 def softcap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:

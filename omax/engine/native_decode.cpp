@@ -176,11 +176,13 @@ Team& team() {
   return *t;
 }
 
-// Whether this thread's kernels use its Team (else OpenMP, via at::parallel_for). A
-// step whose matmuls go to torch's dense kernels (more rows than the packed kernels
-// take) runs on OpenMP throughout: the Team's workers, spinning after a loop, would
-// take a core from the OpenMP threads of the matmul that follows.
-thread_local bool use_team = true;
+// Whether this thread's kernels use its Team (else OpenMP, via at::parallel_for): only
+// inside Model::decode, and there only with this file's own kernels (kOwnKernels). A
+// kernel called on its own (the Python step's linears, between torch's ops) runs on
+// OpenMP, the pool of the ops around it: the Team's workers, spinning after a loop,
+// would take a core from the OpenMP threads of the op that follows, and those, spinning
+// after theirs, from the Team's (on 2 cores a prefill step ran 1.6x slower).
+thread_local bool use_team = false;
 
 template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
@@ -967,6 +969,9 @@ Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tenso
 
 // RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
 Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
+  TORCH_CHECK(h.scalar_type() == at::kBFloat16 && h.is_contiguous() && h.dim() == 2 &&
+                  w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.numel() == h.size(1),
+              "rms_norm: h must be contiguous bf16 [R, H], w bf16 [H]");
   const int64_t r = h.size(0), n = h.size(1);
   Tensor out = at::empty_like(h);
   const BFloat16* x = h.data_ptr<BFloat16>();
@@ -1064,10 +1069,41 @@ struct QkvExtras {
   float eps = 0.f;
 };
 
-// Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd]; k and v are
-// written to the caches at (row, :, pos[row]); returns q [R, nh*hd]. Before it, as the
-// Python step: the bias added (rounded to bf16, as torch's add) and q and k each
-// RMS-normed over their head (rounded to bf16).
+// Head ``head`` of one row yi of y [R, (nh+2nkv)*hd] (q heads, then k, then v) into dst,
+// as the Python step computes it: the bias added (rounded to bf16, as torch's add); q
+// and k each RMS-normed over their head (rounded to bf16) and rotated by f (cos, sin
+// pairs of the row's position); v as it is. u: hd floats of scratch.
+void qkv_head(const BFloat16* yi, int64_t head, const QkvExtras& x, const float* f, int64_t nh,
+              int64_t nkv, int64_t hd, float* u, BFloat16* dst) {
+  const BFloat16* src = yi + head * hd;
+  const BFloat16* b = x.bias ? x.bias + head * hd : nullptr;
+  for (int64_t j = 0; j < hd; ++j) {
+    u[j] = b ? static_cast<float>(
+                   static_cast<BFloat16>(static_cast<float>(src[j]) + static_cast<float>(b[j])))
+             : static_cast<float>(src[j]);
+  }
+  if (head >= nh + nkv) {
+    for (int64_t j = 0; j < hd; ++j) dst[j] = static_cast<BFloat16>(u[j]);
+    return;
+  }
+  const BFloat16* g = head < nh ? x.q_norm : x.k_norm;
+  if (g) {
+    float acc = 0.f;
+    for (int64_t j = 0; j < hd; ++j) acc += u[j] * u[j];
+    const float rstd = 1.f / std::sqrt(acc / static_cast<float>(hd) + x.eps);
+    for (int64_t j = 0; j < hd; ++j)
+      u[j] = static_cast<float>(static_cast<BFloat16>(u[j] * rstd * static_cast<float>(g[j])));
+  }
+  for (int64_t j = 0; j < hd / 2; ++j) {
+    const float a = u[2 * j], b2 = u[2 * j + 1];
+    const float c = f[2 * j], s = f[2 * j + 1];
+    dst[2 * j] = static_cast<BFloat16>(a * c - b2 * s);
+    dst[2 * j + 1] = static_cast<BFloat16>(a * s + b2 * c);
+  }
+}
+
+// Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd] (qkv_head);
+// k and v are written to the caches at (row, :, pos[row]); returns q [R, nh*hd].
 Tensor rope_store(const Tensor& y, const QkvExtras& x, const Tensor& freqs,
                   const std::vector<int64_t>& pos, const Tensor& kc, const Tensor& vc, int64_t nh,
                   int64_t nkv, int64_t hd) {
@@ -1075,51 +1111,51 @@ Tensor rope_store(const Tensor& y, const QkvExtras& x, const Tensor& freqs,
   Tensor q = at::empty({r, nh * hd}, y.options());
   const BFloat16* py = y.data_ptr<BFloat16>();
   const float* pf = reinterpret_cast<const float*>(freqs.data_ptr());  // complex64 -> (cos, sin)
-  const int64_t half = hd / 2;
   BFloat16* pq = q.data_ptr<BFloat16>();
   BFloat16* pk = kc.data_ptr<BFloat16>();
   BFloat16* pv = vc.data_ptr<BFloat16>();
   const int64_t ks0 = kc.stride(0), ks1 = kc.stride(1), ks2 = kc.stride(2);
   parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
-    std::vector<float> buf(static_cast<size_t>(hd));
-    float* u = buf.data();
+    std::vector<float> u(static_cast<size_t>(hd));
     for (int64_t i = i0; i < i1; ++i) {
-      const BFloat16* yi = py + i * width;
-      const float* f = pf + pos[i] * half * 2;
       for (int64_t head = 0; head < nh + 2 * nkv; ++head) {
-        const BFloat16* src = yi + head * hd;
-        const BFloat16* b = x.bias ? x.bias + head * hd : nullptr;
-        for (int64_t j = 0; j < hd; ++j) {
-          u[j] = b ? static_cast<float>(static_cast<BFloat16>(static_cast<float>(src[j]) +
-                                                              static_cast<float>(b[j])))
-                   : static_cast<float>(src[j]);
-        }
-        if (head >= nh + nkv) {
-          BFloat16* dst = pv + i * ks0 + (head - nh - nkv) * ks1 + pos[i] * ks2;
-          for (int64_t j = 0; j < hd; ++j) dst[j] = static_cast<BFloat16>(u[j]);
-          continue;
-        }
-        const BFloat16* g = head < nh ? x.q_norm : x.k_norm;
-        if (g) {
-          float acc = 0.f;
-          for (int64_t j = 0; j < hd; ++j) acc += u[j] * u[j];
-          const float rstd = 1.f / std::sqrt(acc / static_cast<float>(hd) + x.eps);
-          for (int64_t j = 0; j < hd; ++j)
-            u[j] = static_cast<float>(
-                static_cast<BFloat16>(u[j] * rstd * static_cast<float>(g[j])));
-        }
-        BFloat16* dst = head < nh ? pq + i * nh * hd + head * hd
-                                  : pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2;
-        for (int64_t j = 0; j < half; ++j) {
-          const float a = u[2 * j], b2 = u[2 * j + 1];
-          const float c = f[2 * j], s = f[2 * j + 1];
-          dst[2 * j] = static_cast<BFloat16>(a * c - b2 * s);
-          dst[2 * j + 1] = static_cast<BFloat16>(a * s + b2 * c);
-        }
+        const int64_t kv = head - nh - nkv;  // v's head, where >= 0
+        BFloat16* dst = head < nh    ? pq + i * nh * hd + head * hd
+                        : kv < 0     ? pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2
+                                     : pv + i * ks0 + kv * ks1 + pos[i] * ks2;
+        qkv_head(py + i * width, head, x, pf + pos[i] * hd, nh, nkv, hd, u.data(), dst);
       }
     }
   });
   return q;
+}
+
+// q and k of y [R, (nh+2nkv)*hd] as rope_store computes them, [R, nh+nkv, hd], for the
+// Python step (which stores k itself); y carries no bias (that step adds it first).
+Tensor rope_qk(const Tensor& y, const Tensor& freqs, const std::vector<int64_t>& pos,
+               int64_t nh, int64_t nkv, int64_t hd, const std::optional<Tensor>& q_norm,
+               const std::optional<Tensor>& k_norm, double eps) {
+  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.dim() == 2 &&
+                  y.size(1) == (nh + 2 * nkv) * hd && static_cast<int64_t>(pos.size()) == y.size(0),
+              "rope_qk: y must be contiguous bf16 [R, (nh + 2 nkv) hd] with a position a row");
+  const int64_t r = y.size(0), width = y.size(1);
+  for (int64_t p : pos) TORCH_CHECK(p >= 0 && p < freqs.size(0), "rope_qk: position ", p);
+  const QkvExtras x{nullptr, q_norm ? q_norm->data_ptr<BFloat16>() : nullptr,
+                    k_norm ? k_norm->data_ptr<BFloat16>() : nullptr, static_cast<float>(eps)};
+  Tensor out = at::empty({r, nh + nkv, hd}, y.options());
+  const BFloat16* py = y.data_ptr<BFloat16>();
+  const float* pf = reinterpret_cast<const float*>(freqs.data_ptr());
+  BFloat16* po = out.data_ptr<BFloat16>();
+  parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
+    std::vector<float> u(static_cast<size_t>(hd));
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t head = 0; head < nh + nkv; ++head) {
+        qkv_head(py + i * width, head, x, pf + pos[i] * hd, nh, nkv, hd, u.data(),
+                 po + (i * (nh + nkv) + head) * hd);
+      }
+    }
+  });
+  return out;
 }
 
 // gelu's tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as torch's
@@ -1151,6 +1187,9 @@ void silu_mul16(const BFloat16* a, const BFloat16* b, BFloat16* o) {
 // act(gu[:, :n]) * gu[:, n:], each rounded to bf16 as torch does: act is silu, or
 // with ``gelu`` gelu's tanh approximation (gemma).
 Tensor act_mul(const Tensor& gu, bool gelu) {
+  TORCH_CHECK(gu.scalar_type() == at::kBFloat16 && gu.is_contiguous() && gu.dim() == 2 &&
+                  gu.size(1) % 2 == 0,
+              "act_mul: gu must be contiguous bf16 [R, 2n]");
   const int64_t r = gu.size(0), n = gu.size(1) / 2;
   Tensor out = at::empty({r, n}, gu.options());
   const BFloat16* p = gu.data_ptr<BFloat16>();
@@ -1351,8 +1390,8 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
   at::InferenceMode guard;
   const int64_t n_layers = static_cast<int64_t>(kc.size());
   const size_t tail = static_cast<size_t>(n_layers) * kPerLayer;
-  struct Restore {  // the kernels called on their own (tests) use the team
-    ~Restore() { use_team = true; }
+  struct Restore {  // the kernels called on their own use OpenMP (see use_team)
+    ~Restore() { use_team = false; }
   } restore;
   use_team = kOwnKernels;
   Tensor h = weight_rows<BFloat16>(t, tail, kinds[4 * n_layers], ids);
@@ -1465,6 +1504,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dense_mm", &dense_mm, "x @ a bf16 weight's transpose, a lane per row (as F.linear)",
         pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("f32") = false,
         pybind11::call_guard<pybind11::gil_scoped_release>());
+  // The Python step's row-wise parts (prompts), as the decode step computes them.
+  m.def("rms_norm", &rms_norm, "RMSNorm of each bf16 row, in fp32 (as F.rms_norm)",
+        pybind11::arg("h"), pybind11::arg("w"), pybind11::arg("eps"),
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("act_mul", &act_mul, "act(gu[:, :n]) * gu[:, n:], act silu or (gelu) gelu-tanh",
+        pybind11::arg("gu"), pybind11::arg("gelu") = false,
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("rope_qk", &rope_qk, "q and k of a fused qkv output, QK-normed and rotated",
+        pybind11::arg("y"), pybind11::arg("freqs"), pybind11::arg("positions"),
+        pybind11::arg("n_heads"), pybind11::arg("n_kv"), pybind11::arg("head_dim"),
+        pybind11::arg("q_norm") = pybind11::none(), pybind11::arg("k_norm") = pybind11::none(),
+        pybind11::arg("eps") = 0.0, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("attend", &attend, "rows' query heads against their own cached keys (decode attention)",
         pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"), pybind11::arg("positions"),
         pybind11::arg("length"), pybind11::arg("n_heads"), pybind11::arg("n_kv"),

@@ -203,3 +203,54 @@ def test_native_packed_matmuls_give_fp32_logits(smollm2_int4_engine, built, rows
     assert got.dtype == torch.float32
     assert ((got - bf16.float()).abs() <= 0.01 * got.abs() + 1e-2).all()
     assert not torch.equal(got, bf16.float())  # not merely widened
+
+
+def _torch_rope(y, freqs, pos, nh, nkv, hd, q_norm, k_norm, eps):
+    r = y.shape[0]
+    qk = y[:, : (nh + nkv) * hd].reshape(r, nh + nkv, hd)
+    if q_norm is not None:
+        F = torch.nn.functional
+        qk = torch.cat(
+            [
+                F.rms_norm(qk[:, :nh], (hd,), q_norm, eps),
+                F.rms_norm(qk[:, nh:], (hd,), k_norm, eps),
+            ],
+            dim=1,
+        )
+    c = torch.view_as_complex(qk.reshape(r, nh + nkv, hd // 2, 2).float())
+    return torch.view_as_real(c * freqs[pos].unsqueeze(1)).bfloat16().view(r, nh + nkv, hd)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 37])
+def test_native_row_ops_give_torchs_results_row_by_row(built, rows):
+    """The prompt step's row-wise parts (``fastpath.RowOps``) on the native kernels give
+    what torch's ops give (silu bit for bit; RMSNorm, gelu and rotary to about the
+    last bit of bf16: their sums and products round in another order), and each row
+    the same bits alone as among others."""
+    if not getattr(built, "own_kernels", False):
+        pytest.skip("this CPU lacks AVX512-BF16: the prompt step keeps torch's ops")
+    F = torch.nn.functional
+    torch.manual_seed(rows)
+    h, w = (torch.randn(rows, 576) * 3).bfloat16(), (torch.rand(576) + 0.5).bfloat16()
+    got, want = built.rms_norm(h, w, 1e-5).float(), F.rms_norm(h, (576,), w, 1e-5).float()
+    assert ((got - want).abs() <= want.abs() / 64 + 1e-3).all()
+    assert torch.equal(built.rms_norm(h[-1:], w, 1e-5)[0], built.rms_norm(h, w, 1e-5)[-1])
+    gu = (torch.randn(rows, 3072) * 2).bfloat16()
+    assert torch.equal(built.act_mul(gu, False), F.silu(gu[:, :1536]) * gu[:, 1536:])
+    gelu = F.gelu(gu[:, :1536], approximate="tanh") * gu[:, 1536:]
+    got = built.act_mul(gu, True)
+    assert ((got.float() - gelu.float()).abs() <= gelu.float().abs() / 64 + 1e-3).all()
+    nh, nkv, hd = 9, 3, 64
+    y = torch.randn(rows, (nh + 2 * nkv) * hd).bfloat16()
+    freqs = torch.polar(torch.ones(1000, hd // 2), torch.rand(1000, hd // 2) * 6)
+    pos = list(range(900, 900 + rows))
+    for norms in (None, ((torch.rand(hd) + 0.5).bfloat16(), (torch.rand(hd) + 0.5).bfloat16())):
+        qn, kn = norms or (None, None)
+        got = built.rope_qk(y, freqs, pos, nh, nkv, hd, qn, kn, 1e-6)
+        want = _torch_rope(y, freqs, pos, nh, nkv, hd, qn, kn, 1e-6)
+        assert ((got.float() - want.float()).abs() <= want.float().abs() / 64 + 1e-3).all()
+        last = built.rope_qk(y[-1:], freqs, pos[-1:], nh, nkv, hd, qn, kn, 1e-6)
+        assert torch.equal(last[0], got[-1])
+    assert torch.equal(built.act_mul(gu[-1:], True)[0], built.act_mul(gu, True)[-1])
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        built.act_mul(gu[:, 1:], False)
