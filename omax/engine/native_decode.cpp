@@ -1298,6 +1298,80 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 * c),
                         (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[c], inv)));
 }
+// attend_head for NB query heads that share their keys and values (a GQA group; q and
+// o hold them one after another), hd = 16 LANES: each key and value is read once for
+// all of them, and the heads' sums run as independent chains where one head's wait on
+// its previous sum (an FMA's latency a key) bounded the loop. Each head gets
+// attend_head's result bit for bit: the same operations in the same order.
+template <int NB, int LANES>
+void attend_heads(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_t step,
+                  int64_t len, float scale, float cap, float* s, BFloat16* o) {
+  constexpr int kHd = 16 * LANES, kChunks = LANES / 2;
+  __m512bh qv[NB][kChunks];
+  for (int j = 0; j < NB; ++j)
+    for (int c = 0; c < kChunks; ++c)
+      qv[j][c] = (__m512bh)_mm512_loadu_si512(q + j * kHd + 32 * c);
+  float top[NB];
+  for (int j = 0; j < NB; ++j) top[j] = -INFINITY;
+  for (int64_t t = 0; t < len; ++t) {
+    const BFloat16* kt = k + t * step;
+    __m512 acc[NB];
+    for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+    for (int c = 0; c < kChunks; ++c) {
+      const __m512bh kv = (__m512bh)_mm512_loadu_si512(kt + 32 * c);
+      for (int j = 0; j < NB; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], kv, qv[j][c]);
+    }
+    for (int j = 0; j < NB; ++j) {
+      s[j * len + t] = _mm512_reduce_add_ps(acc[j]) * scale;
+      top[j] = std::max(top[j], s[j * len + t]);
+    }
+  }
+  float inv[NB];
+  for (int j = 0; j < NB; ++j) {
+    float* sj = s + j * len;
+    if (cap > 0.f) {
+      softcap(sj, len, cap);
+      top[j] = *std::max_element(sj, sj + len);
+    }
+    __m512 sum = _mm512_setzero_ps();
+    const __m512 mx = _mm512_set1_ps(top[j]);
+    for (int64_t t = 0; t < len; t += 16) {
+      const __mmask16 live = len - t >= 16 ? 0xffff : static_cast<__mmask16>((1u << (len - t)) - 1);
+      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sj + t), mx));
+      _mm512_mask_storeu_ps(sj + t, live, e);
+      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(live, e));
+    }
+    inv[j] = 1.f / _mm512_reduce_add_ps(sum);
+  }
+  __m512 acc[NB][LANES];
+  for (int j = 0; j < NB; ++j)
+    for (int c = 0; c < LANES; ++c) acc[j][c] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < len; ++t) {
+    const BFloat16* vt = v + t * step;
+    for (int c = 0; c < LANES; ++c) {
+      const __m512 x = _mm512_cvtpbh_ps(
+          (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(vt + 16 * c)));
+      for (int j = 0; j < NB; ++j)
+        acc[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(s[j * len + t]), x, acc[j][c]);
+    }
+  }
+  for (int j = 0; j < NB; ++j)
+    for (int c = 0; c < LANES; ++c)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j * kHd + 16 * c),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[j][c], _mm512_set1_ps(inv[j]))));
+}
+
+// The attend_heads kernel for g heads a group of head_dim hd, or nullptr (then
+// attend_head a head at a time): groups whose accumulators fit the registers.
+using HeadsFn = void (*)(const BFloat16*, const BFloat16*, const BFloat16*, int64_t, int64_t,
+                         float, float, float*, BFloat16*);
+HeadsFn heads_kernel(int64_t g, int64_t hd) {
+  if (hd == 64 && g == 2) return attend_heads<2, 4>;
+  if (hd == 64 && g == 3) return attend_heads<3, 4>;
+  if (hd == 64 && g == 4) return attend_heads<4, 4>;
+  if (hd == 128 && g == 2) return attend_heads<2, 8>;
+  return nullptr;
+}
 #endif
 
 // Row i's query heads q [R, nh*hd] against keys 0..pos[i] of cache slot i -> [R, nh*hd],
@@ -1320,6 +1394,22 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
     const BFloat16* pv = vc.data_ptr<BFloat16>();
     BFloat16* po = o.data_ptr<BFloat16>();
     const int64_t s0 = kc.stride(0), s1 = kc.stride(1), s2 = kc.stride(2);
+    // a group's heads together where there are groups enough to share out (the bits
+    // are the same either way)
+    const HeadsFn heads = r * nkv >= 8 ? heads_kernel(g, hd) : nullptr;
+    if (heads != nullptr) {
+      parallel_for(0, r * nkv, 1, [&](int64_t b, int64_t e) {
+        std::vector<float> scores(static_cast<size_t>(g * length));
+        for (int64_t w = b; w < e; ++w) {
+          const int64_t row = w / nkv, f = first(pos[row]);
+          const int64_t at = row * s0 + (w % nkv) * s1 + f * s2;
+          heads(pq + w * g * hd, pk + at, pv + at, s2, pos[row] + 1 - f,
+                static_cast<float>(scale), static_cast<float>(cap), scores.data(),
+                po + w * g * hd);
+        }
+      });
+      return o;
+    }
     parallel_for(0, r * nh, 1, [&](int64_t b, int64_t e) {
       std::vector<float> scores(static_cast<size_t>(length));
       for (int64_t w = b; w < e; ++w) {

@@ -83,6 +83,27 @@ def test_native_attention_matches_sdpa(built, positions):
     assert (got.float() - want.float()).abs().max() < 0.01
 
 
+@pytest.mark.parametrize(("nh", "nkv", "hd"), [(9, 3, 64), (8, 2, 64), (4, 2, 128), (6, 3, 256)])
+def test_native_attention_rows_keep_their_bits_in_a_batch(built, nh, nkv, hd):
+    """16 rows attend as they would alone (each alone takes a head at a time; 16 take a
+    GQA group's heads together where the shape has that kernel): the same bits, and
+    SDPA's result to bf16's last bits."""
+    torch.manual_seed(nh)
+    rows = 16
+    k = torch.randn(rows, nkv, 512, hd).bfloat16()
+    v = torch.randn(rows, nkv, 512, hd).bfloat16()
+    q = torch.randn(rows, nh * hd).bfloat16()
+    positions = [17 * i + 3 for i in range(rows)]
+    got = built.attend(q, k, v, positions, max(positions) + 1, nh, nkv, hd)
+    for i, p in enumerate(positions):
+        alone = built.attend(q[i : i + 1], k[i : i + 1], v[i : i + 1], [p], p + 1, nh, nkv, hd)
+        assert torch.equal(got[i], alone[0]), i
+        want = torch.nn.functional.scaled_dot_product_attention(
+            q[i].view(nkv, nh // nkv, hd), k[i, :, : p + 1], v[i, :, : p + 1]
+        ).reshape(-1)
+        assert (got[i].float() - want.float()).abs().max() < 0.01
+
+
 @pytest.mark.parametrize("rows", [1, 16])
 def test_native_decode_is_faster(smollm2_int4_engine, built, rows):
     """One stream and a full batch of 16: the native step beats the Python one (whose
