@@ -1154,6 +1154,9 @@ Tensor rope_qk(const Tensor& y, const Tensor& freqs, const std::vector<int64_t>&
                   y.size(1) == (nh + 2 * nkv) * hd && static_cast<int64_t>(pos.size()) == y.size(0),
               "rope_qk: y must be contiguous bf16 [R, (nh + 2 nkv) hd] with a position a row");
   const int64_t r = y.size(0), width = y.size(1);
+  TORCH_CHECK(freqs.scalar_type() == at::kComplexFloat && freqs.is_contiguous() &&
+                  freqs.dim() == 2 && freqs.size(1) == hd / 2,
+              "rope_qk: freqs must be a contiguous complex64 table [max_pos, hd / 2]");
   for (int64_t p : pos) TORCH_CHECK(p >= 0 && p < freqs.size(0), "rope_qk: position ", p);
   const QkvExtras x{nullptr, q_norm ? q_norm->data_ptr<BFloat16>() : nullptr,
                     k_norm ? k_norm->data_ptr<BFloat16>() : nullptr, static_cast<float>(eps)};
@@ -1252,6 +1255,24 @@ Tensor act_mul(const Tensor& gu, bool gelu) {
 }
 
 #ifdef OMAX_ATTEND_KERNEL
+// A head's scores s[0..len) (their largest: top) soft-capped where cap > 0 (gemma2),
+// then replaced by e^(s - max); returns 1 / their sum.
+float softmax_scores(float* s, int64_t len, float top, float cap) {
+  if (cap > 0.f) {
+    softcap(s, len, cap);
+    top = *std::max_element(s, s + len);
+  }
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 mx = _mm512_set1_ps(top);
+  for (int64_t t = 0; t < len; t += 16) {
+    const __mmask16 live = len - t >= 16 ? 0xffff : static_cast<__mmask16>((1u << (len - t)) - 1);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + t), mx));
+    _mm512_mask_storeu_ps(s + t, live, e);
+    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(live, e));
+  }
+  return 1.f / _mm512_reduce_add_ps(sum);
+}
+
 // One query head of one row against keys 0..len of its KV head: q [hd] bf16, keys and
 // values at k + t * step, v + t * step; writes o [hd] bf16. hd % 32 == 0, hd <= 256.
 // ``cap``: the scores are soft-capped (gemma2), else 0.
@@ -1269,18 +1290,7 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
     s[t] = _mm512_reduce_add_ps(acc) * scale;
     top = std::max(top, s[t]);
   }
-  if (cap > 0.f) {
-    softcap(s, len, cap);
-    top = *std::max_element(s, s + len);
-  }
-  __m512 sum = _mm512_setzero_ps();
-  const __m512 mx = _mm512_set1_ps(top);
-  for (int64_t t = 0; t < len; t += 16) {
-    const __mmask16 live = len - t >= 16 ? 0xffff : static_cast<__mmask16>((1u << (len - t)) - 1);
-    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, s + t), mx));
-    _mm512_mask_storeu_ps(s + t, live, e);
-    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(live, e));
-  }
+  const __m512 inv = _mm512_set1_ps(softmax_scores(s, len, top, cap));
   __m512 acc[16];
   const int64_t lanes = hd / 16;
   for (int64_t c = 0; c < lanes; ++c) acc[c] = _mm512_setzero_ps();
@@ -1293,11 +1303,11 @@ void attend_head(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64_
       acc[c] = _mm512_fmadd_ps(p, x, acc[c]);
     }
   }
-  const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sum));
   for (int64_t c = 0; c < lanes; ++c)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 * c),
                         (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[c], inv)));
 }
+
 // attend_head for NB query heads that share their keys and values (a GQA group; q and
 // o hold them one after another), hd = 16 LANES: each key and value is read once for
 // all of them, and the heads' sums run as independent chains where one head's wait on
@@ -1327,22 +1337,7 @@ void attend_heads(const BFloat16* q, const BFloat16* k, const BFloat16* v, int64
     }
   }
   float inv[NB];
-  for (int j = 0; j < NB; ++j) {
-    float* sj = s + j * len;
-    if (cap > 0.f) {
-      softcap(sj, len, cap);
-      top[j] = *std::max_element(sj, sj + len);
-    }
-    __m512 sum = _mm512_setzero_ps();
-    const __m512 mx = _mm512_set1_ps(top[j]);
-    for (int64_t t = 0; t < len; t += 16) {
-      const __mmask16 live = len - t >= 16 ? 0xffff : static_cast<__mmask16>((1u << (len - t)) - 1);
-      const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sj + t), mx));
-      _mm512_mask_storeu_ps(sj + t, live, e);
-      sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(live, e));
-    }
-    inv[j] = 1.f / _mm512_reduce_add_ps(sum);
-  }
+  for (int j = 0; j < NB; ++j) inv[j] = softmax_scores(s + j * len, len, top[j], cap);
   __m512 acc[NB][LANES];
   for (int j = 0; j < NB; ++j)
     for (int c = 0; c < LANES; ++c) acc[j][c] = _mm512_setzero_ps();
