@@ -198,6 +198,8 @@ constexpr int64_t kLin = 3;  // tensors per linear: packed weight, scales, dense
 // The packed weights stream from memory (a model is larger than the cache): the
 // kernels prefetch this many bytes ahead of what they read.
 constexpr int64_t kAhead = 8192;
+// and the int4 kernels a group's scales this many groups ahead
+constexpr int64_t kScalesAhead = 4;
 
 #if defined(__AVX512BF16__) && defined(__AVX512VBMI__)
 #define OMAX_INT4_KERNEL 1
@@ -255,6 +257,14 @@ struct Int4Unpack {
     }
   }
 
+  // A group's scales for a block (256 bytes) lie n_out * 4 bytes from the previous
+  // group's, a page or more apart, where no hardware prefetcher follows: without this
+  // the one-row kernel waited on them more than on the weights.
+  static void prefetch_scales(const BFloat16* sg) {
+    for (int c = 0; c < 256; c += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(sg) + c, _MM_HINT_T0);
+  }
+
   void scales(const BFloat16* sg, __m512* s, __m512* zc) const {
     for (int q = 0; q < 4; ++q) {
       const __m512i lane = _mm512_loadu_si512(sg + q * 32);  // (s, z) of 16 rows
@@ -296,6 +306,8 @@ void int4_block(const BFloat16* x, const float* sums, const uint8_t* w, const BF
   for (int m = 0; m < MT; ++m)
     for (int q = 0; q < 4; ++q) o[m][q] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
+    if (g + kScalesAhead < groups)
+      Int4Unpack::prefetch_scales(sz + ((g + kScalesAhead) * n_out + nb * 64) * 2);
     __m512 a[MT][4];
     for (int m = 0; m < MT; ++m)
       for (int q = 0; q < 4; ++q) a[m][q] = _mm512_setzero_ps();
@@ -351,6 +363,8 @@ void int4_block_rows(const BFloat16* x, const float* sums, const uint8_t* w, con
   std::fill(acc, acc + rows * 64, 0.f);
   alignas(64) __m512i buf[4 * kGroup / 2];
   for (int64_t g = 0; g < groups; ++g) {
+    if (g + kScalesAhead < groups)
+      Int4Unpack::prefetch_scales(sz + ((g + kScalesAhead) * n_out + nb * 64) * 2);
     const uint8_t* wg = wb + g * kGroup * 32;
     for (int p = 0; p < kGroup / 2; ++p)
       u.pair(wg + p * 64, buf + 4 * p, hbb == nullptr ? nullptr : hbb + (g * kGroup / 2 + p) * 4);
