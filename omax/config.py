@@ -47,6 +47,7 @@ class Settings:
     engine_quant: str
     prefix_cache: str
     native_decode: str
+    huge_pages: str
     cuda_graphs: str
     parallel: int
     context_length: int

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from omax.config import settings
+from omax.engine import huge_pages
 from omax.engine.arch import Arch, arch_of
 from omax.engine.fastpath import QUANTS, FastDecoder, Layer
 from omax.engine.linear import Lin
@@ -170,7 +172,7 @@ class FastBuilder:
             raise EngineError("fast path: model.norm.weight missing")
         max_pos = int(getattr(self.cfg, "max_position_embeddings", 8192) or 8192)
         max_pos = min(max_pos, self.max_pos or max_pos)
-        return FastDecoder(
+        model = FastDecoder(
             arch=self.arch,
             layers=[layer for layer in self.layers if layer is not None],
             embed=embed,
@@ -184,6 +186,9 @@ class FastBuilder:
             config=self.cfg,
             device=self.device,
         )
+        if self.device.type == "cpu" and settings().huge_pages != "off":
+            huge_pages.move(model.parameters())
+        return model
 
 
 def _layer_keys(a: Arch) -> set[str]:

@@ -1,0 +1,115 @@
+"""A CPU model's weights on transparent huge pages (omax.engine.huge_pages)."""
+
+from __future__ import annotations
+
+import gc
+
+import dask
+import pytest
+import torch
+
+from omax.engine import huge_pages
+
+
+def mapping_of(ptr: int) -> dict[str, int] | None:
+    """The /proc/self/smaps entry holding address ``ptr``: its start, end and
+    AnonHugePages (bytes); None where no mapping holds it."""
+    entry: dict[str, int] | None = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                entry = {"start": start, "end": end} if start <= ptr < end else None
+            elif entry is not None and head == "AnonHugePages:":
+                entry["huge"] = int(line.split()[1]) * 1024
+                return entry
+    return None
+
+
+needs_thp = pytest.mark.skipif(
+    not huge_pages.available(), reason="this kernel has no transparent huge pages to ask for"
+)
+
+
+def test_layout_aligns_every_storage_and_sums_what_it_needs():
+    offsets, total = huge_pages.layout([100, 64, 1, 0, 130])
+    assert offsets == [0, 128, 192, 256, 256]
+    assert total == 448
+    assert huge_pages.layout([]) == ([], 0)
+
+
+def test_thp_mode_is_the_bracketed_word(tmp_path):
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert huge_pages.thp_mode(f) == "madvise"
+    f.write_text("[never] madvise always\n")
+    assert huge_pages.thp_mode(f) == "never"
+    assert huge_pages.thp_mode(tmp_path / "absent") == ""
+
+
+def test_too_little_to_fill_a_huge_page_stays_where_it_is():
+    a = torch.randn(1000)
+    ptr = a.data_ptr()
+    assert huge_pages.move([a]) == 0
+    assert a.data_ptr() == ptr
+
+
+@needs_thp
+def test_moved_tensors_keep_values_views_and_dtypes_on_huge_pages():
+    a = torch.randn(3 << 20)  # 12 MiB
+    b = a[100:300]  # a view: it must keep sharing a's storage
+    c = torch.arange(-500, 500, dtype=torch.int16).view(10, 100).t()  # strided
+    with torch.inference_mode():  # the engine's weights are inference tensors
+        d = torch.full((7,), 1.5, dtype=torch.bfloat16)
+    want = [x.clone() for x in (a, b, c, d)]
+    old, need = a.data_ptr(), a.nbytes + c.untyped_storage().nbytes() + d.nbytes
+
+    moved = huge_pages.move([a, b, c, d])
+
+    assert moved >= need
+    assert c.untyped_storage().data_ptr() == a.untyped_storage().data_ptr()  # one mapping
+    assert a.data_ptr() != old
+    assert b.untyped_storage().data_ptr() == a.untyped_storage().data_ptr()
+    assert b.data_ptr() == a.data_ptr() + 100 * 4
+    for got, ref in zip((a, b, c, d), want, strict=True):
+        assert got.dtype == ref.dtype and got.stride() == ref.stride()
+        assert torch.equal(got, ref)
+    b.fill_(7.0)  # still a view of a
+    assert float(a[100]) == 7.0
+    region = mapping_of(a.data_ptr())
+    assert region is not None and region["huge"] >= 2 << 20, region
+
+
+@needs_thp
+def test_the_mapping_goes_back_when_its_tensors_go():
+    a = torch.randn(4 << 20)  # 16 MiB
+    huge_pages.move([a])
+    ptr = a.data_ptr()
+    assert mapping_of(ptr) is not None
+    del a
+    gc.collect()
+    region = mapping_of(ptr)
+    assert region is None or region["huge"] == 0  # unmapped (or the address reused)
+
+
+@needs_thp
+def test_a_loaded_model_decodes_from_huge_pages(smollm2_int4_engine):
+    model = smollm2_int4_engine.loaded.model
+    for w in (model.layers[0].gu.w, model.layers[-1].down.w, model.head.w):
+        region = mapping_of(w.data_ptr())
+        assert region is not None and region["huge"] > 0, region
+
+
+def test_huge_pages_off_keeps_torchs_allocations(smollm2_spec):
+    from omax.engine.engine import Engine
+    from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors
+
+    with dask.config.set({"omax.engine.huge-pages": "off"}):
+        eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=64)
+    try:
+        model = eng.loaded.model
+        ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        assert len(ptrs) > 100  # each weight in its own allocation, none moved into one
+    finally:
+        eng.close()
