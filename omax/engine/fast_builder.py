@@ -78,6 +78,10 @@ class FastBuilder:
         self.pending: list[dict[str, Any]] = [{} for _ in range(a.layers)]
         self.layers: list[Layer | None] = [None] * a.layers
         self.other: dict[str, Any] = {}
+        # a CPU model's weights go onto huge pages as each layer is done
+        # (omax.engine.huge_pages, omax.engine.huge-pages)
+        on = device.type == "cpu" and settings().huge_pages != "off" and huge_pages.available()
+        self.arena = huge_pages.Arena() if on else None
         perm = interleave_perm(a.head_dim, a.rot_dim)
         heads = torch.arange(a.heads + a.kv_heads).unsqueeze(1) * a.head_dim
         qk = (heads + perm).reshape(-1)
@@ -113,8 +117,10 @@ class FastBuilder:
             p = self.pending[i]
             p[key] = t
             if len(p) == len(self.keys):
-                self.layers[i] = self._layer(i, p)
+                layer = self.layers[i] = self._layer(i, p)
                 self.pending[i] = {}
+                if self.arena is not None:
+                    self.arena.move(layer.tensors())
         else:
             self.other[name] = t
 
@@ -186,8 +192,8 @@ class FastBuilder:
             config=self.cfg,
             device=self.device,
         )
-        if self.device.type == "cpu" and settings().huge_pages != "off":
-            huge_pages.move(model.parameters())
+        if self.arena is not None:  # the embedding, head and final norm
+            self.arena.move(model.parameters())
         return model
 
 

@@ -71,6 +71,14 @@ class Layer:
     window: int | None = None  # keys a query sees: the last ``window`` positions
     rope: str = ""  # key into ``FastDecoder.tables``
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every weight tensor of the layer (norms, biases, the linears' own)."""
+        norms = (self.ln1, self.ln2, self.bias, self.q_norm, self.k_norm)
+        out = [t for t in (*norms, self.post_attn, self.post_ffn) if t is not None]
+        for lin in (self.qkv, self.o, self.gu, self.down):
+            out += lin.tensors()
+        return out
+
 
 @dataclass
 class FastDecoder:
@@ -121,21 +129,12 @@ class FastDecoder:
     # Engine.stats and the embeddings helper treat this like a transformers model.
     def parameters(self):
         seen: set[int] = set()
-        lins = [self.embed, self.head]
-        for layer in self.layers:
-            lins += [layer.qkv, layer.o, layer.gu, layer.down]
-            for t in (layer.ln1, layer.ln2, layer.bias, layer.q_norm, layer.k_norm):
-                if t is not None:
-                    yield t
-            for t in (layer.post_attn, layer.post_ffn):
-                if t is not None:
-                    yield t
-        yield self.norm
-        for lin in lins:
-            for t in lin.tensors():
-                if id(t) not in seen:
-                    seen.add(id(t))
-                    yield t
+        tensors = [t for layer in self.layers for t in layer.tensors()]
+        tensors += [self.norm, *self.embed.tensors(), *self.head.tensors()]
+        for t in tensors:
+            if id(t) not in seen:  # a tied head is the embedding
+                seen.add(id(t))
+                yield t
 
     def buffers(self):
         return iter(())

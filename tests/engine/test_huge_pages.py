@@ -94,11 +94,27 @@ def test_the_mapping_goes_back_when_its_tensors_go():
 
 
 @needs_thp
+def test_an_arena_fills_its_mappings_part_by_part():
+    arena = huge_pages.Arena(chunk=4 << 20)
+    first = [torch.randn(256 << 10), torch.randn(1000)]  # a 1 MiB part
+    assert arena.move(first) == (256 << 10) * 4 + 4032
+    second = [torch.randn(1 << 20)]  # 4 MiB: no room left, a mapping of its own
+    assert arena.move(second) == 4 << 20
+    assert arena.move([*first, *second]) == 0  # in a mapping already: not moved again
+    base = first[0].untyped_storage().data_ptr()
+    assert first[1].untyped_storage().data_ptr() == base
+    assert second[0].untyped_storage().data_ptr() != base
+    assert torch.isfinite(first[0]).all() and torch.isfinite(second[0]).all()
+
+
+@needs_thp
 def test_a_loaded_model_decodes_from_huge_pages(smollm2_int4_engine):
     model = smollm2_int4_engine.loaded.model
-    for w in (model.layers[0].gu.w, model.layers[-1].down.w, model.head.w):
+    for w in (model.layers[0].gu.w, model.layers[-1].down.w, model.head.w, model.norm):
         region = mapping_of(w.data_ptr())
         assert region is not None and region["huge"] > 0, region
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(weights) <= 2  # all of them in one or two mappings
 
 
 def test_huge_pages_off_keeps_torchs_allocations(smollm2_spec):
