@@ -194,6 +194,7 @@ class FastBuilder:
         )
         if self.arena is not None:  # the embedding, head and final norm
             self.arena.move(model.parameters())
+            self.arena = None  # its newest mapping now lives only as long as the model
         return model
 
 
