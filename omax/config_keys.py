@@ -85,7 +85,7 @@ KEYS: tuple[Key, ...] = (
         "prefix_cache",
     ),
     Key("engine.native-decode", v.choice("auto", "off"), "auto or off", (WORKER,), "native_decode"),
-    Key("engine.huge-pages", v.choice("auto", "off"), "auto or off", (WORKER,), "huge_pages"),
+    Key("engine.huge-pages", v.choice("on", "off"), "on or off", (WORKER,), "huge_pages"),
     Key("engine.cuda-graphs", v.choice("auto", "off"), "auto or off", (WORKER,), "cuda_graphs"),
     Key("engine.parallel", v.int_at_least(1), _INT1, (SCHEDULER,), "parallel"),
     Key(

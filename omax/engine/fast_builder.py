@@ -80,7 +80,7 @@ class FastBuilder:
         self.other: dict[str, Any] = {}
         # a CPU model's weights go onto huge pages as each layer is done
         # (omax.engine.huge_pages, omax.engine.huge-pages)
-        on = device.type == "cpu" and settings().huge_pages != "off" and huge_pages.available()
+        on = device.type == "cpu" and settings().huge_pages == "on" and huge_pages.available()
         self.arena = huge_pages.Arena() if on else None
         perm = interleave_perm(a.head_dim, a.rot_dim)
         heads = torch.arange(a.heads + a.kv_heads).unsqueeze(1) * a.head_dim

@@ -6,7 +6,10 @@ cloud CPUs run: a Qwen3-shape Q4_K_M one-row step took 8.0 ms on 4 KiB pages and
 7.2 ms on 2 MiB ones (2-core VM, alternating runs; benchmarks/RESULTS.md). Linux backs
 an anonymous private mapping with 2 MiB pages where it is asked to (``madvise
 MADV_HUGEPAGE``, honoured in THP mode "always" and "madvise", the usual default);
-torch's allocator never asks.
+torch's allocator never asks. The price is at load: the copies fault in fresh memory
+where torch's heap would have reused the last load's (Gemma 3 270M 0.3-0.7 s slower
+through omax serve), so ``omax.engine.huge-pages`` is "off" unless an operator turns
+it on.
 
 ``Arena.move`` copies the storages of a model's weight tensors into such mappings,
 a layer at a time as the model is built, and points every tensor at its copy (``Tensor.set_``): holders of the tensor objects (a

@@ -108,24 +108,36 @@ def test_an_arena_fills_its_mappings_part_by_part():
 
 
 @needs_thp
-def test_a_loaded_model_decodes_from_huge_pages(smollm2_int4_engine):
-    model = smollm2_int4_engine.loaded.model
-    for w in (model.layers[0].gu.w, model.layers[-1].down.w, model.head.w, model.norm):
-        region = mapping_of(w.data_ptr())
-        assert region is not None and region["huge"] > 0, region
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    assert len(weights) <= 2  # all of them in one or two mappings
-
-
-def test_huge_pages_off_keeps_torchs_allocations(smollm2_spec):
+def test_a_model_loaded_with_huge_pages_on_decodes_from_them(smollm2_spec, smollm2_int4_engine):
     from omax.engine.engine import Engine
     from tests.engine.conftest import SMOLLM2_GGUF, gguf_tensors
 
-    with dask.config.set({"omax.engine.huge-pages": "off"}):
+    with dask.config.set({"omax.engine.huge-pages": "on"}):
         eng = Engine.load(smollm2_spec, gguf_tensors(SMOLLM2_GGUF), quant="int4", max_ctx=64)
     try:
         model = eng.loaded.model
-        ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        assert len(ptrs) > 100  # each weight in its own allocation, none moved into one
+        for w in (model.layers[0].gu.w, model.layers[-1].down.w, model.head.w, model.norm):
+            region = mapping_of(w.data_ptr())
+            assert region is not None and region["huge"] > 0, region
+        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        assert len(weights) <= 2  # all of them in one or two mappings
+        # the same model on torch's allocations (the default) computes the same bits
+        ids = list(range(1, 40))
+        want = smollm2_int4_engine.loaded.model
+        assert want.layers[0].gu.w.data_ptr() != model.layers[0].gu.w.data_ptr()
+        assert torch.equal(last_logits(eng, ids), last_logits(smollm2_int4_engine, ids))
     finally:
         eng.close()
+
+
+def test_huge_pages_are_off_by_default(smollm2_int4_engine):
+    model = smollm2_int4_engine.loaded.model
+    ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(ptrs) > 100  # each weight in its own allocation, none moved into one
+
+
+def last_logits(engine, ids: list[int]) -> torch.Tensor:
+    from omax.engine.runner import FastRunner
+
+    runner = FastRunner(engine.loaded.model, max_slots=1, max_len=len(ids))
+    return runner.prefill(ids, 0).float()
