@@ -11,13 +11,13 @@ where torch's heap would have reused the last load's (Gemma 3 270M 0.3-0.7 s slo
 through omax serve), so ``omax.engine.huge-pages`` is "off" unless an operator turns
 it on.
 
-``Arena.move`` copies the storages of a model's weight tensors into such mappings,
-a layer at a time as the model is built, and points every tensor at its copy (``Tensor.set_``): holders of the tensor objects (a
-``Lin``, the native step's ``Model``, a tied head) see the move, views that share a
-storage keep sharing it, and each old storage is freed as it is replaced. When the
-last of the tensors goes (the model is unloaded) the mapping goes back to the system
-at once, where freed heap memory often stays with the process. ``layout`` is the
-policy, without mmap or torch.
+``Arena.move`` copies the storages of a model's weight tensors into such mappings, a
+layer at a time as the model is built, and points every tensor at its copy
+(``Tensor.set_``): holders of the tensor objects (a ``Lin``, the native step's
+``Model``, a tied head) see the move, views that share a storage keep sharing it, and
+each old storage is freed as it is replaced. When the last of the tensors goes (the
+model is unloaded) the mapping goes back to the system at once, where freed heap
+memory often stays with the process. ``layout`` is the policy, without mmap or torch.
 """
 
 from __future__ import annotations
