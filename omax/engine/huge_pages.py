@@ -125,14 +125,3 @@ class Arena:
             self.mine.add(self.whole.untyped_storage().data_ptr())
             log.debug("a mapping on huge pages: %.0f MiB", size / 2**20)
         return self.whole
-
-
-def move(tensors: Iterable[torch.Tensor], min_bytes: int = HUGE) -> int:
-    """Move the CPU storages of ``tensors`` into one mapping on huge pages at once;
-    returns the bytes moved (0 where huge pages are not available, or the storages
-    total less than ``min_bytes``, too little to fill one)."""
-    tensors = list(tensors)
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    if layout(list(storages.values()))[1] < min_bytes or not available():
-        return 0
-    return Arena(chunk=HUGE).move(tensors)
