@@ -110,6 +110,41 @@ def test_unknown_architecture(tmp_path, empty_store):
     assert [e.name for e in empty_store.list()] == ["keep:latest"]
 
 
+def test_unknown_tokenizer_refused_before_any_blob(tmp_path, empty_store):
+    tokens, scores, types = spm_vocab(size=50)
+    path = write_gguf(
+        tmp_path / "odd.gguf",
+        "llama",
+        tokenizer="oddpiece",
+        tokens=tokens,
+        scores=scores,
+        types=types,
+    )
+    with pytest.raises(ImportFailed, match="odd.gguf.*oddpiece"):
+        empty_store.import_path(path, "odd")
+    assert [e.name for e in empty_store.list()] == ["keep:latest"]
+    assert list(empty_store.blobs.iter_digests()) == []
+
+
+def test_tokenizer_failing_beside_the_tensor_writes(tmp_path, empty_store, monkeypatch):
+    """The conversion runs while the tensors are written: its failure is still the
+    import's, and the catalog is left as it was."""
+    from omax.sharding.importers import gguftokenizer
+
+    def broken(arch, tokenizer):
+        raise RuntimeError("merges out of order")
+
+    monkeypatch.setattr(gguftokenizer, "_convert", broken)
+    tokens, scores, types = spm_vocab(size=50)
+    path = write_gguf(
+        tmp_path / "m.gguf", "llama", tokenizer="llama", tokens=tokens, scores=scores, types=types
+    )
+    before = _catalog_state(empty_store)
+    with pytest.raises(ImportFailed, match="m.gguf: cannot convert the GGUF tokenizer: merges out"):
+        empty_store.import_path(path, "m")
+    assert _catalog_state(empty_store) == before
+
+
 # The tokenizer and config match what transformers builds from the same file.
 
 SAMPLES = [

@@ -8,16 +8,20 @@
 - Tokenizer: ``gguftokenizer.tokenizer_files``, the ``tokenizer.json`` transformers'
   GGUF converter writes; the chat template is ``tokenizer.chat_template``.
 
-Every refusal (corrupt file, tensor type, architecture, tokenizer) is an ImportFailed
-raised before the first blob is written. The derived config and tokenizer are cached
-per file identity (device, inode, size, mtime) so importing one file under two names
-in one process builds them once.
+Every refusal (corrupt file, tensor type, architecture, tokenizer kind) is an
+ImportFailed raised before the first blob is written. The tokenizer's conversion (a
+second or two for a 262k vocabulary, mostly Python) then runs in a thread while the
+tensors are written (mostly hashing and I/O, which release the GIL). The derived config
+and tokenizer are cached per file identity (device, inode, size, mtime) so importing
+one file under two names in one process builds them once.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from omax.sharding import support
 from omax.sharding.importers.common import BlobWriter, new_manifest
 from omax.sharding.importers.ggufconfig import hf_config, supported_architectures
 from omax.sharding.importers.ggufheader import GGUFFile, TensorInfo, open_gguf
-from omax.sharding.importers.gguftokenizer import tokenizer_files
+from omax.sharding.importers.gguftokenizer import tokenizer_job
 from omax.sharding.manifest import Manifest, TensorEntry, format_parameter_count
 
 GGUF_MAGIC = b"GGUF"
@@ -62,10 +66,14 @@ def import_gguf(writer: BlobWriter, path: str | Path) -> Manifest:
     if not isinstance(arch, str):
         raise ImportFailed(f"{path}: no general.architecture in GGUF metadata")
     sizes = _check_tensors(file)
-    config, tokenizer_json, tokenizer_config = _derived_metadata(path, _file_key(path), file)
-    writer.total = sum(sizes)
-    writer.stage("importing tensors")
-    entries = [_write_tensor(writer, file, t, n) for t, n in zip(file.tensors, sizes, strict=True)]
+    with concurrent.futures.ThreadPoolExecutor(1, "omax-gguf-tokenizer") as pool:
+        metadata = _metadata(path, _file_key(path), file, pool)
+        writer.total = sum(sizes)
+        writer.stage("importing tensors")
+        entries = [
+            _write_tensor(writer, file, t, n) for t, n in zip(file.tensors, sizes, strict=True)
+        ]
+        config, tokenizer_json, tokenizer_config = metadata.result()
     files: dict[str, tuple[str, int]] = {}
     if tokenizer_json is not None:
         files["tokenizer.json"] = writer.put_bytes(tokenizer_json)
@@ -147,22 +155,47 @@ def _file_key(path: Path) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-_METADATA_CACHE: dict[tuple, tuple[dict, bytes | None, dict]] = {}
+# (HF config, tokenizer.json bytes or None, tokenizer_config)
+Metadata = tuple[dict, bytes | None, dict]
+_METADATA_CACHE: dict[tuple, Metadata] = {}
 
 
-def _derived_metadata(
-    path: Path, key: tuple, file: GGUFFile | None = None
-) -> tuple[dict, bytes | None, dict]:
-    """(HF config, tokenizer.json bytes or None, tokenizer_config), cached by file identity."""
-    if key not in _METADATA_CACHE:
+def _derived_metadata(path: Path, key: tuple, file: GGUFFile | None = None) -> Metadata:
+    """The file's ``Metadata``, cached by file identity ``key``."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return _metadata(path, key, file, pool).result()
+
+
+def _metadata(
+    path: Path, key: tuple, file: GGUFFile | None, pool: concurrent.futures.Executor
+) -> concurrent.futures.Future[Metadata]:
+    """The file's ``Metadata`` (copies of the cached one): the config, and every
+    refusal, now; the tokenizer's conversion in ``pool``."""
+    out: concurrent.futures.Future[Metadata] = concurrent.futures.Future()
+    if key in _METADATA_CACHE:
+        out.set_result(_copy(_METADATA_CACHE[key]))
+        return out
+    config, build = _parse_metadata(file or _open(path))
+
+    def finish() -> Metadata:
+        tokenizer_json, tokenizer_config = _built_tokenizer(path, build)
         if len(_METADATA_CACHE) >= 8:
             _METADATA_CACHE.pop(next(iter(_METADATA_CACHE)))
-        _METADATA_CACHE[key] = _parse_metadata(file or _open(path))
-    config, tokenizer_json, tokenizer_config = _METADATA_CACHE[key]
+        encoded = tokenizer_json.encode() if tokenizer_json is not None else None
+        _METADATA_CACHE[key] = (config, encoded, _jsonable(tokenizer_config))
+        return _copy(_METADATA_CACHE[key])
+
+    return pool.submit(finish)
+
+
+def _copy(metadata: Metadata) -> Metadata:
+    config, tokenizer_json, tokenizer_config = metadata
     return copy.deepcopy(config), tokenizer_json, copy.deepcopy(tokenizer_config)
 
 
-def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
+def _parse_metadata(file: GGUFFile) -> tuple[dict, Callable[[], tuple[str | None, dict]]]:
+    """The HF config, and the tokenizer's build (``gguftokenizer.tokenizer_job``), once
+    the architecture and the tokenizer kind are known to be supported."""
     path = file.path
     config = hf_config(path, file.metadata, [t.name for t in file.tensors])
     config = _jsonable({k: v for k, v in config.items() if not k.startswith("_")})
@@ -177,14 +210,17 @@ def _parse_metadata(file: GGUFFile) -> tuple[dict, bytes | None, dict]:
         )
     config.setdefault("architectures", [_architecture_class(model_type)])
     config.update(_unmapped(file.metadata, config))
+    return config, _built_tokenizer(path, lambda: tokenizer_job(path, file.metadata))
+
+
+def _built_tokenizer(path: Path, step: Callable[[], Any]) -> Any:
+    """``step()``, its errors named as the tokenizer's."""
     try:
-        tokenizer_json, tokenizer_config = tokenizer_files(path, file.metadata)
+        return step()
     except ImportFailed as err:
         raise ImportFailed(f"{path}: {err}") from err
     except Exception as err:
         raise ImportFailed(f"{path}: cannot convert the GGUF tokenizer: {err}") from err
-    encoded = tokenizer_json.encode() if tokenizer_json is not None else None
-    return config, encoded, _jsonable(tokenizer_config)
 
 
 # Keys llama.cpp writes that transformers' GGUF config tables do not read, without

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,37 @@ class _UseSlowPath(Exception):
 def tokenizer_files(path: Path, metadata: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """``(tokenizer.json text or None without a vocabulary, tokenizer config)`` for the
     GGUF file at ``path`` whose parsed metadata is ``metadata``."""
+    return tokenizer_job(path, metadata)()
+
+
+def tokenizer_job(
+    path: Path, metadata: Mapping[str, Any]
+) -> Callable[[], tuple[str | None, dict[str, Any]]]:
+    """What ``tokenizer_files`` does, in two steps: this call refuses a tokenizer no
+    builder covers (ImportFailed), at once; the function it returns builds the
+    tokenizer, the slow part, which an importer runs beside its tensor writes."""
     if legacy_transformers():
-        return _legacy_tokenizer(path)
+        legacy = _legacy_tokenizer(path)
+        return lambda: legacy
+    from transformers.integrations.gguf import gguf_tokenizer_mapping as conv
+
     arch = str(metadata["general.architecture"])
     tokenizer, config = _tokenizer_dict(metadata)
     if not tokenizer.get("tokens"):
-        return None, config
-    try:
-        backend = _convert(arch, tokenizer)
-    except ValueError as err:  # the converter's "cannot build a tokenizer from ..." names both
+        return lambda: (None, config)
+    try:  # the converter's "cannot build a tokenizer from ..." names both
+        conv.select_tokenizer_builder(arch, tokenizer.get("tokenizer_type"))
+    except ValueError as err:
         raise ImportFailed(str(err)) from err
-    return compact_merges(backend.to_str()), config
+
+    def build() -> tuple[str | None, dict[str, Any]]:
+        try:
+            backend = _convert(arch, tokenizer)
+        except ValueError as err:
+            raise ImportFailed(str(err)) from err
+        return compact_merges(backend.to_str()), config
+
+    return build
 
 
 def _legacy_tokenizer(path: Path) -> tuple[str | None, dict[str, Any]]:
