@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 import time
 import uuid
 from collections import defaultdict
@@ -56,6 +54,7 @@ from omax.serve.runtime import (
     Progress,
     ShowInfo,
 )
+from omax.serve.uploads import store_upload
 from omax.serve.upstream import Deadlines, SchedulerLink, bounded
 
 logger = logging.getLogger(__name__)
@@ -281,15 +280,7 @@ class ClusterRuntime:
         return await asyncio.to_thread(self.store.blobs.has, digest)
 
     async def put_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
-        fd, path = tempfile.mkstemp(prefix="omax-upload-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                async for chunk in chunks:
-                    await asyncio.to_thread(f.write, chunk)
-            _, created = await asyncio.to_thread(self.store.blobs.put_file, path, digest)
-            return created
-        finally:
-            os.unlink(path)
+        return await store_upload(self.store.blobs, digest, chunks)
 
     # ---- the cluster -------------------------------------------------------------
 

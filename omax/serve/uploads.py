@@ -1,0 +1,77 @@
+"""A blob upload (``POST /api/blobs/<digest>``) stored as it arrives, in one pass.
+
+The event loop receives the body; a thread hashes and writes it into the blob store
+(``BlobStore.put_stream``: verified against the digest, fsynced, then named). Received
+pieces travel to that thread in batches of ``BATCH`` bytes, so the loop hands work over
+a few dozen times for a model file rather than once per network read, and no temporary
+copy of the file is written and read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+from omax.sharding.blobs import BlobStore
+
+BATCH = 4 << 20
+QUEUED = 4  # batches received ahead of the writer: what an upload holds in memory
+
+
+class _Aborted(Exception):
+    """The upload stopped before its end (the client went away, the loop was cancelled)."""
+
+
+async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[bytes]) -> bool:
+    """Store the body ``chunks`` as blob ``digest``; return whether it was new.
+
+    A body that does not hash to ``digest`` raises DigestMismatch, and an upload cut
+    short leaves nothing behind: ``put_stream`` removes its partial file either way."""
+    feed: queue.Queue[bytes | None | _Aborted] = queue.Queue(maxsize=QUEUED)
+    finished = threading.Event()  # the writer stopped: nothing takes from the feed
+
+    def pieces() -> Iterator[bytes]:
+        while (item := feed.get()) is not None:
+            if isinstance(item, _Aborted):
+                raise item
+            yield item
+
+    def write() -> tuple[str, bool]:
+        try:
+            return blobs.put_stream(pieces(), digest)
+        finally:
+            finished.set()
+
+    def offer(item: bytes | None | _Aborted) -> None:
+        while not finished.is_set():
+            try:
+                feed.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    writer = asyncio.ensure_future(asyncio.to_thread(write))
+    try:
+        batch: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= BATCH:
+                await asyncio.to_thread(offer, b"".join(batch))
+                batch, size = [], 0
+                if writer.done():  # it failed: its error is the answer
+                    break
+        if batch:
+            await asyncio.to_thread(offer, b"".join(batch))
+        await asyncio.to_thread(offer, None)
+    except BaseException:
+        offer(_Aborted())  # never blocks long: the writer takes it or has stopped
+        await asyncio.shield(asyncio.wait([writer]))
+        if not writer.cancelled():
+            writer.exception()  # retrieved: the error raised is the upload's own
+        raise
+    _, created = await writer
+    return created
