@@ -129,6 +129,9 @@ async def _serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         logger.info("omax serving on http://%s:%d (scheduler %s)", host, port, scheduler)
+        from omax import warmup
+
+        warmup.start(warmup.importer_imports)  # for the first create or pull
         await server.serve()
     finally:
         logger.info("shutting down")

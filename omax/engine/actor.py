@@ -150,9 +150,12 @@ class ModelActor:
         self._expiry: asyncio.Task | None = None
 
     def _load_sync(self) -> Engine:
-        from omax.engine.engine import Engine  # here, off the event loop (module doc)
+        from omax import warmup
 
         start = time.perf_counter_ns()
+        warmup.wait()  # the worker's own import of the engine and transformers
+        from omax.engine.engine import Engine  # here, off the event loop (module doc)
+
         if self.device == "cpu":
             _use_cpu_threads()
             _keep_step_buffers()

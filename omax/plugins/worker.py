@@ -45,6 +45,7 @@ from distributed.worker import Worker
 # actor's calls. Imported here, at the worker's start, they are already loaded then.
 import omax.engine.actor  # noqa: F401
 import omax.plugins.source  # noqa: F401
+from omax import warmup
 from omax.config import settings, worker_store_path
 from omax.errors import BlobNotFound, DigestMismatch, from_wire, is_wire_error, to_wire
 from omax.plugins.replicas import LocalReplicas
@@ -92,6 +93,7 @@ class OmaxWorkerPlugin(WorkerPlugin):
         # lets the worker's event loop answer polls and submits without waiting out
         # the interpreter's default interval for each hand-over.
         sys.setswitchinterval(0.0002)
+        warmup.start(warmup.engine_imports)  # for the first model load
         self.origin_url = cfg.store_url
         self.slots = detect_slots(cfg.device, cfg.slot_memory)
         self.disk_budget = cfg.disk_budget  # bytes the local store may hold; 0: no limit

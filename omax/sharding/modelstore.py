@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omax import warmup
 from omax.errors import BlobNotFound, ImportFailed, InvalidRequest, ModelNotFound, StoreError
 from omax.sharding import garbage
 from omax.sharding import modelfile as mf
@@ -362,6 +363,7 @@ class ModelStore:
         return import_uploaded(writer, files)
 
     def _writer(self, progress: Progress | None) -> BlobWriter:
+        warmup.wait()  # every import starts here, and imports transformers' tables
         return BlobWriter(self.blobs, progress, chunk_bytes=self.chunk_bytes)
 
 
