@@ -278,7 +278,8 @@ def verify() -> None:
 @cli.command()
 @click.option("--apply", is_flag=True, help="Delete (default: dry run).")
 def gc(apply: bool) -> None:
-    """Remove blobs that no manifest references (dry run unless --apply)."""
+    """Remove blobs that no manifest references, and downloads abandoned pulls left
+    (dry run unless --apply)."""
     from omax.config import settings
     from omax.sharding.modelstore import ModelStore
 
@@ -286,4 +287,6 @@ def gc(apply: bool) -> None:
     for d in digests:
         click.echo(d)
     verb = "removed" if apply else "would remove"
-    click.echo(f"{verb} {len(digests)} blob(s), {human_bytes(nbytes)}")
+    blobs = sum(d.startswith("sha256:") for d in digests)
+    downloads = f" and {len(digests) - blobs} download(s)" if len(digests) > blobs else ""
+    click.echo(f"{verb} {blobs} blob(s){downloads}, {human_bytes(nbytes)}")

@@ -30,7 +30,7 @@ from omax.sharding.blobs import BlobStore, check_digest
 from omax.sharding.catalog import Catalog, CatalogEntry, normalize_name
 from omax.sharding.importers.common import BlobWriter, ImportReport, Progress
 from omax.sharding.importers.files import import_file, import_uploaded
-from omax.sharding.leases import Lease, held
+from omax.sharding.leases import TTL_S, Lease, held
 from omax.sharding.manifest import Manifest
 from omax.sharding.paths import under_roots
 from omax.sharding.zarrstore import CHUNK_BYTES
@@ -277,17 +277,24 @@ class ModelStore:
     def gc(
         self, dry_run: bool = True, grace_s: float = garbage.GC_GRACE_S
     ) -> tuple[builtins.list[str], int]:
-        """Blobs no cataloged model references: ``(digests, bytes)``; removed unless
-        ``dry_run``. Kept besides: blobs younger than ``grace_s``, and whatever a live
-        lease protects (an import, create, pull or replication in progress, however
-        long it runs: ``omax.sharding.leases``). Removing also clears temporary files
-        that crashed writes left, once older than ``leases.TTL_S``
-        (``omax.sharding.garbage``)."""
+        """Blobs no cataloged model references, and the downloads abandoned registry
+        pulls left: ``(digests and download paths, bytes)``; removed unless
+        ``dry_run``. Kept besides: blobs younger than ``grace_s``, downloads written in
+        that time (or ``leases.TTL_S``, the longer), and whatever a live lease protects
+        (an import, create, pull or replication in progress, however long it runs:
+        ``omax.sharding.leases``). Removing also clears temporary files that crashed
+        writes left, once older than ``leases.TTL_S`` (``omax.sharding.garbage``)."""
+        from omax.sharding.importers.registry import stale_downloads
+
         found = garbage.find(self.blobs, self.referenced, self.manifest, grace_s)
+        downloads = stale_downloads(self.blobs, max(grace_s, TTL_S))
+        nbytes = found.nbytes + sum(_size(p) for p in downloads)
         if not dry_run:
             for digest in garbage.remove(self.blobs, found, grace_s):
                 self._manifests.pop(digest, None)
-        return found.digests, found.nbytes
+            for path in downloads:
+                path.unlink(missing_ok=True)
+        return found.digests + [str(p) for p in downloads], nbytes
 
     # internals
 
@@ -365,6 +372,13 @@ class ModelStore:
     def _writer(self, progress: Progress | None) -> BlobWriter:
         warmup.wait()  # every import starts here, and imports transformers' tables
         return BlobWriter(self.blobs, progress, chunk_bytes=self.chunk_bytes)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _typed(key: str, value: str) -> Any:

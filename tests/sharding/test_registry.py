@@ -4,6 +4,8 @@ bundled SmolLM2 GGUF in Ollama's registry layout (tests/registry_server.py)."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -30,7 +32,7 @@ TEXTS = {
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory, smollm2_path):
     reg = Registry(tmp_path_factory.mktemp("registry"))
-    for tag in ("q4_1", "cut", "cut2", "bad"):
+    for tag in ("q4_1", "cut", "cut2", "bad", "gone"):
         reg.publish_gguf("library/smol", tag, smollm2_path, **TEXTS)
     yield reg
     reg.close()
@@ -146,6 +148,24 @@ def test_pull_resumes_a_cut_download(registry, smol_store):
     gets = [r for r in registry.requests[before:] if gguf in r[1]]
     assert gets[0][2] == f"bytes={kept}-" and len(gets) == 2  # one more cut, then the rest
     assert store.resolve(ref)[0] == report.digest
+
+
+def test_gc_removes_what_an_abandoned_pull_left(registry, smol_store):
+    store, _ = smol_store
+    gguf = gguf_digest(registry, "gone")
+    registry.cut(gguf, 5 << 20, 5 << 20, 5 << 20, 5 << 20)
+    with pytest.raises(ImportFailed, match="pull again to resume"):
+        store.pull(f"{registry.host}/library/smol:gone", insecure=True)
+    partial = staging_dir(store.blobs) / "blobs" / (gguf.replace(":", "-") + "-partial")
+    size = partial.stat().st_size
+    assert str(partial) not in store.gc(dry_run=False, grace_s=0)[0]  # a pull may resume it
+    assert partial.exists()
+    hour_ago = time.time() - 3600
+    os.utime(partial, (hour_ago, hour_ago))
+    listed, nbytes = store.gc(dry_run=True, grace_s=0)
+    assert str(partial) in listed and nbytes >= size and partial.exists()
+    assert str(partial) in store.gc(dry_run=False, grace_s=0)[0]
+    assert not partial.exists()
 
 
 def test_digest_mismatch_is_refused(registry, smol_store):

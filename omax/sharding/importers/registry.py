@@ -27,8 +27,10 @@ not hash to its digest (the bad download is removed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,19 @@ def staging_dir(blobs: BlobStore) -> Path:
         return Path(blobs.root) / "registry-downloads"
     digest = hashlib.sha256(str(blobs.root).encode()).hexdigest()[:16]
     return Path("~/.cache/omax/registry-downloads").expanduser() / digest
+
+
+def stale_downloads(blobs: BlobStore, older_than_s: float) -> list[Path]:
+    """What abandoned pulls left in the staging folder (partial downloads a later pull
+    would have resumed, their locks) and nothing wrote for ``older_than_s``."""
+    folder = staging_dir(blobs) / "blobs"
+    now = time.time()
+    stale = []
+    for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):  # a pull finished meanwhile
+            if path.is_file() and now - path.stat().st_mtime >= older_than_s:
+                stale.append(path)
+    return stale
 
 
 def fetch_manifest(client: httpx.Client, ref: RegistryRef, insecure: bool) -> bytes:
