@@ -188,3 +188,17 @@ class socket_port:  # noqa: N801 (used as a context manager, reads as a phrase)
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_refused_request_is_logged_with_its_reason(caplog):
+    """The access line says 404; the line before it says which model was missing."""
+    from starlette.testclient import TestClient
+
+    with (
+        caplog.at_level(logging.INFO, logger="omax.serve.errors"),
+        TestClient(build_app(FakeRuntime())) as client,
+    ):
+        r = client.post("/api/chat", json={"model": "nowhere:7b", "messages": []})
+    assert r.status_code == 404
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "omax.serve.errors"]
+    assert lines == ["POST /api/chat refused (404): model 'nowhere:7b' not found"]

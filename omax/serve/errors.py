@@ -63,6 +63,8 @@ async def omax_error(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status", 500)
     if status >= 500:
         log.warning("%s %s failed: %s", request.method, request.url.path, exc)
+    else:  # the access line has the status only: this says which model, which field
+        log.info("%s %s refused (%d): %s", request.method, request.url.path, status, exc)
     return error_response(request.url.path, status, str(exc) or type(exc).__name__)
 
 
