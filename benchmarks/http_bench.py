@@ -8,8 +8,10 @@ For each GGUF (default: the six of make_models.py) and each run, one server at a
 never both running while measuring:
 
 1. ``omax serve`` (embedded cluster, free port on 127.0.0.1, its own store in a temporary
-   folder), ``omax create`` from a Modelfile ``FROM <gguf>``, the model loaded by an
-   empty request (after one load and unload, so the worker has its imports done); the
+   folder), ``omax create`` from a Modelfile ``FROM <gguf>`` (the seconds from the
+   server's start to the end of the create), a first request of one token (the fresh
+   worker's first load: its seconds), then the model loaded by an empty request (after
+   that load and an unload, so the worker has its imports done: the "load time"); the
    RSS the worker process (the serve process's descendant that grew) added by the
    load, and after the measurements.
 2. ``llama-server -m GGUF -np 16 -c 16*CTX -t THREADS`` (benchmarks/.llamacpp/bin).
@@ -197,7 +199,9 @@ def bench_omax(gguf: Path, args, store: Path) -> dict:
         # engine imported (a few hundred MB no model adds again), so the growth below
         # is what loading the model adds to a running worker.
         warm = {"model": name, "prompt": "1", "keep_alive": 0, "stream": False}
+        t0 = time.perf_counter()
         check(http.post("/api/generate", json={**warm, "options": {"num_predict": 1}}))
+        res["first_token_s"] = time.perf_counter() - t0  # the fresh worker's first load
         for _ in range(120):
             if not http.get("/api/ps").json().get("models"):
                 break
@@ -357,7 +361,11 @@ def report(model: Path, facts: dict, runs: list[dict], args) -> str:
         after = [r["rss_after"] / mib for r in om]
         lines.append(f"| omax worker RSS added by load (MiB) | {summary(load)} | | | |")
         lines.append(f"| omax worker RSS added, after the runs (MiB) | {summary(after)} | | | |")
-        lines.append(f"| omax load time (s) | {summary([r['load_s'] for r in om])} | | | |")
+        lines.append(f"| omax load time (s) | {summary([r['load_s'] for r in om])} | | | <= 2 |")
+        first = summary([r["first_token_s"] for r in om])
+        lines.append(f"| omax first token of a fresh server (s) | {first} | | | |")
+        create = summary([r["start_s"] for r in om])
+        lines.append(f"| omax serve start + `omax create` (s) | {create} | | | |")
     busy = [r[s]["busy_pct"] for r in runs for s in ("omax", "llama") if s in r]
     if busy:
         lines.append(
