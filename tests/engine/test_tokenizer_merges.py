@@ -96,8 +96,10 @@ def _both_layouts(path: Path) -> tuple[str, str, dict]:
 
     metadata = open_gguf(path).metadata
     compact, config = gguftokenizer.tokenizer_files(path, metadata)
+    written = gguftokenizer.with_merges
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(gguftokenizer, "compact_merges", lambda text: text)
+        mp.setattr(gguftokenizer, "with_merges", lambda t, m: written(t, m, compact=False))
         pairs, _ = gguftokenizer.tokenizer_files(path, metadata)
     assert compact is not None and pairs is not None
     assert '"merges":[["' in pairs and '"merges":["' in compact
@@ -143,3 +145,20 @@ def test_gemma3_tokenizer_identical_with_compact_merges(tmp_path):
         old.eos_token_id,
         old.pad_token_id,
     )
+
+
+def test_merges_written_into_a_bpe_built_without_them():
+    """``with_merges`` gives the text ``tokenizers`` writes for the BPE built with them,
+    or that text compacted; a piece holding a space keeps the pairs."""
+    vocab = {"a": 0, "b": 1, "ab": 2, " ": 3, "a ": 4}
+
+    def text(merges):
+        return Tokenizer(models.BPE(vocab=vocab, merges=merges)).to_str()
+
+    empty = text([])
+    assert gguftokenizer.with_merges(empty, [("a", "b")], compact=False) == text([("a", "b")])
+    assert gguftokenizer.with_merges(empty, [("a", "b")]) == compact_merges(text([("a", "b")]))
+    spaced = [("a", "b"), ("a", " ")]
+    assert gguftokenizer.with_merges(empty, spaced) == text(spaced)
+    with pytest.raises(ValueError, match="empty merges"):
+        gguftokenizer.with_merges(text([("a", "b")]), [("a", "b")])

@@ -67,10 +67,11 @@ def tokenizer_job(
 
     def build() -> tuple[str | None, dict[str, Any]]:
         try:
-            backend = _convert(arch, tokenizer)
+            backend, merges = _convert(arch, tokenizer)
         except ValueError as err:
             raise ImportFailed(str(err)) from err
-        return compact_merges(backend.to_str()), config
+        text = backend.to_str()
+        return (compact_merges(text) if merges is None else with_merges(text, merges)), config
 
     return build
 
@@ -117,6 +118,22 @@ def compact_merges(text: str) -> str:
     return text[:start] + json.dumps(lines, ensure_ascii=False, separators=(",", ":")) + "}}"
 
 
+def with_merges(text: str, merges: list[tuple[str, str]], compact: bool = True) -> str:
+    """The tokenizer.json ``text`` of a BPE built without merges (``"merges":[]}}``,
+    the model last) with ``merges`` written in, as ``compact_merges`` writes them
+    (``compact``; else as pairs, as ``tokenizers`` writes them).
+
+    Building the ``tokenizers`` BPE with half a million merges only to write them out
+    again took most of a Gemma import's tokenizer time; the text is the same."""
+    tail = MERGES_KEY + "[]}}"
+    if not text.endswith(tail):
+        raise ValueError("the tokenizer's JSON does not end with its empty merges")
+    pairs = not compact or any(" " in a or " " in b for a, b in merges)
+    items: list[Any] = [[a, b] for a, b in merges] if pairs else [a + " " + b for a, b in merges]
+    body = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    return text[: -len(tail)] + MERGES_KEY + body + "}}"
+
+
 def _tokenizer_dict(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """What ``get_gguf_tokenizer`` returns, from metadata already parsed."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
@@ -150,14 +167,16 @@ def _tokenizer_dict(metadata: Mapping[str, Any]) -> tuple[dict[str, Any], dict[s
     return tokenizer, config
 
 
-def _convert(arch: str, tokenizer: dict[str, Any]) -> Any:
-    """The ``tokenizers.Tokenizer`` the converter would build."""
+def _convert(arch: str, tokenizer: dict[str, Any]) -> tuple[Any, list[tuple[str, str]] | None]:
+    """The ``tokenizers.Tokenizer`` the converter would build, and None; or, for a
+    sentencepiece vocabulary whose merges are derived here, that tokenizer built
+    without them and the merges (``with_merges`` writes them into its JSON)."""
     from transformers.integrations.gguf import gguf_tokenizer_mapping as conv
 
     builder = conv.select_tokenizer_builder(arch, tokenizer.get("tokenizer_type"))
     spm = (conv.sentencepiece_tokenizer, conv.gemma_tokenizer, conv.phi3_tokenizer)
     if "merges" in tokenizer or builder not in spm:
-        return conv.convert_gguf_tokenizer(arch, tokenizer)[0]
+        return conv.convert_gguf_tokenizer(arch, tokenizer)[0], None
     from tokenizers import normalizers
     from transformers import GemmaTokenizer, LlamaTokenizer
 
@@ -177,14 +196,14 @@ def _convert(arch: str, tokenizer: dict[str, Any]) -> Any:
 
         merges = generate_merges(vocab, dict(zip(tokens, scores.tolist(), strict=True)))
     cls = GemmaTokenizer if builder is conv.gemma_tokenizer else LlamaTokenizer
-    built = cls(vocab=vocab, merges=merges)  # type: ignore[arg-type]  # pairs are accepted
+    built = cls(vocab=vocab, merges=[])
     if builder is conv.phi3_tokenizer:
         built.backend_tokenizer.normalizer = normalizers.Sequence(
             [normalizers.Prepend(prepend=BLANK), normalizers.Replace(pattern=" ", content=BLANK)]
         )
         built.backend_tokenizer.pre_tokenizer = None
     built = conv.add_gguf_special_tokens(built, tokenizer)
-    return conv.set_split_regex(built, tokenizer).backend_tokenizer
+    return conv.set_split_regex(built, tokenizer).backend_tokenizer, list(merges)
 
 
 def blank_tokens(tokens: list[str]) -> np.ndarray:
