@@ -38,11 +38,26 @@ async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[byte
                 raise item
             yield item
 
-    def write() -> tuple[str, bool]:
+    loop = asyncio.get_running_loop()
+    writer: asyncio.Future[tuple[str, bool]] = loop.create_future()
+
+    def settle(result: tuple[str, bool] | None, error: BaseException | None) -> None:
+        if error is not None:
+            writer.set_exception(error)
+        else:
+            writer.set_result(result)  # type: ignore[arg-type]
+
+    def write() -> None:
+        # a thread of its own, not the loop's executor: uploads waiting on their
+        # writers there could take every thread and leave none to feed them
         try:
-            return blobs.put_stream(pieces(), digest)
-        finally:
+            result = blobs.put_stream(pieces(), digest)
+        except BaseException as err:
             finished.set()
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            finished.set()
+            loop.call_soon_threadsafe(settle, result, None)
 
     def offer(item: bytes | None | _Aborted) -> None:
         while not finished.is_set():
@@ -52,7 +67,7 @@ async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[byte
             except queue.Full:
                 continue
 
-    writer = asyncio.ensure_future(asyncio.to_thread(write))
+    threading.Thread(target=write, name="omax-upload", daemon=True).start()
     try:
         batch: list[bytes] = []
         size = 0
@@ -70,8 +85,7 @@ async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[byte
     except BaseException:
         offer(_Aborted())  # never blocks long: the writer takes it or has stopped
         await asyncio.shield(asyncio.wait([writer]))
-        if not writer.cancelled():
-            writer.exception()  # retrieved: the error raised is the upload's own
+        writer.exception()  # retrieved: the error raised is the upload's own
         raise
     _, created = await writer
     return created

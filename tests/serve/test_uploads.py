@@ -66,3 +66,24 @@ def test_an_empty_upload(blobs):
     digest = _digest(b"")
     assert asyncio.run(uploads.store_upload(blobs, digest, _pieces(b""))) is True
     assert blobs.get(digest) == b""
+
+
+def test_many_uploads_at_once_finish(blobs):
+    """More uploads than the event loop's executor has threads: each writer runs on a
+    thread of its own, so none starves waiting for its feed."""
+    import concurrent.futures
+
+    data = [os.urandom(uploads.BATCH * 2 + i) for i in range(12)]
+
+    async def all_at_once():
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(uploads.store_upload(blobs, _digest(d), _pieces(d, 1 << 20)) for d in data)
+            ),
+            timeout=120,
+        )
+
+    assert asyncio.run(all_at_once()) == [True] * len(data)
+    assert all(blobs.get(_digest(d)) == d for d in data)
