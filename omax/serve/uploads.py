@@ -24,50 +24,63 @@ class _Aborted(Exception):
     """The upload stopped before its end (the client went away, the loop was cancelled)."""
 
 
+class _Feed:
+    """Batches from the event loop to the writer's thread, at most ``QUEUED`` ahead."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[bytes | None | _Aborted] = queue.Queue(maxsize=QUEUED)
+        self.finished = threading.Event()  # the writer stopped: nothing takes from it
+
+    def pieces(self) -> Iterator[bytes]:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, _Aborted):
+                raise item
+            yield item
+
+    def offer(self, item: bytes | None | _Aborted) -> None:
+        """Hand ``item`` over (blocking), unless the writer has stopped."""
+        while not self.finished.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+
+def _start_writer(blobs: BlobStore, digest: str, feed: _Feed) -> asyncio.Future[tuple[str, bool]]:
+    """``put_stream`` of the feed's pieces on a thread of its own (not the loop's
+    executor: uploads waiting on their writers there could take every thread and leave
+    none to feed them); its result, or error, as a future of the running loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[str, bool]] = loop.create_future()
+
+    def settle(result: tuple[str, bool] | None, error: BaseException | None) -> None:
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def write() -> None:
+        try:
+            result = blobs.put_stream(feed.pieces(), digest)
+        except BaseException as err:
+            feed.finished.set()
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            feed.finished.set()
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=write, name="omax-upload", daemon=True).start()
+    return done
+
+
 async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[bytes]) -> bool:
     """Store the body ``chunks`` as blob ``digest``; return whether it was new.
 
     A body that does not hash to ``digest`` raises DigestMismatch, and an upload cut
     short leaves nothing behind: ``put_stream`` removes its partial file either way."""
-    feed: queue.Queue[bytes | None | _Aborted] = queue.Queue(maxsize=QUEUED)
-    finished = threading.Event()  # the writer stopped: nothing takes from the feed
-
-    def pieces() -> Iterator[bytes]:
-        while (item := feed.get()) is not None:
-            if isinstance(item, _Aborted):
-                raise item
-            yield item
-
-    loop = asyncio.get_running_loop()
-    writer: asyncio.Future[tuple[str, bool]] = loop.create_future()
-
-    def settle(result: tuple[str, bool] | None, error: BaseException | None) -> None:
-        if error is not None:
-            writer.set_exception(error)
-        else:
-            writer.set_result(result)  # type: ignore[arg-type]
-
-    def write() -> None:
-        # a thread of its own, not the loop's executor: uploads waiting on their
-        # writers there could take every thread and leave none to feed them
-        try:
-            result = blobs.put_stream(pieces(), digest)
-        except BaseException as err:
-            finished.set()
-            loop.call_soon_threadsafe(settle, None, err)
-        else:
-            finished.set()
-            loop.call_soon_threadsafe(settle, result, None)
-
-    def offer(item: bytes | None | _Aborted) -> None:
-        while not finished.is_set():
-            try:
-                feed.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
-
-    threading.Thread(target=write, name="omax-upload", daemon=True).start()
+    feed = _Feed()
+    writer = _start_writer(blobs, digest, feed)
     try:
         batch: list[bytes] = []
         size = 0
@@ -75,15 +88,15 @@ async def store_upload(blobs: BlobStore, digest: str, chunks: AsyncIterator[byte
             batch.append(chunk)
             size += len(chunk)
             if size >= BATCH:
-                await asyncio.to_thread(offer, b"".join(batch))
+                await asyncio.to_thread(feed.offer, b"".join(batch))
                 batch, size = [], 0
                 if writer.done():  # it failed: its error is the answer
                     break
         if batch:
-            await asyncio.to_thread(offer, b"".join(batch))
-        await asyncio.to_thread(offer, None)
+            await asyncio.to_thread(feed.offer, b"".join(batch))
+        await asyncio.to_thread(feed.offer, None)
     except BaseException:
-        offer(_Aborted())  # never blocks long: the writer takes it or has stopped
+        feed.offer(_Aborted())  # never blocks long: the writer takes it or has stopped
         await asyncio.shield(asyncio.wait([writer]))
         writer.exception()  # retrieved: the error raised is the upload's own
         raise
