@@ -288,13 +288,13 @@ class ModelStore:
 
         found = garbage.find(self.blobs, self.referenced, self.manifest, grace_s)
         downloads = stale_downloads(self.blobs, max(grace_s, TTL_S))
-        nbytes = found.nbytes + sum(_size(p) for p in downloads)
+        nbytes = found.nbytes + sum(size for _, size in downloads)
         if not dry_run:
             for digest in garbage.remove(self.blobs, found, grace_s):
                 self._manifests.pop(digest, None)
-            for path in downloads:
+            for path, _ in downloads:
                 path.unlink(missing_ok=True)
-        return found.digests + [str(p) for p in downloads], nbytes
+        return found.digests + [str(p) for p, _ in downloads], nbytes
 
     # internals
 
@@ -372,13 +372,6 @@ class ModelStore:
     def _writer(self, progress: Progress | None) -> BlobWriter:
         warmup.wait()  # every import starts here, and imports transformers' tables
         return BlobWriter(self.blobs, progress, chunk_bytes=self.chunk_bytes)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def _typed(key: str, value: str) -> Any:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +113,18 @@ def staging_dir(blobs: BlobStore) -> Path:
     return Path("~/.cache/omax/registry-downloads").expanduser() / digest
 
 
-def stale_downloads(blobs: BlobStore, older_than_s: float) -> list[Path]:
-    """What abandoned pulls left in the staging folder (partial downloads a later pull
-    would have resumed, their locks) and nothing wrote for ``older_than_s``."""
+def stale_downloads(blobs: BlobStore, older_than_s: float) -> list[tuple[Path, int]]:
+    """``(path, bytes)`` of what abandoned pulls left in the staging folder (partial
+    downloads a later pull would have resumed, their locks) and nothing wrote for
+    ``older_than_s``."""
     folder = staging_dir(blobs) / "blobs"
     now = time.time()
     stale = []
     for path in sorted(folder.glob("*")) if folder.is_dir() else []:
         with contextlib.suppress(FileNotFoundError):  # a pull finished meanwhile
-            if path.is_file() and now - path.stat().st_mtime >= older_than_s:
-                stale.append(path)
+            st = path.stat()
+            if stat.S_ISREG(st.st_mode) and now - st.st_mtime >= older_than_s:
+                stale.append((path, st.st_size))
     return stale
 
 
