@@ -11,7 +11,14 @@ power loss cannot leave a digest name over bytes that never reached the disk.
 A blob that exists is not trusted for being there: a write whose bytes verified
 replaces whatever the name holds (equal names mean equal bytes, so this is safe, and
 it heals a blob damaged on disk), ``intact`` checks the size cheaply, and reads
-re-hash by default. A blob found damaged is ``quarantine``d: moved to
+re-hash by default. On a local disk a read skips the re-hash of a file this process
+has hashed already (written, read or checked) while the file stats the same: inode,
+size, modified and changed times (``_Hashed``). Any write to the file changes its
+changed time, so a blob modified since is hashed again; bytes that rot on the disk
+without a write are found by ``check``/``verify``, which always re-hash (``omax
+verify``, and a worker's check of a replica whose load failed). A load of a model
+replicated by this worker so reads its ~240 MB without spending ~0.15 s re-hashing
+what it hashed as it wrote them. A blob found damaged is ``quarantine``d: moved to
 ``<root>/blobs/quarantine/`` (kept for inspection, never read again) and logged, so the
 next fetch or write puts good bytes under its name.
 
@@ -66,6 +73,37 @@ def open_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     except Exception as err:  # fsspec raises many types for a bad URL or missing backend
         raise StoreError(f"cannot open store {url!r}: {err}") from err
     return fs, root.rstrip("/")
+
+
+class _Hashed:
+    """Local blob files this process hashed and found right, by path: the file's
+    (inode, size, mtime, ctime) when it did (``os.stat`` before the read, so a write
+    during the read makes the next read hash again). Thread-safe: a dict's get and set
+    are atomic."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int, int, int]] = {}
+
+    @staticmethod
+    def stamp(path: str) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def unchanged(self, path: str, stamp: tuple[int, int, int, int] | None) -> bool:
+        return stamp is not None and self._seen.get(path) == stamp
+
+    def record(self, path: str, stamp: tuple[int, int, int, int] | None) -> None:
+        if stamp is not None:
+            self._seen[path] = stamp
+
+    def forget(self, path: str) -> None:
+        self._seen.pop(path, None)
+
+
+_HASHED = _Hashed()
 
 
 class BlobStore:
@@ -148,6 +186,7 @@ class BlobStore:
             if self._local:
                 os.replace(tmp, final)
                 fsync_dir(folder)  # and the name is on disk before anyone counts on it
+                _HASHED.record(final, _HASHED.stamp(final))  # the bytes just hashed
             else:
                 self.fs.mv(tmp, final)
             return digest, not existed
@@ -187,6 +226,7 @@ class BlobStore:
         return where it went (None when it was not there)."""
         hexd = check_digest(digest)[7:]
         dest = f"{self.root}/blobs/quarantine/{hexd}.{time.time_ns()}"
+        _HASHED.forget(self.path(digest))
         try:
             self._makedirs(f"{self.root}/blobs/quarantine")
             self.fs.mv(self.path(digest), dest)
@@ -227,16 +267,51 @@ class BlobStore:
         return removed
 
     def get(self, digest: str, verify: bool = True) -> bytes:
-        """Return the blob's bytes, re-hashed against its name unless ``verify`` is False."""
+        """Return the blob's bytes, re-hashed against its name unless ``verify`` is False
+        (or this process hashed the unchanged file before: module doc)."""
+        path = self.path(digest)
+        stamp = _HASHED.stamp(path) if verify and self._local else None
         try:
-            data = self.fs.cat_file(self.path(digest))
+            data = self.fs.cat_file(path)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {digest} not found") from None
         except OSError as err:
             raise StoreError(f"cannot read blob {digest}: {err}") from err
         if verify:
-            _check_match(digest_bytes(data), digest, what="stored blob")
+            self._verify_read(path, stamp, data, digest)
         return data
+
+    def _verify_read(
+        self, path: str, stamp: tuple[int, int, int, int] | None, data: Any, digest: str
+    ) -> None:
+        if _HASHED.unchanged(path, stamp):
+            return
+        _check_match(digest_bytes(data), digest, what="stored blob")
+        _HASHED.record(path, stamp)
+
+    def read_into(self, digest: str, out: memoryview, verify: bool = True) -> None:
+        """Read the blob into ``out``, exactly its size, re-hashed unless ``verify`` is
+        False: one copy from the file into the caller's array, where ``get`` returns new
+        bytes for the caller to copy again. A blob of another size is DigestMismatch."""
+        path = self.path(digest)
+        stamp = _HASHED.stamp(path) if verify and self._local else None
+        try:
+            with self.fs.open(path, "rb") as f:
+                got = 0
+                while got < len(out):
+                    n = f.readinto(out[got:])
+                    if not n:
+                        break
+                    got += n
+                longer = bool(f.read(1))
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {digest} not found") from None
+        except OSError as err:
+            raise StoreError(f"cannot read blob {digest}: {err}") from err
+        if got != len(out) or longer:
+            raise DigestMismatch(f"stored blob {digest} is not the {len(out)} bytes expected")
+        if verify:
+            self._verify_read(path, stamp, out, digest)
 
     def open(self, digest: str) -> IO[bytes]:
         """A binary file object over the blob (not verified; use ``get`` or ``verify``)."""
@@ -248,6 +323,7 @@ class BlobStore:
     def delete(self, digest: str) -> bool:
         """Remove the blob; return whether it existed."""
         path = self.path(digest)
+        _HASHED.forget(path)
         try:
             self.fs.rm_file(path)
             return True
@@ -270,12 +346,18 @@ class BlobStore:
                 yield digest
 
     def verify(self, digest: str) -> bool:
-        """Re-hash one blob; return whether its bytes match its name."""
+        """Re-hash one blob, always; return whether its bytes match its name."""
+        path = self.path(digest)
+        stamp = _HASHED.stamp(path) if self._local else None
         h = hashlib.sha256()
         with self.open(digest) as f:
             for block in iter(lambda: f.read(COPY_BLOCK), b""):
                 h.update(block)
-        return "sha256:" + h.hexdigest() == digest
+        if "sha256:" + h.hexdigest() != digest:
+            _HASHED.forget(path)
+            return False
+        _HASHED.record(path, stamp)
+        return True
 
     def verify_all(self) -> list[str]:
         """Re-hash every blob; return the digests whose bytes no longer match."""

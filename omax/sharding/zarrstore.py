@@ -295,7 +295,50 @@ def read_tensor(
 
 
 def read_tensors(blobs: BlobStore, manifest: Manifest) -> Iterator[RawTensor]:
-    """Every tensor of ``manifest`` in manifest order, read through zarr."""
-    group = open_group(blobs, manifest)
+    """Every tensor of ``manifest`` in manifest order, as zarr reads it, verified.
+
+    An uncompressed tensor (codec ``raw``: GGUF blocks, fp32, fp16) is read chunk by
+    chunk straight into its array (``read_raw``): a chunk blob is exactly zarr's
+    encoding of its rows, so this is zarr's result with one copy instead of three
+    (a model's cold load spent ~0.3 s of its ~2.5 s in zarr's read path for Gemma 3's
+    241 MB). Compressed tensors go through zarr.
+    """
+    group: zarr.Group | None = None
     for entry in manifest.tensors:
-        yield read_tensor(blobs, manifest, entry.name, group=group)
+        data = read_raw(blobs, entry)
+        if data is None:
+            group = group if group is not None else open_group(blobs, manifest)
+            yield read_tensor(blobs, manifest, entry.name, group=group)
+            continue
+        yield RawTensor(
+            name=entry.name,
+            data=data,
+            dtype=entry.dtype,
+            shape=entry.shape,
+            ggml_type=entry.ggml_type,
+        )
+
+
+def read_raw(blobs: BlobStore, entry: TensorEntry) -> np.ndarray | None:
+    """An uncompressed tensor's stored array, its chunks read (and re-hashed) into it;
+    None for a tensor only zarr reads: compressed, 0-d or empty, or with chunks zarr
+    would fill in (absent) or not cut along rows alone."""
+    shape, chunk = entry.stored_shape, entry.chunk_shape
+    if entry.codec != "raw" or not shape or 0 in shape or tuple(chunk[1:]) != tuple(shape[1:]):
+        return None
+    rows = chunk[0]
+    tail = (0,) * (len(shape) - 1)
+    keys = [chunk_key((i, *tail)) for i in range(-(-shape[0] // rows))]
+    if len(entry.chunks) != len(keys) or any(k not in entry.chunks for k in keys):
+        return None
+    out = np.empty(shape, dtype=np.dtype(entry.stored_dtype).newbyteorder("<"))
+    flat = memoryview(out.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+    step = out.nbytes // shape[0] * rows
+    for i, key in enumerate(keys):
+        digest, size = entry.chunks[key]
+        part = flat[i * step : (i + 1) * step]
+        if size == len(part):
+            blobs.read_into(digest, part)
+        else:  # the edge chunk, stored padded to whole chunk rows
+            part[:] = memoryview(blobs.get(digest))[: len(part)]
+    return out

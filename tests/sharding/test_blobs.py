@@ -79,3 +79,46 @@ def test_put_file(blobs, tmp_path):
     src.write_bytes(b"x" * 100_000)
     digest, created = blobs.put_file(src)
     assert created and blobs.get(digest) == src.read_bytes()
+
+
+def test_a_local_blob_this_process_hashed_is_not_hashed_again_until_it_changes(
+    tmp_path, monkeypatch
+):
+    """A read skips the re-hash of a file this process wrote or hashed while it stats
+    the same; any write to it (even one that puts its modified time back) makes the
+    next read hash it again, and find the damage."""
+    import os
+
+    import omax.sharding.blobs as blobs_mod
+
+    hashed: list[int] = []
+
+    def counting(data):
+        hashed.append(len(data))
+        return digest_bytes(data)
+
+    blobs = BlobStore(str(tmp_path / "store"))
+    data = bytes(range(256)) * 64
+    digest = blobs.put_bytes(data)  # hashed as it was written
+    monkeypatch.setattr(blobs_mod, "digest_bytes", counting)
+    again = BlobStore(str(tmp_path / "store"))  # another handle on the same store
+    assert again.get(digest) == data
+    out = bytearray(len(data))
+    again.read_into(digest, memoryview(out))
+    assert bytes(out) == data and hashed == []
+    path = blobs.path(digest)
+    st = os.stat(path)
+    with open(path, "r+b") as f:  # the same size, its times put back
+        f.seek(5)
+        f.write(b"\xff")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DigestMismatch):
+        again.get(digest)
+    with pytest.raises(DigestMismatch):
+        again.read_into(digest, memoryview(out))
+    assert len(hashed) == 2
+    assert not again.check(digest)  # check always re-hashes: quarantined
+    assert again.put_bytes(data) == digest  # healed: trusted again without a hash
+    hashed.clear()
+    assert again.get(digest) == data and hashed == []
+    assert again.verify(digest)  # verify always re-hashes (its own hash, not counted)

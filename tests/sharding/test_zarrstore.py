@@ -1,13 +1,22 @@
 import asyncio
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
+from omax.errors import DigestMismatch
 from omax.sharding.blobs import BlobStore
 from omax.sharding.manifest import Manifest
-from omax.sharding.zarrstore import ManifestStore, open_group, read_tensor, write_tensor
+from omax.sharding.zarrstore import (
+    ManifestStore,
+    open_group,
+    read_raw,
+    read_tensor,
+    read_tensors,
+    write_tensor,
+)
 
 
 @pytest.fixture
@@ -73,3 +82,48 @@ def test_store_is_read_only(blobs):
     assert store.read_only
     with pytest.raises(Exception):  # noqa: B017  (zarr or omax read-only error)
         zarr.open_group(store=store, mode="w")
+
+
+def test_read_tensors_reads_raw_chunks_as_zarr_does(blobs):
+    """Uncompressed tensors are read chunk by chunk straight into their arrays
+    (``read_raw``); the result is zarr's, edge chunks (stored padded) included."""
+    rng = np.random.default_rng(1)
+    arrays = {
+        "f32": rng.standard_normal((1001, 37)).astype(np.float32),  # 38 chunks, a short edge
+        "u8": rng.integers(0, 256, (64, 3, 18), dtype=np.uint8),  # rows of 3-D blocks
+        "one": np.arange(5, dtype=np.int64),
+        "scalar": np.array(2.5, dtype=np.float32),  # 0-d: through zarr
+    }
+    entries = [write_tensor(blobs, k, v, chunk_bytes=1024) for k, v in arrays.items()]
+    entries.append(write_tensor(blobs, "bf16", arrays["u8"].view(np.uint16), dtype="bfloat16"))
+    m = Manifest(format="gguf", family="t", config={}, tensors=tuple(entries))
+    assert read_raw(blobs, m.tensor("f32")) is not None
+    assert read_raw(blobs, m.tensor("scalar")) is None and read_raw(blobs, m.tensor("bf16")) is None
+    got = {t.name: t.data for t in read_tensors(blobs, m)}
+    group = open_group(blobs, m)
+    for name in [*arrays, "bf16"]:
+        want = np.asarray(group[name][...])
+        assert got[name].dtype == want.dtype and np.array_equal(got[name], want), name
+
+
+def test_read_tensors_refuses_a_damaged_raw_chunk(tmp_path):
+    blobs = BlobStore(str(tmp_path))
+    a = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    entry = write_tensor(blobs, "a", a, chunk_bytes=4096)
+    m = Manifest(format="gguf", family="t", config={}, tensors=(entry,))
+    digest, _ = entry.chunks["c/1/0"]
+    path = blobs.path(digest)
+    good = Path(path).read_bytes()
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(bytes([good[100] ^ 1]))
+    with pytest.raises(DigestMismatch):
+        list(read_tensors(blobs, m))
+    with open(path, "wb") as f:  # its bytes, and one more
+        f.write(good + b"\x00")
+    with pytest.raises(DigestMismatch, match="not the 4096 bytes"):
+        list(read_tensors(blobs, m))
+    with open(path, "wb") as f:
+        f.write(good)
+    (got,) = read_tensors(blobs, m)
+    assert np.array_equal(got.data, a)
