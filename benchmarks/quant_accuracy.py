@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
 
-from omax.engine.linear import Lin, untile_int8
+from omax.engine.layouts import untile_int8
+from omax.engine.linear import Lin
 from omax.engine.weights import CodeBlocks
 from omax.sharding.bundled import smollm2_gguf_path
 from omax.sharding.tensors import RawTensor
@@ -46,7 +47,7 @@ ACT = torch.bfloat16  # the fast path's activations: Lin keeps its scales in thi
 
 
 def _pack(values: np.ndarray, width: int, bits: int) -> np.ndarray:
-    """Inverse of ggml's field layout (``weights._fields``): ``[nb, m]`` small ints ->
+    """Inverse of ggml's field layout (``ggml_blocks.fields``): ``[nb, m]`` small ints ->
     ``[nb, m * bits / 8]`` bytes, runs of ``width`` bytes holding ``8 / bits`` fields."""
     nb = values.shape[0]
     v = values.astype(np.uint8).reshape(nb, -1, 8 // bits, width)

@@ -15,6 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from omax.engine import native
+from omax.engine.layouts import (
+    INT8_ROWS,
+    INT8_TILE,
+    fifth_bit_plane,
+    int8_rows,
+    plane_bits,
+    quantize_int8,
+)
 from omax.engine.packed import (
     GROUP,
     int4_mm,
@@ -129,10 +137,9 @@ class Lin:
         if self.packed_only and quant in ("int4", "int5"):
             return
         if quant == "int8":
-            codes, s = quantize_int8(w)
+            tiles = bool(self.kernels) and self.n % INT8_TILE == 0 and self.k % 16 == 0
+            self.w, s = quantize_int8(w, tiled=tiles)
             self.s = s.to(act)
-            tiles = self.kernels and self.n % INT8_TILE == 0 and self.k % 16 == 0
-            self.w = tile_int8(codes) if tiles else codes
             return
         w = (w.dequantize() if isinstance(w, (CodeBlocks, BlockRows)) else w).float()
         self._dense = w.to(act)  # "none", or the int4 lookups exception
@@ -236,77 +243,6 @@ def _own_kernels(device: torch.device, act: torch.dtype) -> Any:
     return native.own_kernels()
 
 
-INT8_TILE = 8  # rows a tile of a tiled int8 weight (native_decode.cpp's kTile)
-INT8_ROWS = 4  # rows the native one-row int8 kernel takes (native_decode.cpp's kInt8Rows)
-
-
-def tile_int8(codes: torch.Tensor) -> torch.Tensor:
-    """int8 ``codes`` [N, K] in tiles of ``INT8_TILE`` rows, [N / 8, K / 16, 8, 16]: the
-    8 rows' 16 codes at each k one after another, so that the native one-row kernel
-    streams a tile as one run of memory (rows K bytes apart streamed at about half the
-    speed; benchmarks/RESULTS.md). Only the native kernels read this layout."""
-    n, k = codes.shape
-    return codes.view(n // INT8_TILE, INT8_TILE, k // 16, 16).permute(0, 2, 1, 3).contiguous()
-
-
-def untile_int8(w: torch.Tensor) -> torch.Tensor:
-    """int8 codes [N, K] of a weight, tiled (``tile_int8``) or not."""
-    if w.dim() == 2:
-        return w
-    t, c, r, e = w.shape
-    return w.permute(0, 2, 1, 3).reshape(t * r, c * e)
-
-
-def int8_rows(w: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows ``ids`` of int8 codes, tiled or not, as [I, K]."""
-    if w.dim() == 2:
-        return w[ids]
-    flat = ids.reshape(-1)
-    rows = w[flat // INT8_TILE, :, flat % INT8_TILE, :]  # [I, K / 16, 16]
-    return rows.reshape(*ids.shape, -1)
-
-
-def fifth_bit_plane(codes: torch.Tensor) -> torch.Tensor:
-    """The fifth bits of 5-bit ``codes`` [N, K] as native_decode.cpp's ``Int4Unpack``
-    reads them: int32 [N / 64, K / 2, 4], word ``q`` of a block's pair of k's holding
-    rows ``16 q + i`` at bit ``2 i`` (the even k) and ``2 i + 1`` (the odd one)."""
-    n, k = codes.shape
-    bits = (codes >> 4).to(torch.int64).view(n // 64, 4, 16, k // 2, 2)  # blk, q, i, pair, j
-    bits = bits.permute(0, 3, 1, 2, 4).reshape(n // 64, k // 2, 4, 32)
-    words = (bits << torch.arange(32)).sum(-1)  # < 2**32: the int32 with those bits
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).contiguous()
-
-
-def _plane_bits(hb: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
-    """Rows ``ids`` [I] of a ``fifth_bit_plane`` as int32 bits [I, K]."""
-    words = hb[ids // 64, :, (ids % 64) // 16]  # [I, K/2]
-    shift = (2 * (ids % 16)).to(torch.int32)[:, None, None] + torch.arange(2, dtype=torch.int32)
-    return ((words[..., None] >> shift) & 1).reshape(len(ids), k)
-
-
-def quantize_int8(
-    w: torch.Tensor | CodeBlocks | BlockRows, chunk: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w`` [N, K] as int8 codes and fp32 per-row scales (symmetric: ``|w|max / 127``).
-
-    Rows go ``chunk`` at a time, and a ``BlockRows`` source is decoded that way too: a
-    262k-row embedding (Gemma 3) never takes a full-size fp32 copy, only small ones
-    that stay in cache. ``w`` (the caller's) is not modified."""
-    if isinstance(w, CodeBlocks):
-        w = w.dequantize()
-    n = w.shape[0]
-    device = w.device if isinstance(w, torch.Tensor) else torch.device("cpu")
-    codes = torch.empty(tuple(w.shape), dtype=torch.int8, device=device)
-    scales = torch.empty(n, dtype=torch.float32, device=device)
-    for first in range(0, n, chunk):
-        rows = w.rows(first, chunk) if isinstance(w, BlockRows) else w[first : first + chunk]
-        part = rows.float()
-        s = part.abs().amax(dim=1).clamp_(min=1e-8).div_(127.0)
-        codes[first : first + chunk] = torch.div(part, s[:, None]).round_()
-        scales[first : first + chunk] = s
-    return codes, scales
-
-
 def int4_rows(
     w: torch.Tensor, sz: torch.Tensor, ids: torch.Tensor, k: int, hb: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -325,7 +261,7 @@ def int4_rows(
     b = blocks.gather(2, at).to(torch.int32)  # [I, K/2, 2]: k even, k odd
     codes = ((b >> (4 * (r // 32)).to(torch.int32)[:, None, None]) & 15).reshape(n_ids, k)
     if hb is not None:
-        codes = codes | (_plane_bits(hb, ids, k) << 4)
+        codes = codes | (plane_bits(hb, ids, k) << 4)
     s = sz[:, ids, 0].t().float()[..., None]  # [I, G, 1]
     z = sz[:, ids, 1].t().float()[..., None]
     q = codes.reshape(n_ids, -1, GROUP).float()

@@ -202,7 +202,7 @@ def module() -> Any:
 def own_kernels() -> Any:
     """The built module where its own kernels run (AVX512-BF16 and -VBMI), else None:
     the only kernels that read 5-bit codes (``linear.Lin`` "int5") and int8 weights in
-    tiles (``linear.tile_int8``)."""
+    tiles (``layouts.tile_int8``)."""
     if not enabled():
         return None
     mod = module()
@@ -230,9 +230,9 @@ def status() -> Status:
 
 def enabled() -> bool:
     """``omax.engine.native-decode`` is not "off", on a POSIX system."""
-    from omax.config import settings
+    from omax.config import setting
 
-    return settings().native_decode != "off" and os.name == "posix"
+    return setting("engine.native-decode") != "off" and os.name == "posix"
 
 
 class NativeDecoder:

@@ -2,7 +2,8 @@
 
 GGUF tensors carry gguf names (``blk.0.attn_q.weight``) and may be quantised; they
 are dequantised with vectorised torch ops that give gguf-py's values bit for bit
-(``dequantize``), or kept as 4- or 5-bit blocks for the packed kernels (``CodeBlocks``), renamed
+(``dequantize``, ``ggml_blocks``), or kept as 4- or 5-bit blocks for the packed kernels
+(``CodeBlocks``), renamed
 to HF names with transformers' gguf name map and, for llama-family models, have
 llama.cpp's q/k row permutation undone. Safetensors tensors already carry HF names.
 bfloat16 arrives as a uint16 view.
@@ -14,7 +15,6 @@ state dict it is building: no second full copy of the weights.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omax.engine import ggml_blocks
 from omax.errors import EngineError
 from omax.sharding.tensors import RawTensor
 
@@ -80,7 +81,7 @@ class CodeBlocks:
                 f"tensor {raw.name}: {gtype or raw.dtype} is not a 4- or 5-bit GGUF type"
             )
         n, k = raw.shape
-        codes, scale, low = _code_fields(gtype, _blocks(raw, gtype))
+        codes, scale, low = ggml_blocks.code_fields(gtype, ggml_blocks.blocks(raw, gtype))
         g = k // cls.GROUP
         bits = 5 if gtype in cls.FIVE_BIT else 4
         return cls(codes.reshape(n, k), scale.reshape(n, g), low.reshape(n, g), bits)
@@ -107,129 +108,10 @@ class CodeBlocks:
         return (w + self.low[..., None]).view(n, k)
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # read-only memmaps: we never write to them
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
-# ggml type -> (values, bytes) per block, for the types decoded below (ggml-common.h).
-_BLOCKS = {
-    "Q4_0": (32, 18),
-    "Q4_1": (32, 20),
-    "Q5_0": (32, 22),
-    "Q5_1": (32, 24),
-    "Q8_0": (32, 34),
-    "Q2_K": (256, 84),
-    "Q3_K": (256, 110),
-    "Q4_K": (256, 144),
-    "Q5_K": (256, 176),
-    "Q6_K": (256, 210),
-}
-
-
-def _blocks(raw: RawTensor, gtype: str) -> torch.Tensor:
-    """``raw``'s bytes as ``[blocks, bytes per block]`` uint8 (no copy when contiguous)."""
-    return _as_torch(raw.data.view(np.uint8)).reshape(-1, _BLOCKS[gtype][1])
-
-
-def _half(blocks: torch.Tensor, at: int) -> torch.Tensor:
-    """The fp16 field at byte ``at`` of every block, as float32 ``[blocks, 1]`` (exact)."""
-    return blocks[:, at : at + 2].contiguous().view(torch.float16).float()
-
-
-def _fields(data: torch.Tensor, width: int, bits: int) -> torch.Tensor:
-    """Unpack ``bits``-wide fields, ggml's layout: ``data [nb, n]`` is read as runs of
-    ``width`` bytes; a run yields ``width`` values from its lowest field, then ``width``
-    from the next, and so on. ``[nb, n * 8 / bits]`` uint8."""
-    nb = data.shape[0]
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8).view(1, 1, -1, 1)
-    out = (data.reshape(nb, -1, 1, width) >> shifts) & ((1 << bits) - 1)
-    return out.reshape(nb, -1)
-
-
-def _k_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q4_K/Q5_K: 12 bytes -> eight 6-bit scales and eight 6-bit mins (get_scale_min_k4)."""
-    sc = torch.cat([s[:, 0:4] & 63, (s[:, 8:12] & 15) | ((s[:, 0:4] >> 6) << 4)], dim=1)
-    mn = torch.cat([s[:, 4:8] & 63, (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], dim=1)
-    return sc.float(), mn.float()
-
-
-def _code_fields(gtype: str, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """4- and 5-bit blocks -> ``(codes [nb, values], scale [nb, groups], low [nb, groups])``."""
-    if gtype == "Q4_0":
-        d = _half(b, 0)
-        return _fields(b[:, 2:], 16, 4), d, d * -8.0
-    if gtype == "Q4_1":
-        return _fields(b[:, 4:], 16, 4), _half(b, 0), _half(b, 2)
-    if gtype in ("Q5_0", "Q5_1"):
-        at = 2 if gtype == "Q5_0" else 4
-        q = _fields(b[:, at + 4 :], 16, 4) | (_fields(b[:, at : at + 4], 1, 1) << 4)
-        d = _half(b, 0)
-        return q, d, (d * -16.0 if gtype == "Q5_0" else _half(b, 2))
-    sc, mn = _k_scales(b[:, 4:16])
-    if gtype == "Q5_K":
-        q = _fields(b[:, 48:176], 32, 4) | (_fields(b[:, 16:48], 32, 1) << 4)
-    else:
-        q = _fields(b[:, 16:], 32, 4)
-    return q, _half(b, 0) * sc, -(_half(b, 2) * mn)
-
-
-def _affine(
-    q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor | None, group: int
-) -> torch.Tensor:
-    """``q * scale + low`` per group of ``group`` values, each op rounded to float32.
-
-    ``q`` is integer ``[nb, values]``, ``scale``/``low`` float32 ``[nb, groups]``. These
-    are gguf's numpy ops in gguf's order; ``x + (-y)`` is ``x - y`` bit for bit, so a
-    negated ``low`` gives gguf's ``d * q - dmin * m``.
-    """
-    nb = q.shape[0]
-    w = q.to(torch.float32).view(nb, -1, group).mul_(scale.view(nb, -1, 1))
-    if low is not None:
-        w.add_(low.view(nb, -1, 1))
-    return w.view(nb, -1)
-
-
-def _signed(q: torch.Tensor, offset: int) -> torch.Tensor:
-    """uint8 ``q`` -> int8 ``q - offset`` (uint8 arithmetic wraps; the result fits)."""
-    return (q - offset).view(torch.int8)
-
-
-def _dequant_blocks(gtype: str, b: torch.Tensor) -> torch.Tensor:
-    """Blocks of ``gtype`` -> float32 ``[nb, values]``, the same ops in the same order as
-    ``gguf.quants`` (so the same bits); the integer unpacking is exact either way."""
-    if gtype == "Q8_0":
-        return _affine(b[:, 2:].view(torch.int8), _half(b, 0), None, 32)
-    if gtype == "Q4_0":
-        return _affine(_signed(_fields(b[:, 2:], 16, 4), 8), _half(b, 0), None, 32)
-    if gtype in ("Q4_1", "Q4_K", "Q5_1", "Q5_K"):
-        return _affine(*_code_fields(gtype, b), 32)
-    if gtype == "Q5_0":
-        q, d, _ = _code_fields(gtype, b)
-        return _affine(_signed(q, 16), d, None, 32)
-    if gtype == "Q2_K":
-        s = b[:, 0:16]
-        scale, low = _half(b, 80) * (s & 15).float(), -(_half(b, 82) * (s >> 4).float())
-        return _affine(_fields(b[:, 16:80], 32, 2), scale, low, 16)
-    if gtype == "Q3_K":
-        s = b[:, 96:108]
-        sc = _fields(s[:, 0:8], 8, 4) | (_fields(s[:, 8:12], 4, 2) << 4)
-        scale = _half(b, 108) * _signed(sc, 32).float()
-        # the high bit is an inverted borrow: 4 is subtracted where the mask bit is clear
-        q = _signed(_fields(b[:, 32:96], 32, 2) | (_fields(b[:, 0:32], 32, 1) << 2), 4)
-        return _affine(q, scale, None, 16)
-    if gtype == "Q6_K":
-        scale = _half(b, 208) * b[:, 192:208].view(torch.int8).float()
-        q = _fields(b[:, 0:128], 64, 4) | (_fields(b[:, 128:192], 32, 2) << 4)
-        return _affine(_signed(q, 32), scale, None, 16)
-    raise KeyError(gtype)
-
-
 @dataclass(frozen=True)
 class BlockRows:
     """A 2-D GGUF block tensor read a few rows at a time (``rows``): the embedding and
-    head, the largest tensors, are re-quantised chunk by chunk (``linear.quantize_int8``)
+    head, the largest tensors, are re-quantised chunk by chunk (``layouts.quantize_int8``)
     instead of through one full float32 copy (671 MB for Gemma 3's embedding)."""
 
     raw: RawTensor
@@ -243,9 +125,9 @@ class BlockRows:
         """Rows ``first..first+n-1`` as float32, the bits ``dequantize`` gives."""
         n_rows, k = self.raw.shape
         n = min(n, n_rows - first)
-        per_row = k // _BLOCKS[self.gtype][0]
-        b = _blocks(self.raw, self.gtype)[first * per_row : (first + n) * per_row]
-        return _dequant_blocks(self.gtype, b).reshape(n, k)
+        per_row = k // ggml_blocks.BLOCKS[self.gtype][0]
+        b = ggml_blocks.blocks(self.raw, self.gtype)[first * per_row : (first + n) * per_row]
+        return ggml_blocks.dequant_blocks(self.gtype, b).reshape(n, k)
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self.raw, torch.float32)
@@ -261,20 +143,20 @@ def dequantize(raw: RawTensor, dtype: torch.dtype) -> torch.Tensor:
     """
     gtype = (raw.ggml_type or "").upper()
     if raw.dtype == "bfloat16" or gtype == "BF16":
-        t = _as_torch(raw.data.view(np.uint16)).view(torch.bfloat16)
+        t = ggml_blocks.as_torch(raw.data.view(np.uint16)).view(torch.bfloat16)
         return t.reshape(raw.shape).to(dtype)
     if not gtype or gtype in _FLOAT_TYPES:
-        t = _as_torch(raw.data)
+        t = ggml_blocks.as_torch(raw.data)
         if t.is_floating_point():
             t = t.to(dtype)
         return t.reshape(raw.shape) if raw.shape else t
-    if gtype in _BLOCKS:
-        values = _dequant_blocks(gtype, _blocks(raw, gtype))
+    if gtype in ggml_blocks.BLOCKS:
+        values = ggml_blocks.dequant_blocks(gtype, ggml_blocks.blocks(raw, gtype))
         return values.reshape(raw.shape).to(dtype)
     import gguf
 
     type_id = gguf.GGMLQuantizationType[gtype].value
-    blocks = _as_torch(raw.data.view(np.uint8)).reshape(-1)
+    blocks = ggml_blocks.as_torch(raw.data.view(np.uint8)).reshape(-1)
     try:
         from transformers.integrations.gguf.dequant import dequantize as torch_dequant
 
@@ -376,7 +258,12 @@ def convert(
                 yield hf_name, blocks.map_rows(functools.partial(_rows, processor, raw.name))
                 continue
             gtype = (raw.ggml_type or "").upper()
-            if row_sources and hf_name in ROW_SOURCES and gtype in _BLOCKS and len(raw.shape) == 2:
+            if (
+                row_sources
+                and hf_name in ROW_SOURCES
+                and gtype in ggml_blocks.BLOCKS
+                and len(raw.shape) == 2
+            ):
                 yield hf_name, BlockRows(raw, gtype)  # no processor changes these rows
                 continue
             t = dequantize(raw, dtype)

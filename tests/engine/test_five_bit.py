@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from omax.engine import native
-from omax.engine.linear import Lin, fifth_bit_plane
+from omax.engine.layouts import fifth_bit_plane
+from omax.engine.linear import Lin
 from omax.engine.weights import CodeBlocks
 from tests.engine.test_gguf_types import random_blocks
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from omax.engine import native
-from omax.engine.linear import Lin, Rows, int8_rows, tile_int8, untile_int8
+from omax.engine.layouts import int8_rows, quantize_int8, tile_int8, untile_int8
+from omax.engine.linear import Lin, Rows
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,15 @@ def test_many_rows_of_tiled_int8_are_about_exact_and_each_rows_own(built, rows):
     bad[1, 3] = float("nan")
     assert built.int8_many(bad, lin.w, lin.s, True)[1].isnan().all()  # not garbage
     assert torch.equal(built.int8_many(bad, lin.w, lin.s, True)[0], got[0])
+
+
+def test_quantize_int8_writes_the_tiles_directly():
+    """A load quantises straight into the tiled layout: the codes ``tile_int8`` makes
+    of the row layout, the same scales, chunk edges and a ragged last chunk included."""
+    torch.manual_seed(1)
+    w = torch.randn(8 * 37, 64)
+    codes, scales = quantize_int8(w, chunk=48)
+    tiled, tiled_scales = quantize_int8(w, chunk=50, tiled=True)  # chunk rounded to 48
+    assert tiled.shape == (37, 4, 8, 16)
+    assert torch.equal(tiled, tile_int8(codes)) and torch.equal(tiled_scales, scales)
+    assert torch.equal(codes, torch.round(w / scales[:, None]).to(torch.int8))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from omax.engine.engine import Engine
-from omax.engine.linear import Lin, quantize_int8
+from omax.engine.layouts import quantize_int8
+from omax.engine.linear import Lin
 from omax.engine.weights import BlockRows, dequantize
 
 from .conftest import SMOLLM2_GGUF, gguf_spec, gguf_tensors

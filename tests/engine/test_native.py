@@ -14,7 +14,7 @@ import torch
 
 from omax.engine import native
 from omax.engine.engine import Engine
-from omax.engine.linear import untile_int8
+from omax.engine.layouts import untile_int8
 from omax.engine.runner import FastRunner
 
 from .test_generate import check_seeded_alone_and_batched
