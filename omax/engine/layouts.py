@@ -57,7 +57,9 @@ def fifth_bit_plane(codes: torch.Tensor) -> torch.Tensor:
     bits = bits.permute(0, 3, 1, 2, 4).reshape(n // 64, k // 2, 4, 32)
     # bit 2 i + j of a little-endian int32 is bit (2 i + j) % 8 of its byte (2 i + j) / 8
     packed = np.packbits(bits.cpu().numpy(), axis=-1, bitorder="little")
-    return torch.from_numpy(packed).view(torch.int32).reshape(n // 64, k // 2, 4)
+    # cloned into torch's allocator, which aligns to 64 bytes (numpy's buffer sits 16
+    # bytes past a page: every vector load of the plane would straddle cache lines)
+    return torch.from_numpy(packed).view(torch.int32).reshape(n // 64, k // 2, 4).clone()
 
 
 def plane_bits(hb: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
