@@ -3,6 +3,9 @@ and the types no kernel reads are re-quantised without a full float32 copy."""
 
 from __future__ import annotations
 
+import logging
+import re
+
 import gguf
 import pytest
 import torch
@@ -35,10 +38,13 @@ def gemma3_gguf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("which", ["smollm2", "gemma3"])
-def test_int4_model_is_about_its_gguf_size(which, gemma3_gguf):
+def test_int4_model_is_about_its_gguf_size(which, gemma3_gguf, caplog):
     path = SMOLLM2_GGUF if which == "smollm2" else gemma3_gguf
+    caplog.set_level(logging.INFO, logger="omax.engine.loader")
     eng = Engine.load(gguf_spec(path), gguf_tensors(path), quant="int4", max_ctx=512)
     try:
+        # the load says how long it took, and how much of it the tokenizer
+        assert re.search(r"built the model in [\d.]+ s \(its tokenizer [\d.]+ s", caplog.text)
         model = eng.loaded.model
         dense = [x for x in _lins(model) if x.dense is not None]
         assert not dense, f"{len(dense)} packed linears keep a dense copy"
