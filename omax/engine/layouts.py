@@ -86,7 +86,8 @@ def quantize_int8(
     if tiled:
         out = torch.empty(n // INT8_TILE, k // 16, INT8_TILE, 16, dtype=torch.int8, device=device)
         # a tile row's 16 codes move as one 16-byte element (complex128): torch copies
-        # that pattern ~4x faster than as 16 int8 elements (~0.25 s on Gemma 3's head)
+        # that pattern ~4x faster than as 16 int8 elements (Gemma 3's 168M-code head:
+        # ~0.015 s against ~0.06 s)
         codes = _by_rows(out.view(torch.complex128))
         chunk = max(INT8_TILE, chunk // INT8_TILE * INT8_TILE)
     else:
