@@ -73,7 +73,8 @@ def quantize_int8(
     w: torch.Tensor | CodeBlocks | BlockRows, chunk: int = 1024, tiled: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``w`` [N, K] as int8 codes and fp32 per-row scales (symmetric: ``|w|max / 127``);
-    ``tiled``: the codes in ``tile_int8``'s layout, written there directly.
+    ``tiled``: the codes in ``tile_int8``'s layout, written there directly (N a multiple
+    of ``INT8_TILE``, K of 16, as ``Lin`` checks before it asks for tiles).
 
     Rows go ``chunk`` at a time, and a ``BlockRows`` source is decoded that way too: a
     262k-row embedding (Gemma 3) never takes a full-size fp32 copy, only small ones

@@ -61,14 +61,13 @@ def _start_writer(blobs: BlobStore, digest: str, feed: _Feed) -> asyncio.Future[
             done.set_result(result)  # type: ignore[arg-type]
 
     def write() -> None:
+        result, error = None, None
         try:
             result = blobs.put_stream(feed.pieces(), digest)
         except BaseException as err:
-            feed.finished.set()
-            loop.call_soon_threadsafe(settle, None, err)
-        else:
-            feed.finished.set()
-            loop.call_soon_threadsafe(settle, result, None)
+            error = err
+        feed.finished.set()
+        loop.call_soon_threadsafe(settle, result, error)
 
     threading.Thread(target=write, name="omax-upload", daemon=True).start()
     return done
