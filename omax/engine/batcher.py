@@ -36,7 +36,7 @@ from omax.engine.counters import EngineCounters
 from omax.engine.fault_injection import check_fault, fault_marker
 from omax.engine.prefix import Hit, PrefixCache
 from omax.engine.request import GenerateChunk
-from omax.engine.runner import Runner, Segment
+from omax.engine.runner_api import Runner, Segment
 from omax.engine.sampling import sample
 from omax.engine.sequence import Sequence
 from omax.engine.threads import adopt_torch_threads

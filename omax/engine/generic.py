@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from omax.engine.runner import CacheRows
+from omax.engine.runner_api import CacheRows
 from omax.errors import EngineError
 
 

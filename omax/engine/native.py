@@ -287,6 +287,8 @@ class NativeDecoder:
             final_softcap=a.final_softcap or 0.0,
             gelu=a.act == "gelu_tanh",
         )
+        # whether ``step`` takes prompt rows (the module's own kernels, attention's too)
+        self.prompts = bool(self.native.prompts)
 
     @staticmethod
     def supports(model: Any, max_len: int = 0) -> bool:
@@ -306,3 +308,12 @@ class NativeDecoder:
         """Logits [R, V] (fp32) of one token for each of cache slots ``0..R-1``;
         ``invariant``: each row's bits as alone or in any batch (a seeded request's)."""
         return self.native.decode(ids, positions, length, invariant)
+
+    def step(
+        self, ids: torch.Tensor, positions: list[int], slots: list[int], outputs: list[int]
+    ) -> torch.Tensor:
+        """Logits [len(outputs), V] (fp32) of rows ``outputs`` of a step whose row ``i``
+        is token ``ids[i]`` at ``positions[i]`` of cache slot ``slots[i]``: decode rows
+        and prompt rows together (``prompts`` only), each prompt row attending to its
+        slot's keys up to its own position."""
+        return self.native.step(ids, positions, slots, outputs)

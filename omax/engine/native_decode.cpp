@@ -1,6 +1,7 @@
 // The decode step of omax.engine.fastpath.FastDecoder in one native call, for every
 // family the fast path runs (what differs between them is data: Model's optional
-// tensors and scalars, after omax.engine.arch.Arch).
+// tensors and scalars, after omax.engine.arch.Arch). Model::step runs prompt rows in
+// the same call (a cache slot a row; FastRunner._native_step).
 //
 // Python runs ~40 torch ops per layer for a decode step (rms_norm alone is eight),
 // and at one stream their dispatch costs as much as the matmuls. Here RMSNorm, the
@@ -1132,10 +1133,10 @@ void qkv_head(const BFloat16* yi, int64_t head, const QkvExtras& x, const float*
 }
 
 // Rotary embedding of q and k (interleaved pairs) in y [R, (nh+2nkv)*hd] (qkv_head);
-// k and v are written to the caches at (row, :, pos[row]); returns q [R, nh*hd].
+// k and v are written to the caches at (slot[row], :, pos[row]); returns q [R, nh*hd].
 Tensor rope_store(const Tensor& y, const QkvExtras& x, const Tensor& freqs,
-                  const std::vector<int64_t>& pos, const Tensor& kc, const Tensor& vc, int64_t nh,
-                  int64_t nkv, int64_t hd) {
+                  const std::vector<int64_t>& pos, const std::vector<int64_t>& slot,
+                  const Tensor& kc, const Tensor& vc, int64_t nh, int64_t nkv, int64_t hd) {
   const int64_t r = y.size(0), width = y.size(1);
   Tensor q = at::empty({r, nh * hd}, y.options());
   const BFloat16* py = y.data_ptr<BFloat16>();
@@ -1150,8 +1151,8 @@ Tensor rope_store(const Tensor& y, const QkvExtras& x, const Tensor& freqs,
       for (int64_t head = 0; head < nh + 2 * nkv; ++head) {
         const int64_t kv = head - nh - nkv;  // v's head, where >= 0
         BFloat16* dst = head < nh    ? pq + i * nh * hd + head * hd
-                        : kv < 0     ? pk + i * ks0 + (head - nh) * ks1 + pos[i] * ks2
-                                     : pv + i * ks0 + kv * ks1 + pos[i] * ks2;
+                        : kv < 0     ? pk + slot[i] * ks0 + (head - nh) * ks1 + pos[i] * ks2
+                                     : pv + slot[i] * ks0 + kv * ks1 + pos[i] * ks2;
         qkv_head(py + i * width, head, x, pf + pos[i] * hd, nh, nkv, hd, u.data(), dst);
       }
     }
@@ -1388,11 +1389,14 @@ HeadsFn heads_kernel(int64_t g, int64_t hd) {
 // scale (0: 1/sqrt(hd)) and ``cap`` soft-caps the scores (gemma2; 0: none).
 // ``invariant``: where torch's kernels run, each row over exactly its own keys in a call
 // of its own (the padded batch's sums would follow the longest row).
+// ``slots`` (this file's own kernel only): row i's cache slot, where not i (a prompt's
+// rows share theirs, each against the keys up to its own position: causal).
 Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
               const std::vector<int64_t>& pos, int64_t length, int64_t nh, int64_t nkv,
               int64_t hd, bool invariant = false, int64_t window = 0, double scale = 0.,
-              double cap = 0.) {
+              double cap = 0., const std::vector<int64_t>& slots = {}) {
   const int64_t r = q.size(0), g = nh / nkv;
+  auto slot = [&](int64_t row) { return slots.empty() ? row : slots[row]; };
   if (scale <= 0.) scale = 1. / std::sqrt(static_cast<double>(hd));
   auto first = [&](int64_t p) { return window > 0 ? std::max<int64_t>(0, p + 1 - window) : 0; };
 #ifdef OMAX_ATTEND_KERNEL
@@ -1411,7 +1415,7 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
         std::vector<float> scores(static_cast<size_t>(g * length));
         for (int64_t w = b; w < e; ++w) {
           const int64_t row = w / nkv, f = first(pos[row]);
-          const int64_t at = row * s0 + (w % nkv) * s1 + f * s2;
+          const int64_t at = slot(row) * s0 + (w % nkv) * s1 + f * s2;
           heads(pq + w * g * hd, pk + at, pv + at, s2, pos[row] + 1 - f,
                 static_cast<float>(scale), static_cast<float>(cap), scores.data(),
                 po + w * g * hd);
@@ -1423,7 +1427,7 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
       std::vector<float> scores(static_cast<size_t>(length));
       for (int64_t w = b; w < e; ++w) {
         const int64_t row = w / nh, h = w % nh, f = first(pos[row]);
-        const int64_t at = row * s0 + (h / g) * s1 + f * s2;
+        const int64_t at = slot(row) * s0 + (h / g) * s1 + f * s2;
         attend_head(pq + w * hd, pk + at, pv + at, s2, pos[row] + 1 - f, hd,
                     static_cast<float>(scale), static_cast<float>(cap), scores.data(),
                     po + w * hd);
@@ -1432,6 +1436,7 @@ Tensor attend(const Tensor& q, const Tensor& kc, const Tensor& vc,
     return o;
   }
 #endif
+  TORCH_CHECK(slots.empty(), "rows in cache slots of their own need this CPU's own kernels");
   if (invariant && (r > 1 || first(pos[0]) > 0)) {  // as the Python step's pinned rows
     std::vector<Tensor> rows;
     for (int64_t i = 0; i < r; ++i) {
@@ -1493,7 +1498,29 @@ struct Model {
 
   Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
                 bool invariant) const;
+  Tensor step(const Tensor& ids, const std::vector<int64_t>& positions,
+              const std::vector<int64_t>& slots, const std::vector<int64_t>& outputs) const;
+  // Whether step takes rows in slots of their own: this CPU's own kernels, attention's
+  // included (its head_dim).
+  bool prompts() const { return kOwnKernels && hd % 32 == 0 && hd <= 256; }
+
+ private:
+  Tensor forward(const Tensor& ids, const std::vector<int64_t>& positions,
+                 const std::vector<int64_t>& slots, int64_t length, bool invariant,
+                 const std::vector<int64_t>& outputs) const;
 };
+
+// h += o (bf16 [R, H] each, contiguous) on this step's threads, rounded as torch's add_
+// (which, past its grain, would start an OpenMP loop between the Team's).
+void add_rows(Tensor& h, const Tensor& o) {
+  TORCH_CHECK(o.is_contiguous() && o.numel() == h.numel(), "add_rows: shapes differ");
+  BFloat16* ph = h.data_ptr<BFloat16>();
+  const BFloat16* po = o.data_ptr<BFloat16>();
+  parallel_for(0, h.numel(), 16384, [&](int64_t e0, int64_t e1) {
+    for (int64_t e = e0; e < e1; ++e)
+      ph[e] = static_cast<BFloat16>(static_cast<float>(ph[e]) + static_cast<float>(po[e]));
+  });
+}
 
 // Logits [R, V] fp32 of one token for each of cache slots 0..R-1, as
 // fastpath.FastDecoder.forward and .logits compute them. ``invariant``: every row
@@ -1501,6 +1528,45 @@ struct Model {
 // rows; see lin and attend), at some cost where torch's kernels run.
 Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
                      bool invariant) const {
+  return forward(ids, positions, {}, length, invariant, {});
+}
+
+// Logits [len(outputs), V] fp32 of the rows ``outputs`` of a step whose row i is the token
+// ids[i] at positions[i] of cache slot slots[i]: decode rows and prompt rows together, a
+// prompt's rows in one slot each attending to the keys up to its own position (its
+// earlier rows' written first). Needs this CPU's own kernels; every row's result is the
+// same bits as in any other step where no int8 linear passes kInt8Rows rows (lin).
+Tensor Model::step(const Tensor& ids, const std::vector<int64_t>& positions,
+                   const std::vector<int64_t>& slots, const std::vector<int64_t>& outputs) const {
+  TORCH_CHECK(prompts(), "a step of prompt rows needs this CPU's own kernels (and a head_dim "
+                         "of a multiple of 32, up to 256)");
+  const int64_t rows = ids.size(0);
+  TORCH_CHECK(static_cast<int64_t>(positions.size()) == rows &&
+                  static_cast<int64_t>(slots.size()) == rows,
+              "step: a position and a slot a row");
+  int64_t length = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    TORCH_CHECK(slots[i] >= 0 && slots[i] < kc[0].size(0) && positions[i] >= 0 &&
+                    positions[i] < kc[0].size(2),
+                "step: row ", i, " is past the cache");
+    length = std::max(length, positions[i] + 1);
+  }
+  for (int64_t r : outputs) TORCH_CHECK(r >= 0 && r < rows, "step: no row ", r);
+  // the embedding's rows (scales one a row; the int4 layout's [K/32, N, 2]): a prompt's
+  // ids were checked by the engine, and a wrong one here would read past the table
+  const size_t e = static_cast<size_t>(kc.size()) * kPerLayer;
+  const int64_t kind = kinds[4 * kc.size()];
+  const int64_t vocab = kind == 8 ? t[e + 1].numel() : kind == 4 || kind == 5 ? t[e + 1].size(1)
+                                                                             : t[e + 2].size(0);
+  Tensor idx = ids.to(at::kLong);
+  TORCH_CHECK(rows == 0 || (idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < vocab),
+              "step: a token id outside the vocabulary of ", vocab);
+  return forward(idx, positions, slots, length, false, outputs);
+}
+
+Tensor Model::forward(const Tensor& ids, const std::vector<int64_t>& positions,
+                      const std::vector<int64_t>& slots, int64_t length, bool invariant,
+                      const std::vector<int64_t>& outputs) const {
   at::InferenceMode guard;
   const int64_t n_layers = static_cast<int64_t>(kc.size());
   const size_t tail = static_cast<size_t>(n_layers) * kPerLayer;
@@ -1508,6 +1574,9 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     ~Restore() { use_team = false; }
   } restore;
   use_team = kOwnKernels;
+  std::vector<int64_t> slot = slots;  // rope_store's: row i's slot, i where none are given
+  if (slot.empty())
+    for (int64_t i = 0; i < ids.size(0); ++i) slot.push_back(i);
   Tensor h = weight_rows<BFloat16>(t, tail, kinds[4 * n_layers], ids);
   if (embed_scale != 1.) h.mul_(embed_scale);  // a bf16 value: torch's bf16 product
   for (int64_t i = 0; i < n_layers; ++i) {
@@ -1517,15 +1586,16 @@ Tensor Model::decode(const Tensor& ids, const std::vector<int64_t>& positions, i
     Tensor y = lin(t, b + kQkv, kd[0], rms_norm(h, l[kLn1], eps), false, invariant);
     const QkvExtras ex{optional_ptr(l[kBias]), optional_ptr(l[kQNorm]), optional_ptr(l[kKNorm]),
                        static_cast<float>(eps)};
-    Tensor q = rope_store(y, ex, tables[rope[i]], positions, kc[i], vc[i], nh, nkv, hd);
+    Tensor q = rope_store(y, ex, tables[rope[i]], positions, slot, kc[i], vc[i], nh, nkv, hd);
     Tensor a = attend(q, kc[i], vc[i], positions, length, nh, nkv, hd, invariant, window[i],
-                      attn_scale, attn_softcap);
+                      attn_scale, attn_softcap, slots);
     Tensor o = lin(t, b + kO, kd[1], a, false, invariant);
-    h.add_(present(l[kPostAttn]) ? rms_norm(o, l[kPostAttn], eps) : o);
+    add_rows(h, present(l[kPostAttn]) ? rms_norm(o, l[kPostAttn], eps) : o);
     Tensor gu = lin(t, b + kGu, kd[2], rms_norm(h, l[kLn2], eps), false, invariant);
     Tensor d = lin(t, b + kDown, kd[3], act_mul(gu, gelu), false, invariant);
-    h.add_(present(l[kPostFfn]) ? rms_norm(d, l[kPostFfn], eps) : d);
+    add_rows(h, present(l[kPostFfn]) ? rms_norm(d, l[kPostFfn], eps) : d);
   }
+  if (!outputs.empty()) h = h.index_select(0, at::tensor(outputs, ids.options().dtype(at::kLong)));
   Tensor out = logits(t, tail + kLin + 1, kinds[4 * n_layers + 1],
                       rms_norm(h, t[tail + kLin], eps), invariant);
   if (final_softcap > 0.) {
@@ -1600,7 +1670,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            pybind11::arg("final_softcap") = 0.0, pybind11::arg("gelu") = false)
       .def("decode", &Model::decode, "one batched decode step", pybind11::arg("ids"),
            pybind11::arg("positions"), pybind11::arg("length"), pybind11::arg("invariant") = false,
-           pybind11::call_guard<pybind11::gil_scoped_release>());
+           pybind11::call_guard<pybind11::gil_scoped_release>())
+      .def_property_readonly("prompts", &Model::prompts)
+      .def("step", &Model::step, "one step of decode and prompt rows in their cache slots",
+           pybind11::arg("ids"), pybind11::arg("positions"), pybind11::arg("slots"),
+           pybind11::arg("outputs"), pybind11::call_guard<pybind11::gil_scoped_release>());
 
   m.def("int4_mm", &int4_mm,
         "x @ torch's CPU int4-packed weight (as _weight_int4pack_mm_for_cpu); with hb, 5-bit codes",
@@ -1635,5 +1709,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("length"), pybind11::arg("n_heads"), pybind11::arg("n_kv"),
         pybind11::arg("head_dim"), pybind11::arg("invariant") = false,
         pybind11::arg("window") = 0, pybind11::arg("scale") = 0.0, pybind11::arg("cap") = 0.0,
+        pybind11::arg("slots") = std::vector<int64_t>(),
         pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from omax.engine.prefix import Hit, PrefixCache
-from omax.engine.runner import Runner
+from omax.engine.runner_api import Runner
 from omax.engine.sequence import Sequence
 
 

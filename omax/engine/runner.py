@@ -14,7 +14,7 @@ segments to that pass. Families the fast path does not cover run on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import torch
 
@@ -22,72 +22,10 @@ from omax.config import settings
 from omax.engine.cuda_graphs import GraphDecoder
 from omax.engine.fastpath import FastDecoder, window_mask
 from omax.engine.linear import Rows
+from omax.engine.runner_api import CacheRows, Runner, Segment, Segments
 from omax.errors import EngineError
 
-
-class Segment(NamedTuple):
-    """A prompt's tokens ``ids`` at positions ``start..`` of cache row ``row``.
-
-    ``pinned``: the request must compute the same alone and in any batch (a seeded
-    one), so the fast path gives its rows kernels that do not follow the batch."""
-
-    ids: list[int]
-    start: int
-    row: int
-    pinned: bool = False
-
-
-Segments = Sequence[Segment]
-
-
-class CacheRows:
-    """The row layout both runners' caches share.
-
-    Rows ``0..max_slots-1`` are decode slots, row ``staging`` (``max_slots``) is where a
-    long prompt is prefilled chunk by chunk, and ``prefix_rows`` rows after it keep the
-    KV of finished sequences. Every row holds up to ``max_len`` positions.
-    """
-
-    def __init__(self, max_slots: int, max_len: int, prefix_rows: int) -> None:
-        self.max_slots = max_slots
-        self.max_len = max_len
-        self.staging = max_slots
-        self.prefix_rows = prefix_rows
-
-    @property
-    def n_rows(self) -> int:
-        return self.max_slots + 1 + self.prefix_rows
-
-    def prefix_row(self, i: int) -> int:
-        """The cache row of prefix row ``i`` (``0 <= i < prefix_rows``)."""
-        assert 0 <= i < self.prefix_rows
-        return self.max_slots + 1 + i
-
-
-class Runner(Protocol):
-    """What the batcher drives: ``FastRunner`` and ``generic.GenericRunner``."""
-
-    max_slots: int
-    max_len: int
-    staging: int
-    prefix_rows: int
-
-    @property
-    def bytes_per_token(self) -> int: ...
-
-    def prefix_row(self, i: int) -> int: ...
-
-    def copy_slot(self, src: int, dst: int, length: int, start: int = 0) -> None: ...
-
-    def prefill(self, token_ids: list[int], start: int, slot: int | None = None) -> Any: ...
-
-    def step(
-        self,
-        tokens: list[int],
-        positions: list[int],
-        segments: Segments = (),
-        pinned: Sequence[bool] = (),
-    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]: ...
+__all__ = ["CacheRows", "FastRunner", "Runner", "Segment", "Segments", "is_fast", "make_runner"]
 
 
 class FastRunner(CacheRows):
@@ -297,12 +235,15 @@ class FastRunner(CacheRows):
         alone), and many short prompts join in one step. Pinned rows take kernels that
         do not follow the batch (``linear.Rows``). With the native step, a pass with
         a pinned decode row runs the decode rows natively and the prompts apart: that
-        row must take the kernels it takes in a step that only decodes.
+        row must take the kernels it takes in a step that only decodes. With no row
+        pinned, the native step runs all of it (``_native_step``).
         """
         if not segments:
             return (self.decode(tokens, positions, pinned) if tokens else None), []
         if tokens and self.native is not None and any(pinned):
             return self.decode(tokens, positions, pinned), self.step([], [], segments)[1]
+        if self._native_prompts(segments, pinned):
+            return self._native_step(tokens, positions, segments)
         b = len(tokens)
         dev = self.device
         ids = [*tokens]
@@ -338,6 +279,43 @@ class FastRunner(CacheRows):
         )
         lasts = [r + n - 1 for r, n, _ in parts[1 if b else 0 :]]
         logits = self.fast.logits(torch.cat([h[:b], h[lasts]]), Rows(head) if pins else None)
+        return (logits[:b] if b else None), list(logits[b:])
+
+    def _native_prompts(self, segments: Segments, pinned: Sequence[bool]) -> bool:
+        """Whether the native step runs this step's prompts with its decode rows: where
+        its own kernels run and no row is pinned (those keep the Python step's kernels).
+        Its attention takes each prompt row over its own keys, and beat torch's flash
+        attention at every prompt length measured (benchmarks/RESULTS.md)."""
+        return (
+            self.native is not None
+            and self.native.prompts
+            and not any(pinned)
+            and not any(s.pinned for s in segments)
+        )
+
+    @torch.inference_mode()
+    def _native_step(
+        self, tokens: list[int], positions: list[int], segments: Segments
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """``step`` in one native call: decode rows in slots ``0..B-1``, then each
+        segment's rows in its slot; logits of the decode rows and each segment's last."""
+        b = len(tokens)
+        ids, pos, slots = [*tokens], [*positions], list(range(b))
+        if b:
+            length = max(positions) + 1
+            self._check_len(length)
+            self._ensure_init(b, length)
+        outputs = list(range(b))
+        for seg in segments:
+            end = seg.start + len(seg.ids)
+            self._check_len(end)
+            self._wrote(seg.row, seg.start, end)
+            ids += seg.ids
+            pos += range(seg.start, end)
+            slots += [seg.row] * len(seg.ids)
+            outputs.append(len(ids) - 1)
+        assert self.native is not None
+        logits = self.native.step(torch.tensor(ids, dtype=torch.long), pos, slots, outputs)
         return (logits[:b] if b else None), list(logits[b:])
 
 

@@ -15,7 +15,7 @@ import torch
 from omax.engine import native
 from omax.engine.engine import Engine
 from omax.engine.layouts import untile_int8
-from omax.engine.runner import FastRunner
+from omax.engine.runner import FastRunner, Segment
 
 from .test_generate import check_seeded_alone_and_batched
 
@@ -275,3 +275,38 @@ def test_native_row_ops_give_torchs_results_row_by_row(built, rows):
     assert torch.equal(built.act_mul(gu[-1:], True)[0], built.act_mul(gu, True)[-1])
     with pytest.raises(RuntimeError, match="contiguous bf16"):
         built.act_mul(gu[:, 1:], False)
+
+
+def test_native_step_runs_prompts_with_decode_rows(smollm2_int4_engine, built):
+    """SmolLM2 (head_dim 64): a step of 16 decode rows and two prompts (one whole, one
+    chunk in the staging row) is one native call, with the Python step's greedy tokens
+    (test_native_families.py holds every family to its logits); the prompt's keys are
+    in the cache for its first decode."""
+    model = smollm2_int4_engine.loaded.model
+    py, nat = _runners(model, built)
+    prompt = list(range(200, 260))
+    segments = [Segment(prompt, 0, 15), Segment(prompt[:40], 0, nat.staging)]
+    assert nat._native_prompts(segments, [False] * 15)
+    tokens, positions = [11 + s for s in range(15)], [30 + 2 * s for s in range(15)]
+    (a, a_lasts), (b, b_lasts) = (
+        py.step(tokens, positions, segments),
+        nat.step(tokens, positions, segments),
+    )
+    assert b is not None and len(b_lasts) == 2
+    assert (a - b).abs().max() < 2.0
+    assert int((a.argmax(-1) == b.argmax(-1)).sum()) >= 14
+    for x, y in zip(a_lasts, b_lasts, strict=True):
+        assert (x - y).abs().max() < 2.0 and int(x.argmax()) == int(y.argmax())
+    c, d = (r.decode([*tokens, 9], [p + 1 for p in positions] + [60]) for r in (py, nat))
+    assert (c[-1] - d[-1]).abs().max() < 2.0 and int(c[-1].argmax()) == int(d[-1].argmax())
+
+
+def test_native_step_refuses_rows_past_the_cache_and_the_vocabulary(smollm2_int4_engine, built):
+    nat = FastRunner(smollm2_int4_engine.loaded.model, max_slots=2, max_len=64)
+    assert nat.native is not None and nat.native.prompts
+    with pytest.raises(RuntimeError, match="past the cache"):
+        nat.native.step(torch.tensor([5]), [64], [0], [0])
+    with pytest.raises(RuntimeError, match="past the cache"):
+        nat.native.step(torch.tensor([5]), [3], [nat.n_rows], [0])
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        nat.native.step(torch.tensor([10**6]), [3], [0], [0])

@@ -17,7 +17,7 @@ import torch
 
 from omax.engine import native
 from omax.engine.loader import load_fast
-from omax.engine.runner import FastRunner
+from omax.engine.runner import FastRunner, Segment
 from omax.engine.spec import ModelSpec
 
 from .conftest import state_dict_raw
@@ -185,3 +185,42 @@ def test_native_attention_with_window_scale_and_cap(built, positions, window):
         s = q[r].view(nh, 1, hd).float() @ kr.transpose(-1, -2) * scale
         want = (torch.softmax(torch.tanh(s / cap) * cap, -1) @ vr).reshape(-1)
         assert (got[r].float() - want).abs().max() < 0.02
+
+
+def test_native_step_runs_prompts_with_decode_rows_as_the_python_step(fast, built):
+    """A step of decode rows and prompts (a whole one, and a long one's two chunks in
+    the staging row, the second in a later step) runs in one native call (each prompt
+    row attends to its slot's keys up to its own position) and gives the Python
+    step's logits, within the decode tolerance above; so does a decode of the rows
+    it wrote, which reads the keys it left in the cache. (test_native.py runs it on
+    SmolLM2's head_dim 64.)"""
+    py, nat = _runner(fast, built, False), _runner(fast, built, True)
+    # the families whose head_dim the native attention takes (the tiny shape's 16 not)
+    assert nat._native_prompts([Segment([5], 0, 3)], [False]) == (fast.head_dim == 32)
+    whole = [(11 * j) % 400 + 3 for j in range(20)]  # past the window
+    long = [(13 * j) % 400 + 3 for j in range(30)]
+    staging = nat.staging
+    steps = [
+        (
+            [5, 6, 7],
+            [len(PROMPTS[s]) for s in range(3)],
+            [Segment(whole, 0, 3), Segment(long[:12], 0, staging)],
+        ),
+        (
+            [8, 9, 10, 11],
+            [len(PROMPTS[s]) + 1 for s in range(3)] + [20],
+            [Segment(long[12:], 12, staging)],
+        ),
+    ]
+    ulps = 24 if fast.arch.attn_softcap else 8
+    for tokens, positions, segments in steps:
+        (a, a_lasts), (b, b_lasts) = (r.step(tokens, positions, segments) for r in (py, nat))
+        for x, y in [(a, b), *zip(a_lasts, b_lasts, strict=True)]:
+            tol = ulps * _ulp(float(x.abs().max()))
+            assert (x - y).abs().max() <= tol, ((x - y).abs().max(), tol)
+    nat.copy_slot(staging, 4, len(long))
+    py.copy_slot(staging, 4, len(long))
+    tokens, positions = [12, 13, 14, 15, 16], [len(PROMPTS[s]) + 2 for s in range(3)] + [21, 30]
+    a, b = py.decode(tokens, positions), nat.decode(tokens, positions)
+    tol = ulps * _ulp(float(a.abs().max()))
+    assert (a - b).abs().max() <= tol, ((a - b).abs().max(), tol)
