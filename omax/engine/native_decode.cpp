@@ -997,6 +997,11 @@ Tensor logits(const std::vector<Tensor>& t, size_t at, int64_t kind, const Tenso
   return y.scalar_type() == at::kFloat ? y : refine_top(y.to(at::kFloat), x, t, at, kind);
 }
 
+#if defined(__AVX512F__)
+__m512 load_bf16(const BFloat16* p);
+__m256i to_bf16(__m512 v);
+#endif
+
 // RMSNorm of each row of h [R, H] (bf16) with weight w, in fp32, rounded to bf16.
 Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
   TORCH_CHECK(h.scalar_type() == at::kBFloat16 && h.is_contiguous() && h.dim() == 2 &&
@@ -1007,6 +1012,29 @@ Tensor rms_norm(const Tensor& h, const Tensor& w, double eps) {
   const BFloat16* x = h.data_ptr<BFloat16>();
   const BFloat16* g = w.data_ptr<BFloat16>();
   BFloat16* o = out.data_ptr<BFloat16>();
+#if defined(__AVX512F__)
+  if (n % 16 == 0) {  // 16 lanes at a time (the loops below ran as scalar code)
+    parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const BFloat16* xi = x + i * n;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j += 16) {
+          const __m512 v = load_bf16(xi + j);
+          acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        const float sum = _mm512_reduce_add_ps(acc);
+        const __m512 rstd =
+            _mm512_set1_ps(1.f / std::sqrt(sum / static_cast<float>(n) + static_cast<float>(eps)));
+        BFloat16* oi = o + i * n;
+        for (int64_t j = 0; j < n; j += 16)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(oi + j),
+                              to_bf16(_mm512_mul_ps(_mm512_mul_ps(load_bf16(xi + j), rstd),
+                                                    load_bf16(g + j))));
+      }
+    });
+    return out;
+  }
+#endif
   parallel_for(0, r, 4, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const BFloat16* xi = x + i * n;
