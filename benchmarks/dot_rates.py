@@ -14,8 +14,9 @@ times it on one core and on every core at once (a process each):
 - ``vpdpwssd``: 32 int16 products.
 
 Products a second are the ceiling of a kernel built on each. Where ``vpdpbusd``
-gives no more products a second than ``vdpbf16ps`` (this AMD EPYC: 0.9x), 8-bit
-activations would not make the compute-bound 16-stream step faster, only less exact.
+gives about as many products a second as ``vdpbf16ps`` (this AMD EPYC: 0.93x at 256
+bits, 1.10x at 512), 8-bit activations would not make the compute-bound 16-stream
+step much faster, only less exact.
 No target: benchmarks/RESULTS.md keeps the numbers beside the kernels' own.
 """
 

@@ -1523,6 +1523,7 @@ struct Model {
   int64_t nh = 0, nkv = 0, hd = 0;
   double eps = 0., embed_scale = 1., attn_scale = 0., attn_softcap = 0., final_softcap = 0.;
   bool gelu = false;
+  int64_t vocab = 0;  // the embedding's rows (make_model): step checks its ids against it
 
   Tensor decode(const Tensor& ids, const std::vector<int64_t>& positions, int64_t length,
                 bool invariant) const;
@@ -1580,15 +1581,11 @@ Tensor Model::step(const Tensor& ids, const std::vector<int64_t>& positions,
     length = std::max(length, positions[i] + 1);
   }
   for (int64_t r : outputs) TORCH_CHECK(r >= 0 && r < rows, "step: no row ", r);
-  // the embedding's rows (scales one a row; the int4 layout's [K/32, N, 2]): a prompt's
-  // ids were checked by the engine, and a wrong one here would read past the table
-  const size_t e = static_cast<size_t>(kc.size()) * kPerLayer;
-  const int64_t kind = kinds[4 * kc.size()];
-  const int64_t vocab = kind == 8 ? t[e + 1].numel() : kind == 4 || kind == 5 ? t[e + 1].size(1)
-                                                                             : t[e + 2].size(0);
-  Tensor idx = ids.to(at::kLong);
-  TORCH_CHECK(rows == 0 || (idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < vocab),
-              "step: a token id outside the vocabulary of ", vocab);
+  // a prompt's ids were checked by the engine; a wrong one here would read past the table
+  Tensor idx = ids.to(at::kLong).contiguous();
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i)
+    TORCH_CHECK(pi[i] >= 0 && pi[i] < vocab, "step: a token id outside the vocabulary of ", vocab);
   return forward(idx, positions, slots, length, false, outputs);
 }
 
@@ -1683,6 +1680,11 @@ Model make_model(std::vector<Tensor> tensors, std::vector<int64_t> kinds, std::v
   m.attn_softcap = attn_softcap;
   m.final_softcap = final_softcap;
   m.gelu = gelu;
+  // the embedding's rows: int8 scales one a row, the int4 layout's [K/32, N, 2], or dense
+  const size_t e = n * kPerLayer;
+  const int64_t kind = m.kinds[4 * n];
+  m.vocab = kind == 8 ? m.t[e + 1].numel() : kind == 4 || kind == 5 ? m.t[e + 1].size(1)
+                                                                    : m.t[e + 2].size(0);
   return m;
 }
 
