@@ -33,7 +33,8 @@ idle, just before measuring) should read ~0.
 
 Prints a markdown table per model and a summary (median, min, min/median over runs per
 metric; ratios omax / llama.cpp of the medians and median of per-run ratios). Writes no
-results file; ``--json FILE`` saves every raw number.
+results file; ``--json FILE`` saves every raw number (with each of the 16 streams' own
+tokens, wall time, decode rate and prefill seconds, as its server reports them).
 """
 
 from __future__ import annotations
@@ -239,6 +240,8 @@ def bench_omax(gguf: Path, args, store: Path) -> dict:
             return {
                 "n": j.get("eval_count", 0),
                 "decode_tps": j["eval_count"] / (j["eval_duration"] / 1e9),
+                # the steps that held its prompt (they may hold other rows too)
+                "prefill_s": j["prompt_eval_duration"] / 1e9,
                 "wall": wall,
                 "done_reason": j.get("done_reason"),
                 "text": j.get("response", "")[:60],
@@ -287,6 +290,7 @@ def bench_llama(gguf: Path, args, tmp: Path) -> dict:
             return {
                 "n": j["tokens_predicted"],
                 "decode_tps": j["timings"]["predicted_per_second"],
+                "prefill_s": j["timings"]["prompt_ms"] / 1e3,  # its prompt's batch(es)
                 "wall": wall,
                 "done_reason": j.get("stop_type"),
                 "text": j.get("content", "")[:60],
@@ -314,6 +318,7 @@ def measure(gen, args) -> dict:
         "one_text": one["text"],
         "many_tps": sum(m["n"] for m in many) / wall,
         "many_n": sum(m["n"] for m in many),
+        "many_streams": [{k: m[k] for k in ("n", "wall", "decode_tps", "prefill_s")} for m in many],
         "many_wall": wall,
         "short": [(m["n"], m["done_reason"]) for m in short],
         "busy_pct": busy,

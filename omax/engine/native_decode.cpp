@@ -769,12 +769,16 @@ void int8_vnni_tile(const FixedRows& f, int64_t rows, const int8_t* tile_w, cons
       wsum[r] = int64_t{lanes[4 * r]} + lanes[4 * r + 1] + lanes[4 * r + 2] + lanes[4 * r + 3];
   }
   const double* xs = f.scale.data();
+  const uintptr_t next = reinterpret_cast<uintptr_t>(tile_w + kTile * quads * 4);
   for (int64_t t = 0; t * 16 < rows; ++t) {
     __m512i ah[kTile], al[kTile];
     for (int r = 0; r < kTile; ++r) ah[r] = al[r] = _mm512_setzero_si512();
     const uint32_t* xh = f.hi.data() + t * quads * 16;
     const uint32_t* xl = f.lo.data() + t * quads * 16;
     for (int64_t q = 0; q < quads; ++q) {
+      // the next tile streams in while the first 16 rows use this one, a line every two
+      // quads (past the weight's end a prefetch is a no-op, never a fault)
+      if (t == 0 && q % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(next + q * 32), _MM_HINT_T0);
       const __m512i h = _mm512_loadu_si512(xh + q * 16), l = _mm512_loadu_si512(xl + q * 16);
       const int8_t* p = tile_w + (q / 4) * (kTile * 16) + (q % 4) * 4;
       for (int r = 0; r < kTile; ++r) {
