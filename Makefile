@@ -54,9 +54,9 @@ test: install $(TESTDATA) lint typecheck
 # Every benchmark, each with its default arguments, appending to benchmarks/RESULTS.md.
 # They need a quiet machine and, for the comparisons, llama.cpp built for it
 # (benchmarks/build_llamacpp.sh); each script's docstring says how to run it alone.
-BENCHMARKS := dot_rates kernel_rates placement_bench store_bench chunk_bench import_bench replication_bench \
-	quant_accuracy grammar_bench prefix_bench engine_bench step_bench http_bench serve_bench \
-	batch_bench
+BENCHMARKS := dot_rates kernel_rates placement_bench store_bench chunk_bench import_bench \
+	replication_bench quant_accuracy grammar_bench prefix_bench engine_bench step_bench \
+	http_bench serve_bench batch_bench
 bench: install $(TESTDATA)
 	bash benchmarks/build_llamacpp.sh
 	$(BIN)/python benchmarks/make_models.py

@@ -91,6 +91,13 @@ def measure(exe: Path) -> dict[str, tuple[int, float]]:
     return rates
 
 
+def every_core(exe: Path) -> list[dict[str, tuple[int, float]]]:
+    """``measure`` on every core at once, a process a core."""
+    cores = os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(cores) as pool:
+        return list(pool.map(lambda _: measure(exe), range(cores)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-record", action="store_true", help="print only")
@@ -99,8 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp))
         one = measure(exe)
-        with concurrent.futures.ThreadPoolExecutor(cores) as pool:  # a process a core
-            every = list(pool.map(lambda _: measure(exe), range(cores)))
+        every = every_core(exe)
     rows = []
     bf16 = one["vdpbf16ps-512"][0] * one["vdpbf16ps-512"][1]
     for name, (products, giga) in one.items():

@@ -8,9 +8,9 @@ Q4_K_M file: the fused qkv, o, the fused gate/up, down and the head, each throug
 ``omax.engine.linear.Lin`` as "int4" (4-bit codes, Q4_K's layers) and "int8" (its
 Q6_K layers and head), at 1 row (one stream), 16 rows (16 streams decoding) and 190
 rows (a prompt step), with enough copies of each weight in turn (64 MiB or more) that
-they stream from memory as a model's layers do. Each reports G multiply-adds a second on all cores and that as a
-share of the machine's bf16 ceiling: ``vdpbf16ps`` at its measured rate
-(benchmarks/dot_rates.py) on every core, 32 products an instruction.
+they stream from memory as a model's layers do. Each reports G multiply-adds a second
+on all cores and that as a share of the machine's bf16 ceiling: ``vdpbf16ps`` at its
+measured rate (benchmarks/dot_rates.py) on every core, 32 products an instruction.
 
 Why it matters: 16 streams are compute-bound, so their ceiling is this share. One
 stream reads every weight once a token: its kernels are bound by memory, and their
@@ -21,7 +21,6 @@ elsewhere it says so and exits. No target.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import append_results  # noqa: E402
-from dot_rates import build, measure  # noqa: E402
+from dot_rates import build, every_core  # noqa: E402
 
 from omax.engine import native  # noqa: E402
 from omax.engine.linear import Lin  # noqa: E402
@@ -46,8 +45,6 @@ SHAPES = {  # name: (out, in), the Qwen3 shape's
     "head": (49152, 1024),
 }
 ROWS = (1, 16, 190)
-
-
 COPIES_BYTES = 64 * 2**20  # more than this CPU's last-level cache
 
 
@@ -85,11 +82,8 @@ def seconds(lins: list[Lin], x: torch.Tensor) -> float:
 
 def peak_gmacs() -> float:
     """bf16 multiply-adds a second on every core at once (dot_rates' loop)."""
-    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
-        exe = build(Path(tmp))
-        with concurrent.futures.ThreadPoolExecutor(cores) as pool:  # a process a core
-            every = list(pool.map(lambda _: measure(exe), range(cores)))
+        every = every_core(build(Path(tmp)))
     return sum(r["vdpbf16ps-512"][0] * r["vdpbf16ps-512"][1] for r in every)
 
 
